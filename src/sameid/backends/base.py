@@ -1,0 +1,68 @@
+"""The interface of each kind of backend. Every backend of a kind can replace another by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A box (x0, y0, x1, y1) in pixels of the image it was found in, with the detector's confidence."""
+
+    box: tuple[float, float, float, float]
+    score: float = 1.0
+
+
+@dataclass
+class Annotations:
+    """What is already known about an image when a VQA backend is asked about it."""
+
+    head_box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = None  # bool (H, W), True on the figure
+
+
+class Backend(ABC):
+    """Common part: a ``spec`` that recreates the backend (so worker processes build their own copy)."""
+
+    kind: str = ""
+    spec: str = ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(spec={self.spec!r})"
+
+
+class HeadDetector(Backend):
+    kind = "head_detector"
+
+    @abstractmethod
+    def detect(self, image: Image.Image) -> list[Detection]:
+        """Head (or face) boxes, best first. An empty list when nothing is found: never an exception."""
+
+
+class Segmenter(Backend):
+    kind = "segmenter"
+
+    @abstractmethod
+    def segment(self, image: Image.Image) -> np.ndarray:
+        """A bool (H, W) mask, True on the figure (person or character)."""
+
+
+class FaceEmbedder(Backend):
+    kind = "face_embedder"
+    dim: int = 0
+
+    @abstractmethod
+    def embed(self, image: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray | None:
+        """An L2-normalised identity embedding of the most prominent face (inside ``box`` if given), or None."""
+
+
+class VQABackend(Backend):
+    kind = "vqa"
+
+    @abstractmethod
+    def answer(self, image: Image.Image, question: str, annotations: Annotations | None = None) -> str:
+        """A short free-text answer, as the model gives it (normalisation is the caller's job)."""

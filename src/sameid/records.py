@@ -1,0 +1,51 @@
+"""Typed records that cross rooms (see ``shared/DESIGN.md``, "Contracts").
+
+Tables are the unit of work in sameid (a source yields a pandas DataFrame whose columns are the fields of
+:class:`Record`), because filtering and grouping a million rows is a columnar job; :class:`Record` documents the
+columns and is the per-row view used by the per-image stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Columns every source table carries (see :class:`Record`).
+SOURCE_COLUMNS = (
+    "id", "image", "path_error", "caption", "tags", "characters", "artists", "rating",
+    "width", "height", "head_box", "mask", "identity_hint",
+)
+
+#: Required columns of ``manifest.parquet`` (DESIGN.md, "Dataset dir").
+MANIFEST_COLUMNS = (
+    "id", "image", "identity", "similar", "caption", "tags", "head_box", "mask", "width", "height", "phash",
+)
+
+
+@dataclass
+class Record:
+    """One input image as a source describes it, before any pixel is read.
+
+    ``image`` is an absolute path, or None when the source's path could not be resolved safely; then
+    ``path_error`` says why (for example ``"path outside image root"``). ``head_box`` (x0, y0, x1, y1 in
+    pixels) and ``mask`` (absolute path of a single-channel figure mask) are precomputed annotations that the
+    builder uses instead of running a backend. ``identity_hint`` is a source-given identity label (the folder
+    name of a one-folder-per-identity source), still subject to cleaning.
+    """
+
+    id: str
+    image: str | None
+    path_error: str | None = None
+    caption: str = ""
+    tags: list[str] = field(default_factory=list)
+    characters: list[str] = field(default_factory=list)
+    artists: list[str] = field(default_factory=list)
+    rating: str | None = None
+    width: int | None = None
+    height: int | None = None
+    head_box: list[float] | None = None
+    mask: str | None = None
+    identity_hint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
