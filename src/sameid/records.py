@@ -49,3 +49,31 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def source_schema():
+    """The pyarrow schema of a source table (the fields of :class:`Record`, in order)."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()),
+        ("image", pa.string()),
+        ("path_error", pa.string()),
+        ("caption", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("characters", pa.list_(pa.string())),
+        ("artists", pa.list_(pa.string())),
+        ("rating", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("head_box", pa.list_(pa.float64())),
+        ("mask", pa.string()),
+        ("identity_hint", pa.string()),
+    ])
+
+
+def records_to_table(records):
+    """A source table from :class:`Record` objects (the small-source path; Danbooru builds its table directly)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([r.to_dict() for r in records], schema=source_schema())

@@ -1,0 +1,140 @@
+"""The per-image stage of the builder: read pixels, annotate head box and figure mask, answer the outfit question
+or embed the face (RetriBooru, ``003_e9e011bd8e92c781.txt`` appendix A.1 "Vision annotations" and "Clustering
+clothes"; face embeddings after ``002_e634d74ff01c3667.txt``).
+
+These are plain functions of (rows, config) so the same code runs in-process, in a worker pool, or on Ray Data.
+Backends are built once per process from their spec strings. Nothing here raises for one bad image: a row that
+cannot be used comes back with ``status="rejected"`` and a reason, an image where nothing is found comes back
+with a note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import Annotations, create_backend
+from ..errors import ImageError
+from ..images import DEFAULT_MAX_PIXELS, is_monochrome, load_image, load_mask, perceptual_hash, save_mask
+
+MONOCHROME = "monochrome image"
+
+#: Columns of an annotation row (one per input image), the unit the resumable shards store.
+ANNOTATION_COLUMNS = (
+    "id", "status", "reason", "detail", "width", "height", "phash", "head_box", "head_box_source", "mask",
+    "mask_source", "vqa_answer", "vqa_backend", "embedding", "notes",
+)
+
+
+@dataclass(frozen=True)
+class AnnotateConfig:
+    """What the per-image stage does; specs are backend spec strings (``None`` = skip that annotation)."""
+
+    grouping: str = "tags"
+    head_detector: str | None = "mask-top"
+    segmenter: str | None = "grabcut"
+    vqa: str | None = "pixel-colors"
+    face_embedder: str | None = None
+    question: str = "List top two colors of the character's clothes"
+    dataset_dir: str = "."
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    reject_monochrome: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def mask_file_name(row_id: str) -> str:
+    """A file name for the mask of ``row_id`` that is safe on every file system and never collides."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", row_id) and not row_id.startswith("."):
+        return f"{row_id}.png"
+    return f"{hashlib.sha1(row_id.encode('utf-8')).hexdigest()[:20]}.png"
+
+
+def _empty(row_id: str) -> dict:
+    result = dict.fromkeys(ANNOTATION_COLUMNS)
+    result.update(id=row_id, status="ok", notes=[])
+    return result
+
+
+def _rejected(row_id: str, reason: str, detail: str) -> dict:
+    result = _empty(row_id)
+    result.update(status="rejected", reason=reason, detail=detail)
+    return result
+
+
+def _annotate_pixels(row: dict, config: AnnotateConfig):
+    """Everything but VQA for one row; returns (result, image, mask) with image None when rejected."""
+    row_id = str(row["id"])
+    if row.get("path_error"):
+        return _rejected(row_id, row["path_error"], f"source path of {row_id!r}"), None, None
+    try:
+        image, _ = load_image(row["image"], max_pixels=config.max_pixels)
+    except ImageError as exc:
+        return _rejected(row_id, exc.reason, exc.detail), None, None
+    result = _empty(row_id)
+    result.update(width=image.width, height=image.height, phash=perceptual_hash(image))
+    if config.grouping == "tags" and config.reject_monochrome and is_monochrome(image):
+        return _rejected(row_id, MONOCHROME, "no pixel carries colour; clothing colours cannot be read"), None, None
+
+    mask = None
+    if row.get("mask"):
+        try:
+            mask = load_mask(row["mask"], size=image.size)
+            result.update(mask=str(row["mask"]), mask_source="given")
+        except ImageError as exc:
+            result["notes"].append(f"given mask unusable ({exc}); recomputed")
+    if mask is None and config.segmenter:
+        mask = np.asarray(create_backend("segmenter", config.segmenter).segment(image), dtype=bool)
+        if mask.any():
+            relative = f"masks/{mask_file_name(row_id)}"
+            save_mask(mask, Path(config.dataset_dir) / relative)
+            result.update(mask=relative, mask_source=config.segmenter)
+        else:
+            mask = None
+            result["notes"].append("segmenter found no figure")
+
+    if row.get("head_box") is not None:
+        result.update(head_box=[float(v) for v in row["head_box"]], head_box_source="given")
+    elif config.head_detector:
+        detections = create_backend("head_detector", config.head_detector).detect(image)
+        if detections:
+            result.update(head_box=[float(v) for v in detections[0].box], head_box_source=config.head_detector)
+        else:
+            result["notes"].append("no head found")
+
+    if config.face_embedder:
+        embedding = create_backend("face_embedder", config.face_embedder).embed(
+            image, box=tuple(result["head_box"]) if result["head_box"] else None
+        )
+        if embedding is None:
+            result["notes"].append("no face found")
+        else:
+            result["embedding"] = [float(v) for v in np.asarray(embedding, dtype=np.float32)]
+    return result, image, mask
+
+
+def annotate_rows(rows: list[dict], config: AnnotateConfig) -> list[dict]:
+    """Annotate a chunk of source rows (dicts with the source table's columns). Order is kept."""
+    results, pending = [], []
+    for row in rows:
+        result, image, mask = _annotate_pixels(row, config)
+        results.append(result)
+        if image is not None and config.vqa:
+            pending.append((result, image, mask))
+    if pending:
+        vqa = create_backend("vqa", config.vqa)
+        annotations = [Annotations(head_box=tuple(r["head_box"]) if r["head_box"] else None, mask=m)
+                       for r, _, m in pending]
+        images = [image for _, image, _ in pending]
+        if hasattr(vqa, "answer_batch"):
+            answers = vqa.answer_batch(images, [config.question] * len(images))
+        else:
+            answers = [vqa.answer(image, config.question, ann) for image, ann in zip(images, annotations)]
+        for (result, _, _), answer in zip(pending, answers):
+            result.update(vqa_answer=answer, vqa_backend=config.vqa)
+    return results

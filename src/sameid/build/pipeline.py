@@ -1,0 +1,438 @@
+"""``sameid build``: a tagged or labelled image collection in, a same-identity dataset dir out.
+
+The flow (``shared/DESIGN.md``; RetriBooru ``003_e9e011bd8e92c781.txt`` §3 and appendix A.1; face grouping and
+cleaning after ``002_e634d74ff01c3667.txt``)::
+
+    read source -> tag filters -> resolve paths -> annotate (per image, resumable shards)
+                -> group (tags: character|artist|outfit answer ; faces: embedding clusters)
+                -> clean (near-duplicates, identities with one image) -> write dataset dir
+
+Only the annotate stage touches pixels; it runs in-process, in a process pool (``engine="local"``) or on Ray Data
+(``engine="ray"``) over the same plain function, and stores its results shard by shard so ``resume`` continues a
+killed run and ends with the same manifest as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import SameIdError
+from ..records import MANIFEST_COLUMNS
+from ..sources import read_source
+from .annotate import ANNOTATION_COLUMNS, AnnotateConfig, annotate_rows
+from .clean import DEFAULT_NEAR_DUPLICATE_BITS, drop_unreferenceable
+from .filters import FilterConfig, apply_tag_filters
+from .writer import prepare_output_dir, write_parquet_atomic
+
+GROUPINGS = ("tags", "faces")
+ENGINES = ("local", "ray")
+
+#: Default backends per grouping: drawn figures (Danbooru) vs photos of people.
+DEFAULT_BACKENDS = {
+    "tags": {"head_detector": "mask-top", "segmenter": "grabcut", "vqa": "pixel-colors", "face_embedder": None},
+    "faces": {"head_detector": "mediapipe", "segmenter": "mediapipe-selfie", "vqa": None, "face_embedder": "dlib"},
+}
+
+UNMATCHED_ANSWER = "unmatched VQA answer"
+NO_FACE = "no face found"
+IDENTITY_OUTLIER = "identity outlier"
+NO_MATCH = "no same-identity match"
+DUPLICATE_ID = "duplicate id"
+
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("image", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+    ("detail", pa.string()),
+])
+
+
+@dataclass
+class BuildConfig:
+    """Everything that decides the content of a built dataset (``config.json`` of the run)."""
+
+    source: str
+    out: str
+    source_format: str | None = None
+    image_root: str | None = None
+    grouping: str | None = None
+    head_detector: str | None = None
+    segmenter: str | None = None
+    vqa: str | None = None
+    face_embedder: str | None = None
+    unwanted_tags: list[str] | None = None
+    clothing_vocabulary: str | None = None
+    near_duplicate_bits: int = DEFAULT_NEAR_DUPLICATE_BITS
+    face_eps: float | None = None
+    face_main_fraction: float = 0.6
+    min_samples: int = 2
+    reject_monochrome: bool = True
+    shard_size: int = 32
+    # How to run, not what to build: excluded from the resume check.
+    engine: str = "local"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    export_hf: str | None = None
+    is_generated_sample: bool = False
+
+    def resolved(self) -> BuildConfig:
+        """Fill format, grouping and backend defaults, and check the choices."""
+        from ..sources import detect_format
+
+        config = BuildConfig(**asdict(self))
+        config.source = str(Path(config.source).resolve())
+        config.source_format = config.source_format or detect_format(config.source)
+        if config.grouping is None:
+            config.grouping = "tags" if config.source_format == "danbooru" else "faces"
+        if config.grouping not in GROUPINGS:
+            raise SameIdError(f"unknown grouping {config.grouping!r}; choose one of {', '.join(GROUPINGS)}")
+        if config.engine not in ENGINES:
+            raise SameIdError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+        for name, default in DEFAULT_BACKENDS[config.grouping].items():
+            value = getattr(config, name)
+            if value is None:
+                setattr(config, name, default)
+            elif value in ("none", ""):
+                setattr(config, name, None)
+        if config.grouping == "tags" and not config.vqa:
+            raise SameIdError("grouping 'tags' needs a VQA backend (--vqa pixel-colors or --vqa transformers:<id>)")
+        if config.grouping == "faces" and not config.face_embedder:
+            raise SameIdError("grouping 'faces' needs a face embedder (--face-embedder dlib or arcface-onnx:<path>)")
+        if config.source_format == "danbooru" and config.image_root is None:
+            config.image_root = str(Path(config.source).parent)
+        if config.image_root is not None:
+            config.image_root = str(Path(config.image_root).resolve())
+        if config.workers < 1 or config.shard_size < 1:
+            raise SameIdError("--workers and --shard-size must be at least 1")
+        return config
+
+    def content_dict(self) -> dict:
+        content = asdict(self)
+        for key in ("engine", "workers", "export_hf", "out"):
+            content.pop(key)
+        return content
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+    stats: dict
+
+
+def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool = False,
+                  progress: bool = True) -> BuildResult:
+    """Build the dataset dir described in ``shared/DESIGN.md`` ("Contracts") from ``config.source``."""
+    config = config.resolved()
+    out = Path(config.out).resolve()
+    work = prepare_output_dir(out, config.content_dict(), resume=resume, overwrite=overwrite)
+
+    source = read_source(config.source, config.source_format)
+    rejected = [_rejected_frame(source.rejected, "source")]
+    table, duplicates = _drop_duplicate_ids(source.table)
+    rejected.append(duplicates)
+
+    kept, filtered_out = apply_tag_filters(table, _filter_config(config))
+    rejected.append(_rejected_frame(filtered_out.select(["id", "reason", "detail"]).to_pandas(), "filter"))
+    if config.source_format == "danbooru":
+        from ..sources.danbooru import resolve_danbooru_images
+
+        kept = resolve_danbooru_images(kept, config.image_root)
+
+    annotate_config = AnnotateConfig(
+        grouping=config.grouping, head_detector=config.head_detector, segmenter=config.segmenter,
+        vqa=config.vqa if config.grouping == "tags" else None,
+        face_embedder=config.face_embedder if config.grouping == "faces" else None,
+        dataset_dir=str(out), reject_monochrome=config.reject_monochrome,
+    )
+    annotations = _annotate(kept, annotate_config, config, work, progress=progress)
+
+    # The annotation row supersedes the source's own head box, mask and size (it used them when given).
+    rows = kept.drop_columns(["head_box", "mask", "width", "height"]).to_pandas()
+    rows = rows.merge(annotations, on="id", how="left", validate="one_to_one")
+    bad = rows["status"] != "ok"
+    rejected.append(_rejected_frame(rows.loc[bad, ["id", "image", "reason", "detail"]], "annotate"))
+    rows = rows.loc[~bad].reset_index(drop=True)
+
+    if config.grouping == "tags":
+        rows, not_grouped = _group_by_outfit(rows)
+    else:
+        rows, not_grouped = _group_by_face(rows, config)
+    rejected.append(_rejected_frame(not_grouped, "group"))
+
+    rows, unreferenceable = drop_unreferenceable(rows, config.near_duplicate_bits)
+    rejected.append(_rejected_frame(unreferenceable, "clean"))
+
+    manifest = _manifest(rows, out)
+    rejected_frame = _finish_rejected(rejected, table)
+    write_parquet_atomic(manifest, out / "manifest.parquet")
+    write_parquet_atomic(pa.Table.from_pandas(rejected_frame, schema=REJECTED_SCHEMA, preserve_index=False),
+                         out / "rejected.parquet")
+    from .stats import write_stats
+
+    stats = write_stats(out, manifest, rejected_frame, build_config=config.content_dict())
+    if config.export_hf:
+        export_huggingface(manifest, out, Path(config.export_hf))
+    return BuildResult(out=out, manifest=manifest, rejected=rejected_frame, stats=stats)
+
+
+def _filter_config(config: BuildConfig) -> FilterConfig:
+    from .filters import load_vocabulary
+
+    options = {}
+    if config.unwanted_tags is not None:
+        options["unwanted_tags"] = frozenset(config.unwanted_tags)
+    if config.clothing_vocabulary is not None:
+        options["clothing_vocabulary"] = load_vocabulary(config.clothing_vocabulary)
+    if config.grouping == "faces":
+        # Photos of people carry no character or clothing tags; only unwanted tags and ratings apply.
+        options.update(require_single_character=False, require_clothing_tag=False)
+    return FilterConfig(**options)
+
+
+def _drop_duplicate_ids(table: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
+    ids = table.column("id").to_pandas()
+    repeated = ids.duplicated(keep="first").to_numpy()
+    if not repeated.any():
+        return table, _rejected_frame(pd.DataFrame(), "source")
+    frame = pd.DataFrame({"id": ids[repeated], "image": table.column("image").to_pandas()[repeated],
+                          "reason": DUPLICATE_ID, "detail": "an earlier row has the same id; the first is kept"})
+    return table.filter(pa.array(~repeated)), _rejected_frame(frame, "source")
+
+
+def _rejected_frame(frame: pd.DataFrame, stage: str) -> pd.DataFrame:
+    frame = frame.reindex(columns=["id", "image", "reason", "detail"]).copy()
+    frame["stage"] = stage
+    return frame
+
+
+def _finish_rejected(frames: list[pd.DataFrame], table: pa.Table) -> pd.DataFrame:
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
+        else _rejected_frame(pd.DataFrame(), "source")
+    images = dict(zip(table.column("id").to_pylist(), table.column("image").to_pylist()))
+    missing = frame["image"].isna()
+    frame.loc[missing, "image"] = frame.loc[missing, "id"].map(images)
+    frame = frame.astype({"id": str}).fillna({"detail": ""})
+    return frame[["id", "image", "stage", "reason", "detail"]].reset_index(drop=True)
+
+
+# --- annotate: shards, engines ------------------------------------------------------------------------------
+
+def _shard_path(work: Path, index: int) -> Path:
+    return work / "annotations" / f"part-{index:06d}.parquet"
+
+
+ANNOTATION_SCHEMA = pa.schema([
+    ("id", pa.string()), ("status", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("width", pa.int64()), ("height", pa.int64()), ("phash", pa.string()), ("head_box", pa.list_(pa.float64())),
+    ("head_box_source", pa.string()), ("mask", pa.string()), ("mask_source", pa.string()),
+    ("vqa_answer", pa.string()), ("vqa_backend", pa.string()), ("embedding", pa.list_(pa.float32())),
+    ("notes", pa.list_(pa.string())),
+])
+assert tuple(ANNOTATION_SCHEMA.names) == ANNOTATION_COLUMNS
+
+
+def _annotate(kept: pa.Table, annotate_config: AnnotateConfig, config: BuildConfig, work: Path,
+              progress: bool) -> pd.DataFrame:
+    rows = kept.select(["id", "image", "path_error", "head_box", "mask"]).to_pylist()
+    chunks = [rows[i:i + config.shard_size] for i in range(0, len(rows), config.shard_size)]
+    (work / "annotations").mkdir(parents=True, exist_ok=True)
+    pending = []
+    for index, chunk in enumerate(chunks):
+        shard = _shard_path(work, index)
+        if shard.exists():
+            done = pq.read_table(shard, columns=["id"]).column("id").to_pylist()
+            if done != [str(r["id"]) for r in chunk]:
+                raise SameIdError(f"{shard} does not match the source rows; the source changed since the "
+                                  "interrupted build: rerun with --overwrite")
+        else:
+            pending.append(index)
+
+    with _progress(progress, len(chunks), len(chunks) - len(pending)) as advance:
+        for index, results in _run_engine(config, annotate_config, [(i, chunks[i]) for i in pending]):
+            write_parquet_atomic(pa.Table.from_pylist(results, schema=ANNOTATION_SCHEMA), _shard_path(work, index))
+            advance()
+    shards = [pq.read_table(_shard_path(work, i), schema=ANNOTATION_SCHEMA) for i in range(len(chunks))]
+    table = pa.concat_tables(shards) if shards else ANNOTATION_SCHEMA.empty_table()
+    return table.to_pandas()
+
+
+def _run_engine(config: BuildConfig, annotate_config: AnnotateConfig,
+                jobs: list[tuple[int, list[dict]]]) -> Iterator[tuple[int, list[dict]]]:
+    if not jobs:
+        return
+    if config.engine == "ray":
+        yield from _run_ray(config, annotate_config, jobs)
+    elif config.workers == 1 or len(jobs) == 1:
+        for index, chunk in jobs:
+            yield index, annotate_rows(chunk, annotate_config)
+    else:
+        # spawn: backends hold thread pools and native handles that do not survive fork.
+        with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(annotate_rows, chunk, annotate_config): index for index, chunk in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+
+def _annotate_job(item: dict, annotate_config: AnnotateConfig) -> dict:
+    rows = json.loads(item["rows"])
+    return {"index": item["index"], "results": json.dumps(annotate_rows(rows, annotate_config))}
+
+
+def _run_ray(config: BuildConfig, annotate_config: AnnotateConfig,
+             jobs: list[tuple[int, list[dict]]]) -> Iterator[tuple[int, list[dict]]]:
+    """The same per-image function on Ray Data: one item per shard, so shards stay the unit of resume."""
+    try:
+        import ray
+    except ImportError:
+        raise SameIdError("--engine ray needs Ray: pip install 'ray[data]' (or scripts/setup)") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        # A cluster named by RAY_ADDRESS brings its own resources; a local instance gets --workers CPUs.
+        local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": config.workers, "include_dashboard": False}
+        ray.init(log_to_driver=False, configure_logging=False, ignore_reinit_error=True, **local)
+    try:
+        items = [{"index": index, "rows": json.dumps(chunk)} for index, chunk in jobs]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            _annotate_job, fn_kwargs={"annotate_config": annotate_config}
+        )
+        for item in dataset.iter_rows():
+            yield int(item["index"]), json.loads(item["results"])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+class _progress:
+    """A rich progress bar over shards (a no-op when ``enabled`` is False)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled or self.total == 0:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress("annotating shards", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        self._bar.start()
+        task = self._bar.add_task("annotate", total=self.total, completed=self.done)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc):
+        if getattr(self, "_bar", None) is not None:
+            self._bar.stop()
+
+
+# --- grouping ---------------------------------------------------------------------------------------------
+
+def _group_by_outfit(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Same character, same artist, same (normalised, order-sensitive) answer to the outfit question."""
+    from .outfits import normalize_answer
+
+    rows = rows.copy()
+    rows["outfit"] = [normalize_answer(a) if isinstance(a, str) else None for a in rows["vqa_answer"]]
+    unmatched = rows["outfit"].isna()
+    rejected = pd.DataFrame({
+        "id": rows.loc[unmatched, "id"], "reason": UNMATCHED_ANSWER,
+        "detail": [f"answer {a!r} to the outfit question does not name two colours" for a in
+                   rows.loc[unmatched, "vqa_answer"]],
+    })
+    rows = rows.loc[~unmatched].reset_index(drop=True)
+    rows["character"] = [c[0] if len(c) else "" for c in rows["characters"]]
+    rows["artist"] = [a[0] if len(a) else "" for a in rows["artists"]]
+    rows["identity"] = rows["character"] + "|" + rows["artist"] + "|" + rows["outfit"]
+    return rows, rejected
+
+
+def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Folder labels cleaned per folder, or unlabelled images clustered, on face embeddings (002)."""
+    from . import cluster
+
+    has_face = rows["embedding"].notna()
+    rejected = [pd.DataFrame({"id": rows.loc[~has_face, "id"], "reason": NO_FACE,
+                              "detail": "no face the face embedder could use"})]
+    rows = rows.loc[has_face].reset_index(drop=True)
+    if rows.empty:
+        return rows.assign(identity=pd.Series(dtype=str)), pd.concat(rejected, ignore_index=True)
+    embeddings = np.stack(rows["embedding"].map(lambda v: np.asarray(v, dtype=np.float32)).to_list())
+    identity = pd.Series([None] * len(rows), dtype=object)
+    labelled = rows["identity_hint"].notna().to_numpy()
+    options = {} if config.face_eps is None else {"max_eps": config.face_eps}
+    for hint, members in rows.loc[labelled].groupby("identity_hint", sort=True).indices.items():
+        positions = np.nonzero(labelled)[0][members]
+        cleaning = cluster.clean_identity_folder(embeddings[positions], main_fraction=config.face_main_fraction,
+                                                 **options)
+        identity.iloc[positions[cleaning.keep]] = hint
+        outliers = positions[~cleaning.keep]
+        rejected.append(pd.DataFrame({
+            "id": rows.loc[outliers, "id"], "reason": IDENTITY_OUTLIER,
+            "detail": f"outside the main face cluster of {hint!r} (eps {cleaning.eps:.3f})",
+        }))
+    unlabelled = np.nonzero(~labelled)[0]
+    if len(unlabelled):
+        options = {} if config.face_eps is None else {"eps": config.face_eps}
+        labels = cluster.cluster_faces(embeddings[unlabelled], min_samples=config.min_samples, **options)
+        for position, label in zip(unlabelled, labels):
+            if label >= 0:
+                identity.iloc[position] = f"face-{label:05d}"
+        noise = unlabelled[labels < 0]
+        rejected.append(pd.DataFrame({"id": rows.loc[noise, "id"], "reason": NO_MATCH,
+                                      "detail": "no other face close enough to share an identity"}))
+    rows["identity"] = identity.to_numpy()
+    rows = rows.loc[rows["identity"].notna()].reset_index(drop=True)
+    return rows, pd.concat(rejected, ignore_index=True)
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+def _manifest(rows: pd.DataFrame, out: Path) -> pd.DataFrame:
+    from .outfits import similar_lists
+
+    rows = rows.reset_index(drop=True)
+    groups = pd.factorize(rows["identity"])[0].astype(np.int64)
+    similar = similar_lists(pa.array(rows["id"].astype(str)), groups).to_pylist() if len(rows) else []
+    manifest = pd.DataFrame({
+        "id": rows["id"].astype(str),
+        "image": rows["image"].astype(str),
+        "identity": rows["identity"].astype(str),
+        "similar": similar,
+        "caption": rows["caption"].fillna("").astype(str),
+        "tags": rows["tags"].map(list),
+        "head_box": rows["head_box"].map(lambda b: None if b is None else [float(v) for v in b]),
+        "mask": rows["mask"],
+        "width": rows["width"].astype("int64"),
+        "height": rows["height"].astype("int64"),
+        "phash": rows["phash"].astype(str),
+        "near_duplicates": rows["near_duplicates"],
+    })
+    for column in ("character", "artist", "outfit", "cloth_tags", "vqa_answer", "vqa_backend",
+                   "head_box_source", "mask_source", "notes"):
+        if column in rows:
+            manifest[column] = rows[column].to_numpy()
+    assert tuple(manifest.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS
+    return manifest
+
+
+def export_huggingface(manifest: pd.DataFrame, dataset_dir: Path, target: Path) -> Path:
+    """Write the manifest as a Hugging Face ``datasets`` dataset (``save_to_disk``) with an ``Image`` column."""
+    import datasets
+
+    if target.exists() and any(target.iterdir()):
+        raise SameIdError(f"{target} is not empty; choose another --export-hf folder")
+    frame = manifest.copy()
+    frame["image"] = [str(p if Path(p).is_absolute() else dataset_dir / p) for p in frame["image"]]
+    frame["mask"] = [None if m is None else str(m if Path(m).is_absolute() else dataset_dir / m) for m in frame["mask"]]
+    dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
+    dataset = dataset.cast_column("image", datasets.Image())
+    dataset.save_to_disk(str(target))
+    return target

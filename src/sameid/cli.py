@@ -1,0 +1,155 @@
+"""The ``sameid`` command: one entry point, a subcommand per stage."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import __version__
+from .errors import SameIdError
+
+app = typer.Typer(
+    name="sameid",
+    help="Same-identity datasets and leakage-free personalization: a reference shows the same identity as the "
+    "target, but it is never the target.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"sameid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    """sameid: build same-identity datasets (more stages follow)."""
+
+
+def user_errors(command):
+    """Report a :class:`SameIdError` as one line on stderr with exit code 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SameIdError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def build(
+    source: Annotated[Path, typer.Argument(help="Danbooru-style metadata .jsonl, a Hugging Face imagefolder "
+                                                "(with metadata.jsonl), or a folder with one sub-folder per identity.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset dir to write (manifest.parquet, "
+                                                          "rejected.parquet, stats.json, dataset_card.md, plots/, masks/).")],
+    source_format: Annotated[str | None, typer.Option(help="danbooru | imagefolder | folders (default: detected).")] = None,
+    image_root: Annotated[Path | None, typer.Option(help="Danbooru: folder holding <md5>.<ext> or <id>.<ext> "
+                                                         "(default: the metadata file's folder).")] = None,
+    grouping: Annotated[str | None, typer.Option(help="tags: same character, artist and outfit answer "
+                                                      "(default for Danbooru); faces: face-embedding clusters.")] = None,
+    head_detector: Annotated[str | None, typer.Option(help="mask-top | dlib | mediapipe | transformers:<id or path> | none.")] = None,
+    segmenter: Annotated[str | None, typer.Option(help="grabcut | mediapipe-selfie | none.")] = None,
+    vqa: Annotated[str | None, typer.Option(help="Outfit question answerer: pixel-colors (offline) | "
+                                                 "transformers:<id or path> (e.g. an InstructBLIP model).")] = None,
+    face_embedder: Annotated[str | None, typer.Option(help="dlib (offline) | arcface-onnx:<path.onnx>.")] = None,
+    unwanted_tag: Annotated[list[str] | None, typer.Option(help="A tag whose images are dropped; repeat it. "
+                                                                "Replaces the default list (monochrome, greyscale, sketch, comic, ...).")] = None,
+    clothing_vocabulary: Annotated[Path | None, typer.Option(help="Text file of clothing tags, one per line "
+                                                                  "(default: the bundled Danbooru vocabulary).")] = None,
+    near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash bits (of 64) at or below which two "
+                                                          "images of one identity are near-duplicates.")] = 6,
+    face_eps: Annotated[float | None, typer.Option(help="Cosine-distance radius for face clustering "
+                                                        "(default tuned for the embedder).")] = None,
+    keep_monochrome: Annotated[bool, typer.Option(help="Keep images without colour (tags grouping drops them).")] = False,
+    engine: Annotated[str, typer.Option(help="local (process pool) | ray (Ray Data).")] = "local",
+    workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPU count).")] = None,
+    shard_size: Annotated[int, typer.Option(help="Images per resumable shard.")] = 32,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted build in --out with the same options.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier build's outputs in --out.")] = False,
+    export_hf: Annotated[Path | None, typer.Option(help="Also write a Hugging Face datasets dataset here.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+):
+    """Build a same-identity dataset: filter, annotate, group, clean, and write the dataset dir."""
+    import os
+
+    from .build.pipeline import BuildConfig, build_dataset
+
+    config = BuildConfig(
+        source=str(source), out=str(out), source_format=source_format,
+        image_root=None if image_root is None else str(image_root), grouping=grouping,
+        head_detector=head_detector, segmenter=segmenter, vqa=vqa, face_embedder=face_embedder,
+        unwanted_tags=unwanted_tag or None,
+        clothing_vocabulary=None if clothing_vocabulary is None else str(clothing_vocabulary),
+        near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, reject_monochrome=not keep_monochrome,
+        engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
+        export_hf=None if export_hf is None else str(export_hf),
+        is_generated_sample=(Path(source).parent / "ground_truth.csv").exists(),
+    )
+    result = build_dataset(config, resume=resume, overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
+    _print_build_summary(result)
+
+
+def _print_build_summary(result) -> None:
+    stats = result.stats
+    typer.echo(f"kept {len(result.manifest)} images in {result.manifest['identity'].nunique() if len(result.manifest) else 0} "
+               f"identities; rejected {len(result.rejected)} (reasons in rejected.parquet)")
+    typer.echo(f"dataset: {result.out}")
+    typer.echo(f"  manifest: {result.out / 'manifest.parquet'}")
+    typer.echo(f"  card:     {result.out / 'dataset_card.md'}")
+    if stats.get("export_hf"):
+        typer.echo(f"  hf:       {stats['export_hf']}")
+
+
+@app.command()
+@user_errors
+def sample(
+    out: Annotated[Path, typer.Argument(help="Folder to write the generated sample collection into.")],
+    seed: Annotated[int, typer.Option(help="Seed; the same seed writes byte-identical files.")] = 0,
+):
+    """Write the bundled sample collection: a generated Danbooru-style metadata file, images and ground truth."""
+    from .demo.sample import make_sample
+
+    paths = make_sample(out, seed=seed)
+    typer.echo(f"sample collection (generated, not real Danbooru data): {paths.root}")
+    typer.echo(f"  metadata: {paths.metadata}\n  images:   {paths.image_root}\n  truth:    {paths.ground_truth}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's sample and outputs.")] = Path("runs/demo"),
+    workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPU count).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
+):
+    """Run the main job on the bundled sample, offline: generate the sample, then build its dataset."""
+    import os
+
+    from .build.pipeline import BuildConfig, build_dataset
+    from .demo.sample import make_sample
+
+    paths = make_sample(out / "sample")
+    typer.echo(f"generated sample collection: {paths.root}")
+    config = BuildConfig(source=str(paths.metadata), out=str(out / "dataset"), image_root=str(paths.image_root),
+                         workers=workers or os.cpu_count() or 1, is_generated_sample=True)
+    result = build_dataset(config, overwrite=overwrite or (out / "dataset").exists(),
+                           progress=sys.stderr.isatty())
+    _print_build_summary(result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,27 @@
+"""The command line: help for every option, and one clear line (exit code 2) for user errors."""
+
+from typer.testing import CliRunner
+
+from sameid.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_build_options():
+    result = runner.invoke(app, ["build", "--help"])
+    assert result.exit_code == 0
+    for option in ("--out", "--image-root", "--grouping", "--vqa", "--resume", "--engine", "--export-hf"):
+        assert option in result.output
+
+
+def test_missing_source_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["build", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "absent.jsonl" in result.output and "Traceback" not in result.output
+
+
+def test_unknown_backend_names_the_choices(tmp_path, sample):
+    result = runner.invoke(app, ["build", str(sample.metadata), "--out", str(tmp_path / "o"), "--vqa", "oracle",
+                                 "--workers", "1", "--quiet"])
+    assert result.exit_code == 2
+    assert "pixel-colors" in result.output and "transformers" in result.output
