@@ -219,9 +219,9 @@ def _finish_rejected(frames: list[pd.DataFrame], table: pa.Table) -> pd.DataFram
     frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
         else _rejected_frame(pd.DataFrame(), "source")
     images = dict(zip(table.column("id").to_pylist(), table.column("image").to_pylist()))
-    missing = frame["image"].isna()
-    frame.loc[missing, "image"] = frame.loc[missing, "id"].map(images)
-    frame = frame.astype({"id": str}).fillna({"detail": ""})
+    frame["id"] = frame["id"].astype(str)
+    frame["image"] = frame["image"].astype(object).where(frame["image"].notna(), frame["id"].map(images))
+    frame["detail"] = frame["detail"].fillna("").astype(str)
     return frame[["id", "image", "stage", "reason", "detail"]].reset_index(drop=True)
 
 
