@@ -21,7 +21,14 @@ def test_missing_source_is_one_clear_line(tmp_path):
 
 
 def test_unknown_backend_names_the_choices(tmp_path, sample):
-    result = runner.invoke(app, ["build", str(sample.metadata), "--out", str(tmp_path / "o"), "--vqa", "oracle",
+    result = runner.invoke(app, ["build", str(sample.metadata), "--image-root", str(sample.image_root), "--out", str(tmp_path / "o"), "--vqa", "oracle",
                                  "--workers", "1", "--quiet"])
     assert result.exit_code == 2
     assert "pixel-colors" in result.output and "transformers" in result.output
+
+
+def test_wrong_image_root_is_one_clear_line(tmp_path, sample):
+    result = runner.invoke(app, ["build", str(sample.metadata), "--image-root", str(tmp_path), "--out",
+                                 str(tmp_path / "o"), "--workers", "1", "--quiet"])
+    assert result.exit_code == 2
+    assert "--image-root" in result.output

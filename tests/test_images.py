@@ -8,8 +8,17 @@ from PIL import Image
 
 from sameid.errors import ImageError
 from sameid.images import (
-    EMPTY, MISSING, OUTSIDE_ROOT, TOO_LARGE, TRUNCATED, UNREADABLE, hamming_distance, is_monochrome, load_image,
-    perceptual_hash, resolve_inside,
+    EMPTY,
+    MISSING,
+    OUTSIDE_ROOT,
+    TOO_LARGE,
+    TRUNCATED,
+    UNREADABLE,
+    hamming_distance,
+    is_monochrome,
+    load_image,
+    perceptual_hash,
+    resolve_inside,
 )
 
 

@@ -25,7 +25,7 @@ class Annotations:
     mask: np.ndarray | None = None  # bool (H, W), True on the figure
 
 
-class Backend(ABC):
+class Backend(ABC):  # noqa: B024 - the abstract verbs live on each kind below
     """Common part: a ``spec`` that recreates the backend (so worker processes build their own copy)."""
 
     kind: str = ""

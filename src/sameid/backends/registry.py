@@ -41,7 +41,7 @@ def available_backends(kind: str) -> list[str]:
     return sorted(_REGISTRY.get(kind, {}))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def create_backend(kind: str, spec: str) -> Backend:
     """Build (once per process) the backend named by ``spec`` = ``name`` or ``name:argument``."""
     name, _, argument = spec.partition(":")

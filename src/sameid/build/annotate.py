@@ -101,7 +101,12 @@ def _annotate_pixels(row: dict, config: AnnotateConfig):
     if row.get("head_box") is not None:
         result.update(head_box=[float(v) for v in row["head_box"]], head_box_source="given")
     elif config.head_detector:
-        detections = create_backend("head_detector", config.head_detector).detect(image)
+        detector = create_backend("head_detector", config.head_detector)
+        # A detector that reads the figure mask (mask-top) reuses the mask already at hand.
+        if mask is not None and hasattr(detector, "detect_in_mask"):
+            detections = detector.detect_in_mask(mask)
+        else:
+            detections = detector.detect(image)
         if detections:
             result.update(head_box=[float(v) for v in detections[0].box], head_box_source=config.head_detector)
         else:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import SameIdError
+from ..images import MISSING
 from ..records import MANIFEST_COLUMNS
 from ..sources import read_source
 from .annotate import ANNOTATION_COLUMNS, AnnotateConfig, annotate_rows
@@ -106,6 +107,13 @@ class BuildConfig:
             raise SameIdError("grouping 'tags' needs a VQA backend (--vqa pixel-colors or --vqa transformers:<id>)")
         if config.grouping == "faces" and not config.face_embedder:
             raise SameIdError("grouping 'faces' needs a face embedder (--face-embedder dlib or arcface-onnx:<path>)")
+        from ..backends.registry import available_backends
+
+        for kind in ("head_detector", "segmenter", "vqa", "face_embedder"):
+            spec = getattr(config, kind)
+            if spec and spec.partition(":")[0] not in available_backends(kind):
+                raise SameIdError(f"unknown {kind.replace('_', ' ')} backend {spec!r}; choose one of: "
+                                  f"{', '.join(available_backends(kind))} (or none)")
         if config.source_format == "danbooru" and config.image_root is None:
             config.image_root = str(Path(config.source).parent)
         if config.image_root is not None:
@@ -160,6 +168,10 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     rows = kept.drop_columns(["head_box", "mask", "width", "height"]).to_pandas()
     rows = rows.merge(annotations, on="id", how="left", validate="one_to_one")
     bad = rows["status"] != "ok"
+    if bad.all() and (rows["reason"] == MISSING).any():
+        first = rows.loc[rows["reason"] == MISSING, "image"].iloc[0]
+        raise SameIdError(f"no usable image among {len(rows)} rows, {(rows['reason'] == MISSING).sum()} files "
+                          f"not found (first: {first}); check --image-root")
     rejected.append(_rejected_frame(rows.loc[bad, ["id", "image", "reason", "detail"]], "annotate"))
     rows = rows.loc[~bad].reset_index(drop=True)
 
@@ -348,6 +360,8 @@ def _group_by_outfit(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                    rows.loc[unmatched, "vqa_answer"]],
     })
     rows = rows.loc[~unmatched].reset_index(drop=True)
+    if rows.empty:
+        return rows.assign(character="", artist="", identity=""), rejected
     rows["character"] = [c[0] if len(c) else "" for c in rows["characters"]]
     rows["artist"] = [a[0] if len(a) else "" for a in rows["artists"]]
     rows["identity"] = rows["character"] + "|" + rows["artist"] + "|" + rows["outfit"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import ImageError, SchemaError, SameIdError
+from ..errors import ImageError, SameIdError, SchemaError
 from ..images import resolve_inside
 from ..records import Record, records_to_table
 from ._common import IMAGE_EXTENSIONS, parse_head_box, parse_tags
