@@ -135,10 +135,9 @@ def _match_tags(tags: pa.ListArray, value_set: pa.Array, unwanted_count: int) ->
 _SLICE_ROWS = 32_768
 
 
-def _row_ranges(table: pa.Table, step: int | None = None) -> list[tuple[int, int]]:
+def _row_ranges(table: pa.Table, step: int = _SLICE_ROWS) -> list[tuple[int, int]]:
     """(start, length) slices of about ``step`` rows to filter in parallel, cut at the tags column's chunk
     bounds (a reader's many small chunks are grouped, a large chunk is cut)."""
-    step = step or _SLICE_ROWS
     ranges: list[tuple[int, int]] = []
     start, length = 0, 0
     for chunk in table.column("tags").chunks:

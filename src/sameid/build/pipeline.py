@@ -349,23 +349,18 @@ class _progress:
 
 def _group_by_outfit(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Same character, same artist, same (normalised, order-sensitive) answer to the outfit question."""
-    from .outfits import normalize_answer
+    from .outfits import group_by_outfit
 
-    rows = rows.copy()
-    rows["outfit"] = [normalize_answer(a) if isinstance(a, str) else None for a in rows["vqa_answer"]]
+    keys = pa.Table.from_pandas(rows[["id", "characters", "artists", "vqa_answer"]], preserve_index=False)
+    grouped = group_by_outfit(keys, answer_column="vqa_answer").select(["character", "artist", "outfit", "identity"])
+    rows = pd.concat([rows.reset_index(drop=True), grouped.to_pandas()], axis=1)
     unmatched = rows["outfit"].isna()
     rejected = pd.DataFrame({
         "id": rows.loc[unmatched, "id"], "reason": UNMATCHED_ANSWER,
         "detail": [f"answer {a!r} to the outfit question does not name two colours" for a in
                    rows.loc[unmatched, "vqa_answer"]],
     })
-    rows = rows.loc[~unmatched].reset_index(drop=True)
-    if rows.empty:
-        return rows.assign(character="", artist="", identity=""), rejected
-    rows["character"] = [c[0] if len(c) else "" for c in rows["characters"]]
-    rows["artist"] = [a[0] if len(a) else "" for a in rows["artists"]]
-    rows["identity"] = rows["character"] + "|" + rows["artist"] + "|" + rows["outfit"]
-    return rows, rejected
+    return rows.loc[~unmatched].reset_index(drop=True), rejected
 
 
 def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
