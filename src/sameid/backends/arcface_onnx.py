@@ -12,7 +12,6 @@ The ONNX file is the spec's argument (``arcface-onnx:/models/w600k_r50.onnx``); 
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from typing import Any
@@ -26,10 +25,9 @@ from .base import FaceEmbedder
 from .face_dlib import (
     DETECT_MAX_SIDE,
     DlibFaceEmbedder,
-    _dlib,
-    _dlib_lock,
     _frontal_face_detector,
     _landmark_predictor,
+    landmark_shape,
 )
 
 # The standard ArcFace template (insightface ``arcface_dst``): eye centres, nose tip, mouth corners in 112x112.
@@ -70,21 +68,10 @@ class _DlibFaceFinder(DlibFaceEmbedder):
         _frontal_face_detector()
         _landmark_predictor()
 
-    def find(self, rgb: np.ndarray, box: tuple[float, float, float, float] | None):
-        return self._search_whole(rgb) if box is None else self._search_box(rgb, box)
-
     def landmarks(self, rgb: np.ndarray, face: tuple[float, float, float, float]) -> np.ndarray:
-        """dlib's 5 landmarks (5, 2) in ``rgb``'s pixels, predicted in a crop around the face."""
-        height, width = rgb.shape[:2]
-        fx0, fy0, fx1, fy1 = face
-        margin = max(fx1 - fx0, fy1 - fy0)
-        cx0, cy0 = max(0, math.floor(fx0 - margin)), max(0, math.floor(fy0 - margin))
-        cx1, cy1 = min(width, math.ceil(fx1 + margin)), min(height, math.ceil(fy1 + margin))
-        region = np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1])
-        rect = _dlib().rectangle(round(fx0 - cx0), round(fy0 - cy0), round(fx1 - cx0) - 1, round(fy1 - cy0) - 1)
-        with _dlib_lock:
-            shape = _landmark_predictor()(region, rect)
-        return np.array([(p.x + cx0, p.y + cy0) for p in shape.parts()], dtype=np.float64)
+        """dlib's 5 landmarks (5, 2) in ``rgb``'s pixels."""
+        _, shape, (x_offset, y_offset) = landmark_shape(rgb, face)
+        return np.array([(p.x + x_offset, p.y + y_offset) for p in shape.parts()], dtype=np.float64)
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
@@ -159,7 +146,7 @@ class ArcFaceOnnxEmbedder(FaceEmbedder):
     ) -> np.ndarray | None:
         """The aligned RGB face crop (size x size x 3, uint8) the network sees, or None when no face is found."""
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        face = self._finder.find(rgb, box)
+        face = self._finder.find_face(rgb, box)
         if face is None:
             return None
         return align_face(rgb, self._finder.landmarks(rgb, face), self.size)

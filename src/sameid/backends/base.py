@@ -66,3 +66,20 @@ class VQABackend(Backend):
     @abstractmethod
     def answer(self, image: Image.Image, question: str, annotations: Annotations | None = None) -> str:
         """A short free-text answer, as the model gives it (normalisation is the caller's job)."""
+
+
+def grow_box(box: tuple[float, float, float, float], width: int, height: int, *, top: float, sides: float,
+             bottom: float) -> tuple[float, float, float, float]:
+    """Grow a box by fractions of its own height (``top``, ``bottom``) and width (``sides``), clipped to the image.
+
+    Face detectors return the face; RetriBooru's head box also covers hair, so each detector grows its face box by
+    factors fitted to how tight its boxes are.
+    """
+    x0, y0, x1, y1 = box
+    box_w, box_h = x1 - x0, y1 - y0
+    return (
+        float(max(0.0, x0 - sides * box_w)),
+        float(max(0.0, y0 - top * box_h)),
+        float(min(float(width), x1 + sides * box_w)),
+        float(min(float(height), y1 + bottom * box_h)),
+    )

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MissingModelError, SameIdError
-from .base import Detection, FaceEmbedder, HeadDetector
+from .base import Detection, FaceEmbedder, HeadDetector, grow_box
 
 _INSTALL_HINT = "pip install face-recognition-models dlib-bin"
 _LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -138,14 +138,7 @@ def face_box_to_head_box(
     face_box: tuple[float, float, float, float], width: int, height: int
 ) -> tuple[float, float, float, float]:
     """Grow a dlib face box into a head box (factors ``HEAD_EXPAND_*``), clipped to the image."""
-    x0, y0, x1, y1 = face_box
-    face_w, face_h = x1 - x0, y1 - y0
-    return (
-        float(max(0.0, x0 - HEAD_EXPAND_SIDES * face_w)),
-        float(max(0.0, y0 - HEAD_EXPAND_TOP * face_h)),
-        float(min(float(width), x1 + HEAD_EXPAND_SIDES * face_w)),
-        float(min(float(height), y1 + HEAD_EXPAND_BOTTOM * face_h)),
-    )
+    return grow_box(face_box, width, height, top=HEAD_EXPAND_TOP, sides=HEAD_EXPAND_SIDES, bottom=HEAD_EXPAND_BOTTOM)
 
 
 def head_box_to_face_box(head_box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -279,28 +272,37 @@ class DlibFaceEmbedder(FaceEmbedder):
             return head_box_to_face_box((x0, y0, x1, y1))
         return None
 
+    def find_face(self, rgb: np.ndarray, box: tuple[float, float, float, float] | None = None):
+        """The face box this embedder would use: the most prominent face, or the face inside ``box``; or None."""
+        return self._search_whole(rgb) if box is None else self._search_box(rgb, box)
+
     def embed(self, image: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray | None:
         rgb = _rgb_array(image)
-        face = self._search_whole(rgb) if box is None else self._search_box(rgb, box)
+        face = self.find_face(rgb, box)
         if face is None:
             return None
-        height, width = rgb.shape[:2]
-        # The landmark predictor and the chip extraction only need the face and its surroundings: crop around it
-        # so a large photo is not copied into dlib whole.
-        fx0, fy0, fx1, fy1 = face
-        margin = max(fx1 - fx0, fy1 - fy0)
-        cx0, cy0 = max(0, math.floor(fx0 - margin)), max(0, math.floor(fy0 - margin))
-        cx1, cy1 = min(width, math.ceil(fx1 + margin)), min(height, math.ceil(fy1 + margin))
-        region = np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1])
-        dlib = _dlib()
-        rect = dlib.rectangle(
-            round(fx0 - cx0), round(fy0 - cy0), round(fx1 - cx0) - 1, round(fy1 - cy0) - 1
-        )
+        region, shape, _ = landmark_shape(rgb, face)
         with _dlib_lock:
-            shape = _landmark_predictor()(region, rect)
             descriptor = np.asarray(_recognition_model().compute_face_descriptor(region, shape, self.num_jitters))
         descriptor = descriptor.astype(np.float32)
         norm = float(np.linalg.norm(descriptor))
         if not np.isfinite(norm) or norm == 0.0:
             return None
         return descriptor / norm
+
+
+def landmark_shape(rgb: np.ndarray, face: tuple[float, float, float, float]):
+    """dlib's 5-point landmarks of ``face``: (crop, dlib shape in the crop's pixels, (x, y) offset of the crop).
+
+    Predicted in a crop around the face, so a large photo is not copied into dlib whole.
+    """
+    height, width = rgb.shape[:2]
+    fx0, fy0, fx1, fy1 = face
+    margin = max(fx1 - fx0, fy1 - fy0)
+    cx0, cy0 = max(0, math.floor(fx0 - margin)), max(0, math.floor(fy0 - margin))
+    cx1, cy1 = min(width, math.ceil(fx1 + margin)), min(height, math.ceil(fy1 + margin))
+    region = np.ascontiguousarray(rgb[cy0:cy1, cx0:cx1])
+    rect = _dlib().rectangle(round(fx0 - cx0), round(fy0 - cy0), round(fx1 - cx0) - 1, round(fy1 - cy0) - 1)
+    with _dlib_lock:
+        shape = _landmark_predictor()(region, rect)
+    return region, shape, (cx0, cy0)

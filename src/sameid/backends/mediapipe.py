@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MissingModelError, SameIdError
-from .base import Detection, HeadDetector, Segmenter
+from .base import Detection, HeadDetector, Segmenter, grow_box
 
 _INSTALL_HINT = (
     "mediapipe is not installed: run scripts/setup, or `pip install --no-deps mediapipe==0.10.21` "
@@ -93,14 +93,7 @@ def face_box_to_head_box(
     face_box: tuple[float, float, float, float], width: int, height: int
 ) -> tuple[float, float, float, float]:
     """Grow a face box (pixels) into a head box covering hair, clipped to the image."""
-    x0, y0, x1, y1 = face_box
-    face_w, face_h = x1 - x0, y1 - y0
-    return (
-        float(max(0.0, x0 - HEAD_EXPAND_SIDES * face_w)),
-        float(max(0.0, y0 - HEAD_EXPAND_TOP * face_h)),
-        float(min(float(width), x1 + HEAD_EXPAND_SIDES * face_w)),
-        float(min(float(height), y1 + HEAD_EXPAND_BOTTOM * face_h)),
-    )
+    return grow_box(face_box, width, height, top=HEAD_EXPAND_TOP, sides=HEAD_EXPAND_SIDES, bottom=HEAD_EXPAND_BOTTOM)
 
 
 class MediaPipeHeadDetector(HeadDetector):
