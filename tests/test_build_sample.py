@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
+from sameid.errors import SameIdError
 from sameid.records import MANIFEST_COLUMNS
 
 EXPECTED_REASONS = {
@@ -103,3 +105,19 @@ def test_source_collection_is_not_modified(sample, sample_digest_before_build, b
     from conftest import tree_digest
 
     assert tree_digest(sample.root) == sample_digest_before_build
+
+
+def test_export_to_huggingface_datasets(built_sample, tmp_path):
+    import datasets
+
+    from sameid.build.pipeline import export_huggingface
+
+    target = export_huggingface(built_sample.manifest, built_sample.out, tmp_path / "hf")
+    dataset = datasets.load_from_disk(str(target))
+    assert len(dataset) == len(built_sample.manifest)
+    first = dataset[0]
+    assert first["id"] == built_sample.manifest["id"].iloc[0]
+    assert first["similar"] == list(built_sample.manifest["similar"].iloc[0])
+    assert first["image"].size == (first["width"], first["height"])
+    with pytest.raises(SameIdError, match="not empty"):
+        export_huggingface(built_sample.manifest, built_sample.out, target)

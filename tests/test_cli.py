@@ -32,3 +32,14 @@ def test_wrong_image_root_is_one_clear_line(tmp_path, sample):
                                  str(tmp_path / "o"), "--workers", "1", "--quiet"])
     assert result.exit_code == 2
     assert "--image-root" in result.output
+
+
+def test_demo_builds_the_sample_and_says_where(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert str(tmp_path / "demo" / "dataset") in result.output
+    manifest = tmp_path / "demo" / "dataset" / "manifest.parquet"
+    assert manifest.is_file()
+    # a second run replaces the demo's own outputs instead of refusing
+    again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--workers", "2"])
+    assert again.exit_code == 0, again.output
