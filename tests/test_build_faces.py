@@ -51,7 +51,8 @@ def test_identity_folders_are_cleaned_by_face_clustering(people, tmp_path):
     assert manifest["head_box"].map(lambda b: b is not None).all()
 
 
-def test_unlabelled_photos_are_grouped_by_face_clusters(people, tmp_path):
+@pytest.mark.parametrize("method", ["dbscan", "hdbscan"])
+def test_unlabelled_photos_are_grouped_by_face_clusters(people, tmp_path, method):
     folder = tmp_path / "flat"
     folder.mkdir()
     lines = []
@@ -61,7 +62,7 @@ def test_unlabelled_photos_are_grouped_by_face_clusters(people, tmp_path):
         lines.append(f'{{"file_name": "{target.name}"}}')
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     result = build_dataset(BuildConfig(source=str(folder), out=str(tmp_path / "ds"), workers=1,
-                                       near_duplicate_bits=0), progress=False)
+                                       near_duplicate_bits=0, face_clustering=method), progress=False)
     manifest = result.manifest
     person = manifest["id"].str.split("_").str[0].where(manifest["id"] != "astronaut_wrong.jpg", "hopper")
     assert manifest.groupby("identity").apply(lambda g: person[g.index].nunique()).eq(1).all()

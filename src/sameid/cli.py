@@ -75,6 +75,7 @@ def build(
                                                           "images of one identity are near-duplicates.")] = 6,
     face_eps: Annotated[float | None, typer.Option(help="Cosine-distance radius for face clustering "
                                                         "(default tuned for the embedder).")] = None,
+    face_clustering: Annotated[str, typer.Option(help="dbscan | hdbscan, for photos without identity labels.")] = "dbscan",
     keep_monochrome: Annotated[bool, typer.Option(help="Keep images without colour (tags grouping drops them).")] = False,
     engine: Annotated[str, typer.Option(help="local (process pool) | ray (Ray Data).")] = "local",
     workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPU count).")] = None,
@@ -95,7 +96,8 @@ def build(
         head_detector=head_detector, segmenter=segmenter, vqa=vqa, face_embedder=face_embedder,
         unwanted_tags=unwanted_tag or None,
         clothing_vocabulary=None if clothing_vocabulary is None else str(clothing_vocabulary),
-        near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, reject_monochrome=not keep_monochrome,
+        near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, face_clustering=face_clustering,
+        reject_monochrome=not keep_monochrome,
         engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
         export_hf=None if export_hf is None else str(export_hf),
         is_generated_sample=(Path(source).parent / "ground_truth.csv").exists(),

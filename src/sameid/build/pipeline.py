@@ -75,6 +75,7 @@ class BuildConfig:
     near_duplicate_bits: int = DEFAULT_NEAR_DUPLICATE_BITS
     face_eps: float | None = None
     face_main_fraction: float = 0.6
+    face_clustering: str = "dbscan"
     min_samples: int = 2
     reject_monochrome: bool = True
     shard_size: int = 32
@@ -95,6 +96,8 @@ class BuildConfig:
             config.grouping = "tags" if config.source_format == "danbooru" else "faces"
         if config.grouping not in GROUPINGS:
             raise SameIdError(f"unknown grouping {config.grouping!r}; choose one of {', '.join(GROUPINGS)}")
+        if config.face_clustering not in ("dbscan", "hdbscan"):
+            raise SameIdError(f"unknown face clustering {config.face_clustering!r}; choose dbscan or hdbscan")
         if config.engine not in ENGINES:
             raise SameIdError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
         for name, default in DEFAULT_BACKENDS[config.grouping].items():
@@ -390,7 +393,8 @@ def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFram
     unlabelled = np.nonzero(~labelled)[0]
     if len(unlabelled):
         options = {} if config.face_eps is None else {"eps": config.face_eps}
-        labels = cluster.cluster_faces(embeddings[unlabelled], min_samples=config.min_samples, **options)
+        labels = cluster.cluster_faces(embeddings[unlabelled], method=config.face_clustering,
+                                       min_samples=config.min_samples, **options)
         for position, label in zip(unlabelled, labels):
             if label >= 0:
                 identity.iloc[position] = f"face-{label:05d}"
