@@ -89,6 +89,7 @@ def build(
     import os
 
     from .build.pipeline import BuildConfig, build_dataset
+    from .demo.sample import is_generated_sample
 
     config = BuildConfig(
         source=str(source), out=str(out), source_format=source_format,
@@ -100,7 +101,7 @@ def build(
         reject_monochrome=not keep_monochrome,
         engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
         export_hf=None if export_hf is None else str(export_hf),
-        is_generated_sample=(Path(source).parent / "ground_truth.csv").exists(),
+        is_generated_sample=is_generated_sample(Path(source).parent if Path(source).is_file() else source),
     )
     result = build_dataset(config, resume=resume, overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
     _print_build_summary(result)

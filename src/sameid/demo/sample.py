@@ -750,9 +750,7 @@ def _prepare_directory(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise SameIdError(f"{root} exists and is not a directory; choose a new directory for the sample")
     if root.exists() and any(root.iterdir()):
-        readme = root / "README.md"
-        earlier = readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(README_MARKER)
-        if not earlier:
+        if not is_generated_sample(root):
             raise SameIdError(f"refusing to write the sample into {root}: it is not empty and is not an earlier "
                               "sameid sample (its README.md does not start with "
                               f"{README_MARKER!r}); choose an empty or new directory")
@@ -763,6 +761,12 @@ def _prepare_directory(root: Path) -> None:
             elif path.exists() or path.is_symlink():
                 path.unlink()
     root.mkdir(parents=True, exist_ok=True)
+
+
+def is_generated_sample(folder) -> bool:
+    """True for a folder written by :func:`make_sample` (its README starts with the sample marker)."""
+    readme = Path(folder) / "README.md"
+    return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(README_MARKER)
 
 
 def make_sample(out_dir, seed: int = 0, image_size: tuple[int, int] = (192, 256)) -> SamplePaths:
