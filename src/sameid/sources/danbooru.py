@@ -283,11 +283,31 @@ def _without_blank_tags(lists: pa.ListArray, blank: pa.BooleanArray) -> pa.ListA
                                     mask=lists.is_null())
 
 
+def _string_bytes(strings: pa.Array) -> np.ndarray:
+    """The UTF-8 bytes of all values of a string array, as one zero-copy uint8 array."""
+    _, offsets, data = strings.buffers()
+    if data is None or not len(strings):
+        return np.zeros(0, np.uint8)
+    bounds = np.frombuffer(offsets, np.int32)[strings.offset: strings.offset + len(strings) + 1]
+    start, end = int(bounds[0]), int(bounds[-1])
+    return np.frombuffer(data, np.uint8, count=end - start, offset=start)
+
+
 def _split_tags(strings: pa.Array) -> pa.ListArray:
-    """Danbooru's space-separated tag strings -> lists of tags."""
-    split = pc.ascii_split_whitespace(strings)
-    # Leading or trailing spaces and empty strings leave empty tokens.
-    return _without_blank_tags(split, pc.equal(pc.binary_length(pc.list_flatten(split)), 0))
+    """Danbooru's space-separated tag strings -> lists of tags (split on runs of ASCII whitespace)."""
+    text = _string_bytes(strings)
+    # Splitting on " " is ~30% faster than on any whitespace; it is the same split when no byte is a control
+    # character (every ASCII whitespace but " " is one), which holds for real Danbooru metadata.
+    if not len(text) or text.min() >= 0x20:
+        split = pc.split_pattern(strings, " ")
+    else:
+        split = pc.ascii_split_whitespace(strings)
+    # Runs of spaces, leading or trailing spaces and empty strings leave empty tokens.
+    tokens = pc.list_flatten(split)
+    bounds = np.frombuffer(tokens.buffers()[1], np.int32)[tokens.offset: tokens.offset + len(tokens) + 1]
+    if not len(tokens) or np.all(bounds[1:] != bounds[:-1]):
+        return split
+    return _without_blank_tags(split, pc.equal(pc.binary_length(tokens), 0))
 
 
 def _clean_tag_lists(lists: pa.Array) -> pa.ListArray:
