@@ -77,3 +77,35 @@ def records_to_table(records):
     import pyarrow as pa
 
     return pa.Table.from_pylist([r.to_dict() for r in records], schema=source_schema())
+
+
+@dataclass
+class TrainingExample:
+    """One training example for a reference-conditioned model (``003_e9e011bd8e92c781.txt`` §5, A.4; loss masks
+    of ``001_1c9e709f25ebb599.txt`` equation 3). Built by :class:`sameid.pairs.PairsDataset`.
+
+    Pixels are uint8 torch tensors (C, H, W), so DataLoader workers stay cheap; ``sameid.pairs.normalize_pixels``
+    maps them to [-1, 1] on the training device. ``target`` is resized to fit the training resolution and padded;
+    ``valid_mask`` (1, H, W) is 1 exactly on the resized image (M_tgt: no loss on padding) and ``face_mask``
+    (1, H, W) is 1 exactly on the head box (M_face; all zeros without a head box). ``references`` is (N, 3, H, W),
+    each letterboxed the same way, with ``reference_valid_masks`` (N, 1, H, W); ``reference_concepts`` are their
+    captions ("face", "clothes", "figure") and ``reference_boxes`` the crop boxes in source pixels. ``caption``
+    is "" when the prompt was dropped (``caption_dropped``); ``full_caption`` keeps it. ``task`` is
+    "reconstruction" or "composition" (a multitask example says which one it drew).
+    """
+
+    target_id: str
+    identity: str
+    target: Any
+    valid_mask: Any
+    face_mask: Any
+    references: Any
+    reference_valid_masks: Any
+    reference_ids: list[str]
+    reference_concepts: list[str]
+    reference_boxes: list[tuple[int, int, int, int]]
+    caption: str
+    full_caption: str
+    caption_dropped: bool
+    task: str
+    mode: str

@@ -1,0 +1,284 @@
+"""Training examples as a torch Dataset (``003_e9e011bd8e92c781.txt`` §3.1, §5, A.4; ``001_1c9e709f25ebb599.txt``
+equation 3 for the loss masks).
+
+Each item is planned from a seed, the epoch and the target alone (:meth:`PairsDataset.plan`), never from worker
+state, so the same epoch gives the same examples with any number of DataLoader workers or processes (accelerate
+shards indices, it does not change them). Tasks: ``reconstruction`` (N whole-figure references captioned
+"figure"), ``composition`` (each reference independently cropped to "face" or "clothes" with probability 0.5, see
+:mod:`.concepts`), ``multitask`` (each example is one or the other with probability 0.5).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import SameIdError
+from ..images import load_image
+from ..records import TrainingExample
+from .concepts import DEFAULT_MAX_HEAD_FRACTION, DEFAULT_MIN_CLOTHES_FRACTION, ConceptCrop, concept_crop
+from .manifest import DatasetManifest, load_manifest
+from .sampler import DEFAULT_NEAR_DUPLICATE_BITS, ReferenceSampler
+
+TASKS = ("reconstruction", "composition", "multitask")
+PADDING_VALUE = 255  # figure datasets have white backgrounds; the valid-area mask keeps padding out of the loss
+# Reference augmentation of the -a setting: a random crop keeping this fraction of each side, then a mirror.
+_SAME_MODE_MIN_SIDE = 0.8
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    """How examples are drawn. ``mode``: "identity" (-b) or "same" (-a). ``shortfall``: "repeat" (sample with
+    replacement when an identity has fewer than ``n_references`` eligible references) or "refuse" (leave such
+    targets out; :attr:`PairsDataset.refused` lists them). ``curriculum``: None (manifest order), "phash" or
+    "source" (see :mod:`.curriculum`)."""
+
+    mode: str = "identity"
+    task: str = "reconstruction"
+    n_references: int = 4
+    resolution: int = 384
+    prompt_drop: float = 0.5
+    shortfall: str = "repeat"
+    seed: int = 0
+    near_duplicate_bits: int = DEFAULT_NEAR_DUPLICATE_BITS
+    max_head_fraction: float = DEFAULT_MAX_HEAD_FRACTION
+    min_clothes_fraction: float = DEFAULT_MIN_CLOTHES_FRACTION
+    curriculum: str | None = None
+    source_column: str = "source"
+    source_order: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise SameIdError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise SameIdError(f"resolution must be a positive multiple of 8 (256, 384, 512), got {self.resolution}")
+        if not 0.0 <= self.prompt_drop <= 1.0:
+            raise SameIdError(f"prompt_drop is a probability in [0, 1], got {self.prompt_drop}")
+
+
+@dataclass(frozen=True)
+class ExamplePlan:
+    """Everything random about one example, decided before any pixel is read (what ``sameid pairs`` writes)."""
+
+    epoch: int
+    target_row: int
+    task: str
+    reference_rows: tuple[int, ...]
+    crops: tuple[ConceptCrop, ...]
+    caption_dropped: bool
+    # -a only: per reference, (x0, y0, x1, y1) as fractions of the concept crop, and whether to mirror it.
+    augmentations: tuple[tuple[tuple[float, float, float, float], bool], ...] = field(default=())
+
+
+class PairsDataset(torch.utils.data.Dataset):
+    """A map-style Dataset of :class:`sameid.records.TrainingExample` over a dataset dir.
+
+    Call :meth:`set_epoch` before iterating an epoch (with ``persistent_workers=False``, the default, workers
+    copy the dataset when the iterator is made, so they see the new epoch).
+    """
+
+    def __init__(self, dataset: str | os.PathLike | DatasetManifest, config: PairsConfig | None = None, **overrides):
+        self.config = replace(config or PairsConfig(), **overrides)
+        self.manifest = dataset if isinstance(dataset, DatasetManifest) else load_manifest(dataset)
+        self.sampler = ReferenceSampler(self.manifest, self.config.mode, self.config.n_references,
+                                        self.config.shortfall, self.config.near_duplicate_bits)
+        rows = range(len(self.manifest))
+        self.refused: list[str] = [self.manifest.ids[r] for r in rows if not self.sampler.can_sample(r)]
+        self.target_rows: list[int] = [r for r in rows if self.sampler.can_sample(r)]
+        if self.config.curriculum:
+            from .curriculum import curriculum_order
+
+            self.target_rows = curriculum_order(self.manifest, self.target_rows, by=self.config.curriculum,
+                                                source_column=self.config.source_column,
+                                                source_order=self.config.source_order)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.target_rows)
+
+    def plan(self, index: int, epoch: int | None = None) -> ExamplePlan:
+        """The random choices of item ``index`` in ``epoch`` (default: the current epoch)."""
+        config, manifest = self.config, self.manifest
+        epoch = self.epoch if epoch is None else int(epoch)
+        row = self.target_rows[index]
+        rng = np.random.default_rng([config.seed, epoch, row])
+        task = config.task
+        if task == "multitask":
+            task = "reconstruction" if rng.random() < 0.5 else "composition"
+        references = self.sampler.sample(row, rng)
+        if task == "reconstruction":
+            requested = ["figure"] * len(references)
+        else:
+            requested = ["face" if draw < 0.5 else "clothes" for draw in rng.random(len(references))]
+        crops = tuple(
+            concept_crop(concept, manifest.head_boxes[ref], manifest.widths[ref], manifest.heights[ref],
+                         config.max_head_fraction, config.min_clothes_fraction)
+            for concept, ref in zip(requested, references)
+        )
+        augmentations = ()
+        if config.mode == "same":
+            sides = rng.uniform(_SAME_MODE_MIN_SIDE, 1.0, size=(len(references), 2))
+            starts = rng.uniform(0.0, 1.0, size=(len(references), 2)) * (1.0 - sides)
+            augmentations = tuple(
+                ((float(sx), float(sy), float(sx + w), float(sy + h)), True)
+                for (sx, sy), (w, h) in zip(starts, sides)
+            )
+        caption_dropped = bool(rng.random() < config.prompt_drop)
+        return ExamplePlan(epoch, row, task, tuple(references), crops, caption_dropped, augmentations)
+
+    def __getitem__(self, index: int) -> TrainingExample:
+        return self.example(self.plan(index))
+
+    def example(self, plan: ExamplePlan) -> TrainingExample:
+        """Read the pixels of ``plan`` and build the example."""
+        manifest, resolution = self.manifest, self.config.resolution
+        row = plan.target_row
+        images: dict[int, np.ndarray] = {}
+
+        def image_of(r: int) -> np.ndarray:
+            if r not in images:
+                images[r] = np.asarray(load_image(manifest.image_paths[r])[0])
+            return images[r]
+
+        target_image = image_of(row)
+        # Assembled in numpy and wrapped once: small torch ops cost milliseconds each under intra-op threading.
+        target, valid_box, scale = letterbox_array(target_image, resolution)
+        valid_mask = box_mask_array(valid_box, resolution)
+        head = manifest.head_boxes[row]
+        face_box = (0, 0, 0, 0) if head is None else _map_box(head, scale, valid_box)
+        face_mask = box_mask_array(face_box, resolution)
+
+        count = len(plan.reference_rows)
+        references = np.empty((count, 3, resolution, resolution), dtype=np.uint8)
+        reference_masks = np.zeros((count, 1, resolution, resolution), dtype=np.uint8)
+        for i, (ref, crop_box) in enumerate(zip(plan.reference_rows, plan.crops)):
+            piece = _crop_clipped(image_of(ref), crop_box.box)
+            if plan.augmentations:
+                piece = _augment(piece, *plan.augmentations[i])
+            pixels, (x0, y0, x1, y1), _ = letterbox_array(piece, resolution)
+            references[i] = pixels.transpose(2, 0, 1)
+            reference_masks[i, :, y0:y1, x0:x1] = 1
+        caption = manifest.captions[row]
+        return TrainingExample(
+            target_id=manifest.ids[row], identity=manifest.identities[row],
+            target=torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1))),
+            valid_mask=torch.from_numpy(valid_mask), face_mask=torch.from_numpy(face_mask),
+            references=torch.from_numpy(references), reference_valid_masks=torch.from_numpy(reference_masks),
+            reference_ids=[manifest.ids[r] for r in plan.reference_rows],
+            reference_concepts=[c.concept for c in plan.crops], reference_boxes=[c.box for c in plan.crops],
+            caption="" if plan.caption_dropped else caption, full_caption=caption,
+            caption_dropped=plan.caption_dropped, task=plan.task, mode=self.config.mode,
+        )
+
+    def pairs_frame(self, epochs: int = 1, start_epoch: int = 0) -> pd.DataFrame:
+        """One row per planned example of ``epochs`` epochs: ids, concepts and crop boxes (no pixels read)."""
+        manifest = self.manifest
+        rows = []
+        for epoch in range(start_epoch, start_epoch + epochs):
+            for index in range(len(self)):
+                plan = self.plan(index, epoch)
+                rows.append({
+                    "epoch": epoch, "index": index, "target_id": manifest.ids[plan.target_row],
+                    "identity": manifest.identities[plan.target_row], "mode": self.config.mode, "task": plan.task,
+                    "reference_ids": [manifest.ids[r] for r in plan.reference_rows],
+                    "requested_concepts": [c.requested for c in plan.crops],
+                    "concepts": [c.concept for c in plan.crops],
+                    "crop_boxes": [list(c.box) for c in plan.crops],
+                    "fallbacks": [c.fallback or "" for c in plan.crops],
+                    "caption_dropped": plan.caption_dropped,
+                })
+        return pd.DataFrame(rows, columns=PAIRS_COLUMNS)
+
+
+PAIRS_COLUMNS = ("epoch", "index", "target_id", "identity", "mode", "task", "reference_ids", "requested_concepts",
+                 "concepts", "crop_boxes", "fallbacks", "caption_dropped")
+
+
+def sample_pairs(dataset: str | os.PathLike | DatasetManifest, config: PairsConfig | None = None, epochs: int = 1,
+                 **overrides) -> pd.DataFrame:
+    """The pairs table (columns :data:`PAIRS_COLUMNS`) for ``epochs`` epochs of a dataset dir."""
+    return PairsDataset(dataset, config, **overrides).pairs_frame(epochs)
+
+
+def letterbox_array(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
+    """Resize an (H, W, 3) uint8 ``image`` so its longer side is ``resolution``; centre it on a white square canvas.
+
+    Returns the uint8 (R, R, 3) array, the valid box (x0, y0, x1, y1) of the image on the canvas (x1, y1
+    exclusive), and the scale from source pixels to canvas pixels.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    scale = resolution / max(width, height)
+    new_w, new_h = max(1, min(resolution, round(width * scale))), max(1, min(resolution, round(height * scale)))
+    x0, y0 = (resolution - new_w) // 2, (resolution - new_h) // 2
+    canvas = np.full((resolution, resolution, 3), PADDING_VALUE, dtype=np.uint8)
+    if (new_w, new_h) != (width, height):
+        # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=interpolation)
+    canvas[y0:y0 + new_h, x0:x0 + new_w] = image
+    return canvas, (x0, y0, x0 + new_w, y0 + new_h), scale
+
+
+def box_mask_array(box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
+    """A uint8 (1, R, R) mask that is 1 exactly on ``box`` (x1, y1 exclusive)."""
+    mask = np.zeros((1, resolution, resolution), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    mask[:, y0:y1, x0:x1] = 1
+    return mask
+
+
+def _map_box(box, scale: float, valid_box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """A source-pixel box on the letterboxed canvas: floor the start, ceil the end, clip to the valid area."""
+    vx0, vy0, vx1, vy1 = valid_box
+    x0, y0, x1, y1 = box
+    left = max(vx0, int(np.floor(vx0 + x0 * scale)))
+    top = max(vy0, int(np.floor(vy0 + y0 * scale)))
+    right = min(vx1, int(np.ceil(vx0 + x1 * scale)))
+    bottom = min(vy1, int(np.ceil(vy0 + y1 * scale)))
+    return (left, top, max(left, right), max(top, bottom))
+
+
+def _crop_clipped(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    # The plan used the manifest's width and height; clip in case the file on disk disagrees.
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = box
+    x1, y1 = min(x1, width), min(y1, height)
+    if x1 <= x0 or y1 <= y0:
+        return image
+    return image[y0:y1, x0:x1]
+
+
+def _augment(image: np.ndarray, fractions: tuple[float, float, float, float], mirror: bool) -> np.ndarray:
+    fx0, fy0, fx1, fy1 = fractions
+    h, w = image.shape[:2]
+    left, top = int(fx0 * w), int(fy0 * h)
+    image = image[top:max(top + 1, int(fy1 * h)), left:max(left + 1, int(fx1 * w))]
+    return image[:, ::-1] if mirror else image
+
+
+def collate_examples(examples: list[TrainingExample]) -> dict:
+    """Stack a list of examples into a batch dict (tensors stacked, strings and ids as lists)."""
+    first = examples[0]
+    if any(e.references.shape != first.references.shape or e.target.shape != first.target.shape for e in examples):
+        raise SameIdError("examples of one batch must have the same number of references and resolution")
+    batch = {name: torch.stack([getattr(e, name) for e in examples])
+             for name in ("target", "valid_mask", "face_mask", "references", "reference_valid_masks")}
+    batch["caption_dropped"] = torch.tensor([e.caption_dropped for e in examples], dtype=torch.bool)
+    for name in ("target_id", "identity", "reference_ids", "reference_concepts", "reference_boxes", "caption",
+                 "full_caption", "task", "mode"):
+        batch[name] = [getattr(e, name) for e in examples]
+    return batch
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] to float in [-1, 1] (the range of a Stable Diffusion VAE)."""
+    return pixels.float() / 127.5 - 1.0
