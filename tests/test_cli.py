@@ -43,3 +43,14 @@ def test_demo_builds_the_sample_and_says_where(tmp_path):
     # a second run replaces the demo's own outputs instead of refusing
     again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--workers", "2"])
     assert again.exit_code == 0, again.output
+
+
+def test_export_into_a_non_empty_folder_is_refused_before_any_work(tmp_path, sample):
+    target = tmp_path / "hf"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["build", str(sample.metadata), "--image-root", str(sample.image_root), "--out",
+                                 str(tmp_path / "o"), "--export-hf", str(target), "--quiet"])
+    assert result.exit_code == 2 and "--export-hf" in result.output
+    assert not (tmp_path / "o" / ".work" / "annotations").exists()
+    assert (target / "keep.txt").read_text() == "mine"

@@ -108,14 +108,13 @@ def build(
 
 
 def _print_build_summary(result) -> None:
-    stats = result.stats
     typer.echo(f"kept {len(result.manifest)} images in {result.manifest['identity'].nunique() if len(result.manifest) else 0} "
                f"identities; rejected {len(result.rejected)} (reasons in rejected.parquet)")
     typer.echo(f"dataset: {result.out}")
     typer.echo(f"  manifest: {result.out / 'manifest.parquet'}")
     typer.echo(f"  card:     {result.out / 'dataset_card.md'}")
-    if stats.get("export_hf"):
-        typer.echo(f"  hf:       {stats['export_hf']}")
+    if result.hf_dataset is not None:
+        typer.echo(f"  datasets: {result.hf_dataset} (datasets.load_from_disk)")
 
 
 @app.command()

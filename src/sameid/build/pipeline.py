@@ -138,6 +138,7 @@ class BuildResult:
     manifest: pd.DataFrame
     rejected: pd.DataFrame
     stats: dict
+    hf_dataset: Path | None = None
 
 
 def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool = False,
@@ -145,6 +146,9 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     """Build the dataset dir described in ``shared/DESIGN.md`` ("Contracts") from ``config.source``."""
     config = config.resolved()
     out = Path(config.out).resolve()
+    hf_target = None if config.export_hf is None else Path(config.export_hf).resolve()
+    if hf_target is not None and hf_target.exists() and any(hf_target.iterdir()):
+        raise SameIdError(f"{hf_target} is not empty; choose another --export-hf folder")
     work = prepare_output_dir(out, config.content_dict(), resume=resume, overwrite=overwrite)
 
     source = read_source(config.source, config.source_format)
@@ -195,9 +199,9 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     from .stats import write_stats
 
     stats = write_stats(out, manifest, rejected_frame, build_config=config.content_dict())
-    if config.export_hf:
-        export_huggingface(manifest, out, Path(config.export_hf))
-    return BuildResult(out=out, manifest=manifest, rejected=rejected_frame, stats=stats)
+    if hf_target is not None:
+        export_huggingface(manifest, out, hf_target)
+    return BuildResult(out=out, manifest=manifest, rejected=rejected_frame, stats=stats, hf_dataset=hf_target)
 
 
 def _filter_config(config: BuildConfig) -> FilterConfig:
