@@ -153,5 +153,60 @@ def demo(
     _print_build_summary(result)
 
 
+@app.command("eval")
+@user_errors
+def eval_(
+    manifest: Annotated[Path, typer.Argument(help="Generations manifest (.jsonl or .parquet: image, references, "
+                                                  "prompt, subject, model, seed), or a DreamBench-style samples/ "
+                                                  "folder (<run>/{src_image,text,tgt_image}/<subject>/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write per_image.parquet, summary.json, "
+                                                          "report.html and plots/ into.")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated: clip_i, clip_t, dino, face, vqa (needs --vqa).")] = "clip_i,clip_t,dino,face",
+    clip: Annotated[str, typer.Option(help="CLIP model id or local folder (for clip_i and clip_t).")] = "openai/clip-vit-large-patch14",
+    dino: Annotated[str, typer.Option(help="DINO model id or local folder (any ViT AutoModel).")] = "facebook/dinov2-small",
+    face_embedder: Annotated[str, typer.Option(help="Face embedder spec: dlib (offline) | arcface-onnx:<path.onnx>.")] = "dlib",
+    vqa: Annotated[str | None, typer.Option(help="VQA model for the vqa metric (add vqa to --metrics): "
+                                                 "transformers:<id or path>, e.g. an InstructBLIP model.")] = None,
+    vqa_text_embedder: Annotated[str, typer.Option(help="Embedder of the VQA answers: clip (the --clip model, as "
+                                                        "the paper) | minilm (bundled, offline) | minilm:<path>.")] = "clip",
+    vqa_question: Annotated[list[str] | None, typer.Option(help="A question for the vqa metric; repeat it "
+                                                                "(default: expression and hairstyle; pose, gesture and clothing).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder, keyed by file content and model "
+                                                        "(default: ~/.cache/sameid/embeddings).")] = None,
+    no_cache: Annotated[bool, typer.Option(help="Embed everything afresh and keep nothing on disk.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Evaluate the valid rows and list the others in "
+                                                    "problems.parquet, instead of stopping.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images or prompts embedded per model call.")] = 32,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+):
+    """Evaluate generations: CLIP-I, CLIP-T, DINO, face similarity, SWD for every pair, and an HTML report."""
+    from .evaluate.evaluator import EvalConfig, evaluate_generations
+    from .evaluate.manifest import import_dreambench, read_generations
+    from .evaluate.report import write_report
+
+    if manifest.is_dir():
+        imported = import_dreambench(manifest, out / "generations.jsonl")
+        typer.echo(f"imported {len(imported)} generations from {manifest} into {out / 'generations.jsonl'}")
+        manifest = out / "generations.jsonl"
+    generations = read_generations(manifest, skip_invalid=skip_invalid)
+    if len(generations.problems):
+        typer.echo(f"skipped {generations.problems['row'].nunique()} invalid row(s): see {out / 'problems.parquet'}")
+    cache = None if no_cache else (cache_dir or Path.home() / ".cache" / "sameid" / "embeddings")
+    config = EvalConfig(metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), clip=f"clip:{clip}",
+                        dino=f"dino:{dino}", face=face_embedder, vqa=vqa, vqa_text=vqa_text_embedder,
+                        cache_dir=cache, batch_size=batch_size)
+    if vqa_question:
+        config.vqa_questions = tuple(vqa_question)
+    evaluation = evaluate_generations(generations.frame, config)
+    summary = write_report(evaluation.per_image, out, manifest=str(manifest), problems=generations.problems,
+                           resamples=bootstrap)
+    for model, scores in summary["models"].items():
+        means = ", ".join(f"{k} {v:.4f}" for k, v in scores["means"].items() if v is not None)
+        swds = ", ".join(f"{k} {v['swd']:.4f}" for k, v in scores["swd"].items() if v["swd"] is not None)
+        typer.echo(f"{model} (n={scores['n']}): {means}" + (f"; {swds}" if swds else ""))
+    typer.echo(f"embedded {sum(s.embedded for s in evaluation.stores.values())} new inputs "
+               f"({evaluation.model_calls} model calls); report: {out / 'report.html'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

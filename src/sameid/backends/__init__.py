@@ -6,14 +6,25 @@ Kinds and their verbs (see :mod:`sameid.backends.base`):
 - ``segmenter``: ``segment(image) -> bool mask``
 - ``face_embedder``: ``embed(image, box=None) -> vector | None``
 - ``vqa``: ``answer(image, question, annotations) -> str``
+- ``image_embedder``: ``embed_images(images) -> (N, D) unit rows``; ``text_embedder``: ``embed_texts(texts)``
 
 A spec is ``name`` or ``name:argument`` (``transformers:Salesforce/blip-vqa-base``, ``arcface-onnx:/models/w600k_r50.onnx``).
 """
 
-from .base import Annotations, Detection, FaceEmbedder, HeadDetector, Segmenter, VQABackend
+from .base import (
+    Annotations,
+    Detection,
+    FaceEmbedder,
+    HeadDetector,
+    ImageEmbedder,
+    Segmenter,
+    TextEmbedder,
+    VQABackend,
+)
 from .registry import available_backends, create_backend, register_backend
 
 __all__ = [
-    "Annotations", "Detection", "FaceEmbedder", "HeadDetector", "Segmenter", "VQABackend",
+    "Annotations", "Detection", "FaceEmbedder", "HeadDetector", "ImageEmbedder", "Segmenter", "TextEmbedder",
+    "VQABackend",
     "available_backends", "create_backend", "register_backend",
 ]

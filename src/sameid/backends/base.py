@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,3 +84,33 @@ def grow_box(box: tuple[float, float, float, float], width: int, height: int, *,
         float(min(float(width), x1 + sides * box_w)),
         float(min(float(height), y1 + bottom * box_h)),
     )
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class ImageEmbedder(Backend):
+    """Images in, L2-normalised float32 rows out. ``identity`` names the weights, for caches: two embedders with
+    the same identity give the same vectors."""
+
+    kind = "image_embedder"
+    identity: str = ""
+
+    @abstractmethod
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(N, D) float32, each row L2-normalised."""
+
+
+class TextEmbedder(Backend):
+    """Texts in, L2-normalised float32 rows out (``identity`` as for :class:`ImageEmbedder`)."""
+
+    kind = "text_embedder"
+    identity: str = ""
+
+    @abstractmethod
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) float32, each row L2-normalised."""

@@ -29,6 +29,14 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "pixel-colors": "sameid.backends.pixel_vqa:PixelColorVQA",
         "transformers": "sameid.backends.vqa:TransformersVQA",
     },
+    "image_embedder": {
+        "clip": "sameid.backends.clip:CLIPEmbedder",
+        "dino": "sameid.backends.dino:DinoEmbedder",
+    },
+    "text_embedder": {
+        "clip": "sameid.backends.clip:CLIPEmbedder",
+        "minilm": "sameid.backends.text:MiniLMTextEmbedder",
+    },
 }
 
 

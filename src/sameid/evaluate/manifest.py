@@ -1,0 +1,228 @@
+"""The generations manifest (``/work/shared/DESIGN.md``, Contracts): one row per generated image.
+
+Columns: ``image`` (path), ``references`` (list of paths), ``prompt`` (str), ``subject`` (str), ``model`` (str),
+``seed`` (int, may be null). Files are JSON lines (``.jsonl``) or parquet. Relative paths are resolved against the
+manifest's folder; absolute paths are kept. A ``references`` value that is a single string is a list of one.
+
+Problems are reported, not guessed around. A missing column is a :class:`~sameid.errors.SchemaError` at once.
+Row-level problems (image file missing, a reference missing, no references, an empty prompt, a reference count that
+differs from the most common count, a seed that is not an integer) are collected into a problems table with one row
+per (row, problem): ``row`` (0-based row number; the JSON line number is ``row + 1``), ``image`` and ``problem``.
+:func:`read_generations` raises a SchemaError listing them unless ``skip_invalid=True``, in which case the bad rows
+are dropped and the problems table is returned beside the valid rows, so a caller can write it out.
+
+:func:`import_dreambench` converts the DreamBench-style sample layout (see its docstring) into a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import SchemaError
+
+REQUIRED_COLUMNS = ("image", "references", "prompt", "subject", "model")
+OPTIONAL_COLUMNS = ("seed",)
+PROBLEM_COLUMNS = ("row", "image", "problem")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_SHOWN_PROBLEMS = 10
+
+
+@dataclass
+class Generations:
+    """Valid rows (absolute paths, ``row`` = original row number) and the problems of the rows left out."""
+
+    frame: pd.DataFrame
+    problems: pd.DataFrame
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise SchemaError(f"generations manifest {path} does not exist")
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise SchemaError(f"{path}:{number}: not a JSON object ({error.msg})") from error
+        return pd.DataFrame(rows)
+    raise SchemaError(f"generations manifest {path}: use .jsonl or .parquet (got {suffix or 'no suffix'})")
+
+
+def _as_list(value) -> list[str] | None:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        return [value]
+    try:
+        return [str(item) for item in value]
+    except TypeError:
+        return None
+
+
+def _resolve(root: Path, value: str) -> str:
+    path = Path(os.path.expanduser(value))
+    return str(path if path.is_absolute() else (root / path).resolve())
+
+
+def _seed(value):
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
+        return None
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: str = "manifest") -> Generations:
+    """Resolve paths against ``root`` and split ``frame`` into valid rows and a problems table (see module doc)."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise SchemaError(f"{source}: missing column(s) {', '.join(missing)}; a generations manifest needs "
+                          f"{', '.join(REQUIRED_COLUMNS)} (and optionally seed)")
+    root = Path(root)
+    problems: list[tuple[int, str, str]] = []
+    rows = []
+    reference_lists = [_as_list(value) for value in frame["references"]]
+    counts = Counter(len(refs) for refs in reference_lists if refs)
+    usual_count = counts.most_common(1)[0][0] if counts else 0
+    seeds = frame["seed"] if "seed" in frame.columns else [None] * len(frame)
+    for row, (record, references, seed_value) in enumerate(
+        zip(frame.to_dict("records"), reference_lists, seeds, strict=True)
+    ):
+        image_value = record["image"]
+        row_problems = []
+        image = ""
+        if not isinstance(image_value, str) or not image_value.strip():
+            row_problems.append("no image path")
+        else:
+            image = _resolve(root, image_value)
+            if not Path(image).is_file():
+                row_problems.append(f"image file not found: {image}")
+        if not references:
+            row_problems.append("no references")
+            references = []
+        else:
+            resolved = [_resolve(root, reference) for reference in references]
+            for reference in resolved:
+                if not Path(reference).is_file():
+                    row_problems.append(f"reference file not found: {reference}")
+            if len(resolved) != usual_count:
+                row_problems.append(f"{len(resolved)} references where most rows have {usual_count}")
+            references = resolved
+        prompt = record["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            row_problems.append("empty prompt")
+        for column in ("subject", "model"):
+            if not isinstance(record[column], str) or not record[column].strip():
+                row_problems.append(f"empty {column}")
+        try:
+            seed = _seed(seed_value)
+        except (TypeError, ValueError):
+            row_problems.append(f"seed {seed_value!r} is not an integer")
+            seed = None
+        if row_problems:
+            problems.extend((row, str(image_value), problem) for problem in row_problems)
+            continue
+        rows.append({"row": row, "image": image, "references": references, "prompt": prompt,
+                     "subject": record["subject"], "model": record["model"], "seed": seed})
+    valid = pd.DataFrame(rows, columns=["row", "image", "references", "prompt", "subject", "model", "seed"])
+    valid["seed"] = valid["seed"].astype("Int64")
+    return Generations(valid, pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)))
+
+
+def format_problems(problems: pd.DataFrame, source: str) -> str:
+    lines = [f"{source}: {problems['row'].nunique()} row(s) with problems:"]
+    for row, image, problem in problems.head(_SHOWN_PROBLEMS).itertuples(index=False):
+        lines.append(f"  row {row} ({image}): {problem}")
+    if len(problems) > _SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - _SHOWN_PROBLEMS} more")
+    return "\n".join(lines)
+
+
+def read_generations(path: str | os.PathLike, *, skip_invalid: bool = False) -> Generations:
+    """Read and check a generations manifest (see module doc); raise SchemaError on any problem unless
+    ``skip_invalid``, which drops the bad rows and returns their problems."""
+    path = Path(path)
+    generations = check_generations(_read_table(path), path.resolve().parent, source=str(path))
+    if len(generations.problems) and not skip_invalid:
+        raise SchemaError(format_problems(generations.problems, str(path)) +
+                          "\n(fix them, or pass skip_invalid / --skip-invalid to evaluate the other rows)")
+    if generations.frame.empty:
+        raise SchemaError(f"{path}: no valid generations to evaluate")
+    return generations
+
+
+def write_generations(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a manifest as JSON lines or parquet (by suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in frame.columns]
+    if path.suffix.lower() == ".parquet":
+        frame[columns].to_parquet(path, index=False)
+    else:
+        with path.open("w", encoding="utf-8") as handle:
+            for record in frame[columns].to_dict("records"):
+                record = {k: (None if v is pd.NA else v) for k, v in record.items()}
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def import_dreambench(samples: str | os.PathLike, out: str | os.PathLike) -> pd.DataFrame:
+    """Write a generations manifest for a DreamBench-style folder and return it.
+
+    Layout: ``samples/<run>/src_image/<subject>/*`` (the references), ``samples/<run>/tgt_image/<subject>/<name>.*``
+    (the generations) and ``samples/<run>/text/<subject>/<name>.txt`` (the prompt of the generation with the same
+    file stem). Mapping: ``model`` = ``<run>``, ``subject`` = ``<subject>``, ``references`` = every image in
+    ``src_image/<subject>/`` (sorted by name), ``prompt`` = the stem-matched text file's content, stripped; when
+    ``text/<subject>/`` holds exactly one ``.txt``, it is the prompt of every generation of that subject.
+    ``seed`` = the number ending the generation's stem (``..._3.png`` -> 3), else null. A generation without a
+    prompt is written with an empty prompt, which :func:`read_generations` then reports. Paths are written
+    relative to ``out``'s folder, so the manifest moves with the samples.
+    """
+    samples, out = Path(samples), Path(out)
+    if not samples.is_dir():
+        raise SchemaError(f"{samples}: not a folder (expected samples/<run>/{{src_image,text,tgt_image}}/<subject>/)")
+    base = out.resolve().parent
+    rows = []
+    for run in sorted(p for p in samples.iterdir() if (p / "tgt_image").is_dir()):
+        for subject_dir in sorted(p for p in (run / "tgt_image").iterdir() if p.is_dir()):
+            subject = subject_dir.name
+            references = [os.path.relpath(p.resolve(), base) for p in _images(run / "src_image" / subject)]
+            texts = sorted((run / "text" / subject).glob("*.txt")) if (run / "text" / subject).is_dir() else []
+            by_stem = {p.stem: p for p in texts}
+            for image in _images(subject_dir):
+                text = by_stem.get(image.stem) or (texts[0] if len(texts) == 1 else None)
+                prompt = text.read_text(encoding="utf-8").strip() if text else ""
+                number = _TRAILING_NUMBER.search(image.stem)
+                rows.append({"image": os.path.relpath(image.resolve(), base), "references": references,
+                             "prompt": prompt, "subject": subject, "model": run.name,
+                             "seed": int(number.group(1)) if number else None})
+    if not rows:
+        raise SchemaError(f"{samples}: no <run>/tgt_image/<subject>/ images found")
+    frame = pd.DataFrame(rows)
+    write_generations(frame, out)
+    return frame

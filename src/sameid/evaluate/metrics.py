@@ -1,0 +1,135 @@
+"""Per-generation scores, as metric objects with ``update`` / ``compute`` (torchmetrics style).
+
+- ``clip_i``: mean over the references of cos(CLIP(generation), CLIP(reference)); identity preservation.
+- ``clip_t``: cos(CLIP(generation), CLIP(prompt)) on the 0-1 cosine scale that RetriBooru
+  (``/work/shared/papers/003_e9e011bd8e92c781.txt`` section 3.1, CLIP-T about 0.18-0.26) and its SWD table
+  (``001_1c9e709f25ebb599.txt`` section 4) use. torchmetrics' ``CLIPScore`` is ``max(100 * cos, 0)`` (PairHuman,
+  ``000_0f2cfc8660a1b044.txt``, reports CLIP-T 26.25 on that scale): it is the column ``clip_score``.
+- ``dino``: as ``clip_i`` with DINO class tokens (DreamBooth's DINO score).
+- ``face``: mean over the references in which a face is found of cos(face(generation), face(reference)) with an
+  identity face embedder (PairHuman's face similarity); NaN when the generation or every reference has no face.
+  ``detection_rate`` is the share of generations in which a face was found.
+
+``update`` only records rows; ``compute`` embeds every distinct image and prompt once, in batches, through an
+:class:`~sameid.evaluate.embeddings.EmbeddingStore` (content-hash keyed, cached on disk), so a reference shared by
+500 generations is embedded once, and a re-run with the same cache embeds nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..backends.base import FaceEmbedder
+from .embeddings import EmbeddingCache, EmbeddingStore
+
+SIMILARITY_METRICS = ("clip_i", "dino", "face")
+DIVERSITY_METRICS = ("vqa", "clip_t")
+# every score SWD pairs (clip_score is clip_t rescaled, not a score of its own); vqa lives in .vqa_score
+METRICS = ("vqa", "clip_i", "clip_t", "dino", "face")
+DEFAULT_METRICS = ("clip_i", "clip_t", "dino", "face")  # vqa needs a VQA model, so it is asked for explicitly
+
+
+def _mean_reference_cosine(generated: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
+    """Per generation, the nanmean over its references of the cosine (NaN rows = nothing found, skipped)."""
+    values = np.full(len(references), np.nan)
+    for i, (vector, refs) in enumerate(zip(generated, references, strict=True)):
+        if np.isnan(vector).any() or len(refs) == 0:
+            continue
+        cosines = refs @ vector
+        cosines = cosines[~np.isnan(cosines)]
+        if len(cosines):
+            values[i] = float(cosines.mean())
+    return values
+
+
+class ReferenceSimilarity:
+    """Mean cosine between each generation and its references in one image embedding space (clip_i, dino)."""
+
+    def __init__(self, store: EmbeddingStore, name: str = "clip_i"):
+        self.store, self.name = store, name
+        self.reset()
+
+    def reset(self) -> None:
+        self._images: list[str] = []
+        self._references: list[list[str]] = []
+
+    def update(self, images: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+        if len(images) != len(references):
+            raise ValueError(f"{self.name}: {len(images)} images but {len(references)} reference lists")
+        self._images.extend(images)
+        self._references.extend(list(refs) for refs in references)
+
+    def compute(self) -> np.ndarray:
+        """One value per generation, in update order."""
+        flat = [path for refs in self._references for path in refs]
+        vectors = self.store.get(self._images + flat)
+        generated, reference_vectors = vectors[:len(self._images)], vectors[len(self._images):]
+        grouped, start = [], 0
+        for refs in self._references:
+            grouped.append(reference_vectors[start:start + len(refs)])
+            start += len(refs)
+        return _mean_reference_cosine(generated, grouped)
+
+
+class TextAlignment:
+    """cos(image, prompt) in a joint image-text space (clip_t, 0-1 scale); ``clip_score`` gives 100 * max(cos, 0)."""
+
+    def __init__(self, images: EmbeddingStore, texts: EmbeddingStore, name: str = "clip_t"):
+        self.images, self.texts, self.name = images, texts, name
+        self.reset()
+
+    def reset(self) -> None:
+        self._images: list[str] = []
+        self._prompts: list[str] = []
+
+    def update(self, images: Sequence[str], prompts: Sequence[str]) -> None:
+        if len(images) != len(prompts):
+            raise ValueError(f"{self.name}: {len(images)} images but {len(prompts)} prompts")
+        self._images.extend(images)
+        self._prompts.extend(prompts)
+
+    def compute(self) -> np.ndarray:
+        if not self._images:
+            return np.zeros(0)
+        image_vectors = self.images.get(self._images)
+        text_vectors = self.texts.get(self._prompts)
+        return np.einsum("nd,nd->n", image_vectors, text_vectors).astype(np.float64)
+
+    @staticmethod
+    def clip_score(cosines: np.ndarray) -> np.ndarray:
+        """torchmetrics' CLIPScore scale: ``max(100 * cos, 0)``."""
+        return np.maximum(100.0 * np.asarray(cosines, dtype=np.float64), 0.0)
+
+
+def face_store(embedder: FaceEmbedder, *, cache: EmbeddingCache | None = None, model: str | None = None) -> EmbeddingStore:
+    """An image store whose vectors are ``embedder``'s face embeddings, a NaN row where no face is found."""
+    dim = int(getattr(embedder, "dim", 0) or 0)
+
+    def embed(images: list[Image.Image]) -> np.ndarray:
+        vectors = [embedder.embed(image) for image in images]
+        width = dim or next((len(v) for v in vectors if v is not None), 1)
+        return np.stack([np.full(width, np.nan, np.float32) if v is None else np.asarray(v, np.float32)
+                         for v in vectors])
+
+    identity = model or f"face:{embedder.spec or type(embedder).__name__}"
+    # one image at a time through the embedder anyway; the batch only bounds how many images sit in memory
+    return EmbeddingStore(embed, identity, inputs="image", cache=cache, batch_size=16)
+
+
+class FaceSimilarity(ReferenceSimilarity):
+    """Face identity similarity; NaN where no face is found. ``detection_rate`` is set by ``compute``."""
+
+    def __init__(self, store: EmbeddingStore, name: str = "face"):
+        super().__init__(store, name)
+        self.detected: np.ndarray = np.zeros(0, bool)
+        self.detection_rate = float("nan")
+
+    def compute(self) -> np.ndarray:
+        values = super().compute()
+        generated = self.store.get(self._images)
+        self.detected = ~np.isnan(generated).any(axis=1) if len(generated) else np.zeros(0, bool)
+        self.detection_rate = float(self.detected.mean()) if len(self.detected) else float("nan")
+        return values

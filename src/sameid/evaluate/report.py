@@ -1,0 +1,194 @@
+"""The evaluation output (``/work/shared/DESIGN.md``, Contracts): ``per_image.parquet``, ``summary.json``,
+``report.html`` and a sim-vs-div scatter plot per model (``plots/<model>.png``).
+
+``summary.json``: ``{"metrics": [...], "bootstrap": {...}, "models": {model: {"n", "means", "swd", "ci95"}}}``;
+``means`` per metric (plus ``clip_score`` and ``face_detection_rate`` when measured); ``swd`` keyed
+``"swd(div,sim)"`` with equation 1's value, the product of means and the Cauchy-Schwarz bound
+(:mod:`sameid.evaluate.swd`); ``ci95`` holds percentile bootstrap 95% intervals of each mean and each SWD,
+resampling generations with replacement. The scatter plots follow RetriBooru's (``/work/shared/papers/
+001_1c9e709f25ebb599.txt`` section 5, "scatter plots on the right"): one point per generation, div on x, sim on y.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import METRICS
+from .swd import metric_pairs, swd_table
+
+N_BOOTSTRAP = 1000
+_BOOTSTRAP_CHUNK = 200  # resamples drawn at once: bounds memory at chunk x n floats per metric
+
+
+def _nanmean_rows(matrix: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN resample (no face anywhere) is a NaN mean
+        return np.nanmean(matrix, axis=1)
+
+
+def bootstrap_interval(values: np.ndarray, *, resamples: int = N_BOOTSTRAP, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the NaN-skipping mean of ``values`` (rows resampled with replacement)."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0 or np.isnan(values).all():
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = []
+    for start in range(0, resamples, _BOOTSTRAP_CHUNK):
+        index = rng.integers(0, len(values), size=(min(_BOOTSTRAP_CHUNK, resamples - start), len(values)))
+        means.append(_nanmean_rows(values[index]))
+    means = np.concatenate(means)
+    means = means[~np.isnan(means)]
+    alpha = (1.0 - level) / 2.0
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def summarize(per_image: pd.DataFrame, *, resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """The ``summary.json`` object (see module doc). NaN becomes null."""
+    metrics = [m for m in METRICS if m in per_image.columns]
+    extras = [c for c in ("clip_score",) if c in per_image.columns]
+    models = {}
+    for model, rows in per_image.groupby("model", sort=True):
+        means, ci95 = {}, {}
+        for column in (*metrics, *extras):
+            values = rows[column].to_numpy(dtype=np.float64)
+            means[column] = _finite(float(np.nanmean(values))) if (~np.isnan(values)).any() else None
+            ci95[column] = [_finite(v) for v in bootstrap_interval(values, resamples=resamples, seed=seed)]
+        if "face_detected" in rows:
+            means["face_detection_rate"] = float(rows["face_detected"].astype(bool).mean())
+        swd = {}
+        for key, result in swd_table(rows, metrics).items():
+            swd[key] = {name: (_finite(value) if isinstance(value, float) else value)
+                        for name, value in result.as_dict().items()}
+            product = rows[result.div].to_numpy(np.float64) * rows[result.sim].to_numpy(np.float64)
+            ci95[key] = [_finite(v) for v in bootstrap_interval(product, resamples=resamples, seed=seed)]
+        models[str(model)] = {"n": int(len(rows)), "means": means, "swd": swd, "ci95": ci95}
+    return {
+        "metrics": metrics,
+        "scales": {"clip_t": "cosine (0-1 scale of the RetriBooru and SWD papers)",
+                   "clip_score": "torchmetrics CLIPScore: max(100 * cosine, 0)"},
+        "bootstrap": {"resamples": resamples, "seed": seed, "level": 0.95, "method": "percentile"},
+        "models": models,
+    }
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def scatter_pair(metrics: list[str]) -> tuple[str, str] | None:
+    """The (div, sim) pair drawn: SWD(clip_t, clip_i) when both were measured, else the first pair."""
+    pairs = metric_pairs(metrics)
+    return ("clip_t", "clip_i") if ("clip_t", "clip_i") in pairs else (pairs[0] if pairs else None)
+
+
+def write_scatter(rows: pd.DataFrame, div: str, sim: str, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.5, 4), dpi=100)
+    axes = figure.subplots()
+    axes.scatter(rows[div], rows[sim], s=10, alpha=0.6)
+    axes.set_xlabel(f"{div} (div)")
+    axes.set_ylabel(f"{sim} (sim)")
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+_TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>sameid evaluation</title>
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}
+td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#eee}</style></head><body>
+<h1>sameid evaluation</h1>
+<p>{{ n_generations }} generations from {{ manifest }}. clip_t is a cosine (0-1 scale); clip_score is
+torchmetrics' max(100 &times; cosine, 0). SWD(div, sim) is the mean of div &times; sim (equation 1); compare it with
+the product of means (higher SWD = generations good at both at once) and the Cauchy-Schwarz bound.</p>
+<h2>Means (95% bootstrap interval)</h2>
+<table><tr><th>model</th><th>n</th>{% for m in columns %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for model, s in models.items() %}<tr><td>{{ model }}</td><td>{{ s.n }}</td>
+{% for m in columns %}<td>{{ fmt(s.means.get(m)) }} [{{ fmt(s.ci95.get(m, [None, None])[0]) }},
+{{ fmt(s.ci95.get(m, [None, None])[1]) }}]</td>{% endfor %}</tr>
+{% endfor %}</table>
+<h2>Similarity weighted diversity</h2>
+<table><tr><th>model</th><th>pair</th><th>SWD</th><th>95% interval</th><th>product of means</th>
+<th>Cauchy-Schwarz bound</th><th>n</th></tr>
+{% for model, s in models.items() %}{% for key, r in s.swd.items() %}<tr><td>{{ model }}</td><td>{{ key }}</td>
+<td>{{ fmt(r.swd) }}</td><td>[{{ fmt(s.ci95[key][0]) }}, {{ fmt(s.ci95[key][1]) }}]</td>
+<td>{{ fmt(r.product_of_means) }}</td><td>{{ fmt(r.cauchy_schwarz_bound) }}</td><td>{{ r.n }}</td></tr>
+{% endfor %}{% endfor %}</table>
+{% if plots %}<h2>Similarity vs diversity</h2>
+{% for model, plot in plots.items() %}<figure style="display:inline-block"><img src="{{ plot }}" alt="{{ model }}">
+<figcaption>{{ model }}</figcaption></figure>{% endfor %}{% endif %}
+<h2>Generations{% if shown < n_generations %} (first {{ shown }}){% endif %}</h2>
+<table><tr>{% for c in row_columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for row in rows %}<tr>{% for c in row_columns %}<td>{{ fmt(row[c]) }}</td>{% endfor %}</tr>{% endfor %}
+</table></body></html>
+"""
+
+
+def _fmt(value) -> str:
+    if value is None or value is pd.NA:
+        return "–"
+    if isinstance(value, float | np.floating):
+        return "–" if not math.isfinite(float(value)) else f"{float(value):.4f}"
+    return str(value)
+
+
+def render_html(summary: dict, per_image: pd.DataFrame, plots: dict[str, str], *, manifest: str = "",
+                max_rows: int = 500) -> str:
+    """The HTML report; every value (model names, prompts, paths) is HTML-escaped by jinja2's autoescape."""
+    import jinja2
+
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = environment.from_string(_TEMPLATE)
+    columns = [*summary["metrics"], *(["clip_score"] if any("clip_score" in s["means"] for s in summary["models"].values()) else []),
+               *(["face_detection_rate"] if "face" in summary["metrics"] else [])]
+    row_columns = [c for c in ("model", "subject", "prompt", "seed", *summary["metrics"], "image") if c in per_image]
+    shown = per_image.head(max_rows)
+    return template.render(models=summary["models"], columns=columns, row_columns=row_columns,
+                           rows=shown.to_dict("records"), shown=len(shown), n_generations=len(per_image),
+                           plots=plots, manifest=manifest, fmt=_fmt)
+
+
+def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: str = "", problems: pd.DataFrame | None = None,
+                 resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Write every output file into ``out``; return the summary. ``problems`` (rows left out) -> problems.parquet."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image.to_parquet(out / "per_image.parquet", index=False)
+    summary = summarize(per_image, resamples=resamples, seed=seed)
+    if problems is not None and len(problems):
+        problems.to_parquet(out / "problems.parquet", index=False)
+        summary["skipped_rows"] = int(problems["row"].nunique())
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    plots = {}
+    pair = scatter_pair(summary["metrics"])
+    if pair is not None:
+        div, sim = pair
+        used: set[str] = set()
+        for model, rows in per_image.groupby("model", sort=True):
+            name = _slug(str(model))
+            while name in used:  # two model names with one slug ("a b", "a_b") must not share a plot
+                name += "_"
+            used.add(name)
+            path = write_scatter(rows, div, sim, out / "plots" / f"{name}.png", f"{model}: {sim} vs {div}")
+            plots[str(model)] = path.relative_to(out).as_posix()
+    (out / "report.html").write_text(render_html(summary, per_image, plots, manifest=manifest), encoding="utf-8")
+    return summary
