@@ -10,7 +10,11 @@ Timed, for each size (default 100,000 and 1,000,000 rows):
 (a) ``in_memory``: :func:`sameid.build.filters.apply_tag_filters` + :func:`sameid.build.outfits.group_by_outfit`
     on a pyarrow table already in memory (the source table's columns plus ``answer``);
 (b) ``end_to_end``: :func:`sameid.sources.danbooru.read_danbooru` of the JSONL file, then (a); the answers
-    are attached to the kept rows by id, as the build does after the VQA stage.
+    are attached to the kept rows by id, as the build does after the VQA stage. The time of each step of the
+    fastest run is reported (``end_to_end_steps``). Captions are not part of (b): the reader leaves them null and
+    the build makes them for the kept rows only (in ``resolve_danbooru_images``); the time that takes,
+    :func:`sameid.sources.danbooru.danbooru_captions` on the kept rows, is reported apart
+    (``captions_of_kept_s``).
 
 Baseline, same run: the same filter + group written the naive way, as the paper's Algorithm 1 reads (a loop over
 row dicts, sets of tags, a dict of (character, artist) groups, answers compared pairwise within each group) on
@@ -40,7 +44,7 @@ import pyarrow.compute as pc
 
 from sameid.build.filters import DEFAULT_UNWANTED_TAGS, FilterConfig, apply_tag_filters, load_vocabulary
 from sameid.build.outfits import group_by_outfit, normalize_answer
-from sameid.sources.danbooru import read_danbooru
+from sameid.sources.danbooru import danbooru_captions, read_danbooru
 
 COLOURS = ["black", "white", "red", "blue", "pink", "purple", "green", "yellow", "orange", "brown", "grey",
            "light blue", "navy"]
@@ -150,11 +154,22 @@ def filter_and_group(table: pa.Table, config: FilterConfig) -> tuple[pa.Table, p
     return group_by_outfit(kept), rejected
 
 
-def end_to_end(path: Path, answers: pa.Array, config: FilterConfig) -> tuple[pa.Table, pa.Table]:
-    source = read_danbooru(path)
-    kept, rejected = apply_tag_filters(source.table, config)
+def end_to_end(path: Path, answers: pa.Array, config: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
+    """(grouped, rejected, {step: [wall seconds, CPU seconds]}) for read, filters and grouping."""
+    steps: dict[str, list[float]] = {}
+
+    def step(name, function, *args):
+        before, start = os.times(), time.perf_counter()
+        result = function(*args)
+        after = os.times()
+        steps[name] = [round(time.perf_counter() - start, 3),
+                       round((after.user - before.user) + (after.system - before.system), 3)]
+        return result
+
+    source = step("read", read_danbooru, path)
+    kept, rejected = step("filters", apply_tag_filters, source.table, config)
     kept = kept.append_column("answer", answers.take(kept.column("id").cast(pa.int64())))
-    return group_by_outfit(kept), rejected
+    return step("group", group_by_outfit, kept), rejected, steps
 
 
 def naive_filter_and_group(rows: list[dict], unwanted: set, clothing: set) -> dict[str, list[str]]:
@@ -183,15 +198,38 @@ def naive_filter_and_group(rows: list[dict], unwanted: set, clothing: set) -> di
 
 
 def timed(function, *args, repeat: int = 1):
-    """(best wall seconds, CPU seconds of that run (user + system, all threads), result)."""
-    best, cpu, result = float("inf"), float("nan"), None
+    """(best wall seconds, CPU seconds of that run (user + system, all threads), result of that run)."""
+    best, cpu, best_result = float("inf"), float("nan"), None
     for _ in range(repeat):
         before, start = os.times(), time.perf_counter()
         result = function(*args)
         seconds, after = time.perf_counter() - start, os.times()
         if seconds < best:
-            best, cpu = seconds, (after.user - before.user) + (after.system - before.system)
-    return best, cpu, result
+            best, cpu, best_result = seconds, (after.user - before.user) + (after.system - before.system), result
+        del result
+    return best, cpu, best_result
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes of the machine have used since boot (Linux), to tell how busy it was with
+    other work during a timing (the machine may be shared)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            ticks = [int(value) for value in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
+def others_cpu_seconds(function, *args, **kwargs):
+    """(result of function, CPU seconds other processes used while it ran, or None when unknown)."""
+    busy_before, own_before = busy_cpu_seconds(), os.times()
+    result = function(*args, **kwargs)
+    busy_after, own_after = busy_cpu_seconds(), os.times()
+    if busy_before is None or busy_after is None:
+        return result, None
+    own = (own_after.user - own_before.user) + (own_after.system - own_before.system)
+    return result, round(max(busy_after - busy_before - own, 0.0), 2)
 
 
 def machine() -> dict:
@@ -223,9 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
             table = in_memory_table(posts)
             path = Path(folder) / f"posts_{rows}.jsonl"
             size = write_jsonl(posts, path)
-            seconds_a, cpu_a, (grouped, rejected) = timed(filter_and_group, table, config, repeat=args.repeat)
-            seconds_b, cpu_b, (grouped_b, _) = timed(end_to_end, path, table.column("answer").combine_chunks(), config,
-                                              repeat=args.repeat)
+            (seconds_a, cpu_a, (grouped, rejected)), others_a = others_cpu_seconds(
+                timed, filter_and_group, table, config, repeat=args.repeat)
+            (seconds_b, cpu_b, (grouped_b, _, steps_b)), others_b = others_cpu_seconds(
+                timed, end_to_end, path, table.column("answer").combine_chunks(), config, repeat=args.repeat)
+            seconds_c, cpu_c, _ = timed(danbooru_captions, grouped_b.column("tags"))
             assert grouped.column("identity").equals(grouped_b.column("identity")), "(a) and (b) disagree"
             similar = pc.list_value_length(grouped.column("similar"))
             entry = {
@@ -237,12 +277,18 @@ def main(argv: list[str] | None = None) -> dict:
                 "in_memory_rows_per_s": round(rows / seconds_a),
                 "end_to_end_s": round(seconds_b, 3), "end_to_end_cpu_s": round(cpu_b, 3),
                 "end_to_end_rows_per_s": round(rows / seconds_b),
+                "end_to_end_steps": {name: {"s": wall, "cpu_s": cpu} for name, (wall, cpu) in steps_b.items()},
+                "captions_of_kept_s": round(seconds_c, 3), "captions_of_kept_cpu_s": round(cpu_c, 3),
+                # CPU seconds other processes took during all repeats of (a) and of (b): non-zero figures mean
+                # the timings shared the cores.
+                "other_processes_cpu_s": {"in_memory": others_a, "end_to_end": others_b},
             }
             results["sizes"][str(rows)] = entry
             print(f"{rows:>9,} rows ({entry['jsonl_mib']} MiB JSONL): (a) in-memory {seconds_a:.2f} s = "
                   f"{entry['in_memory_rows_per_s']:,} rows/s; (b) end-to-end {seconds_b:.2f} s = "
-                  f"{entry['end_to_end_rows_per_s']:,} rows/s; kept {grouped.num_rows:,}, "
-                  f"with siblings {entry['rows_with_siblings']:,}", flush=True)
+                  f"{entry['end_to_end_rows_per_s']:,} rows/s ("
+                  + ", ".join(f"{name} {wall:.2f} s" for name, (wall, _) in steps_b.items())
+                  + f"); kept {grouped.num_rows:,}, with siblings {entry['rows_with_siblings']:,}", flush=True)
             if rows == min(args.sizes):
                 naive_rows = min(args.naive_rows, rows)
                 dicts = table.slice(0, naive_rows).to_pylist()

@@ -18,7 +18,7 @@ from sameid.build.filters import (
 from sameid.errors import SameIdError, SchemaError
 from sameid.images import OUTSIDE_ROOT
 from sameid.records import SOURCE_COLUMNS, source_schema
-from sameid.sources.danbooru import MALFORMED_LINE, read_danbooru, resolve_danbooru_images
+from sameid.sources.danbooru import MALFORMED_LINE, danbooru_captions, read_danbooru, resolve_danbooru_images
 
 
 def post(post_id, general="1girl skirt", character="hatsune_miku", artist="some_artist", rating="g", **extra):
@@ -39,7 +39,7 @@ def write_jsonl(path, rows, raw_lines=()):
 
 # --- reader -------------------------------------------------------------------------------------------------
 
-def test_read_danbooru_string_tags_columns_and_caption(tmp_path):
+def test_read_danbooru_string_tags_and_columns(tmp_path):
     rows = [post(1, general="1girl long_hair  pleated_skirt ", image_width=640, image_height=480,
                  head_box=[10, 20, 110, 140], mask="masks/1.png"),
             post(2, general="", character="", artist="")]
@@ -51,11 +51,11 @@ def test_read_danbooru_string_tags_columns_and_caption(tmp_path):
     first, second = table.to_pylist()
     assert first["id"] == "1" and first["image"] is None and first["path_error"] is None
     assert first["tags"] == ["1girl", "long_hair", "pleated_skirt"]
-    assert first["caption"] == "1girl, long hair, pleated skirt"
+    assert first["caption"] is None  # filled by resolve_danbooru_images, for the rows the filters keep
     assert first["characters"] == ["hatsune_miku"] and first["artists"] == ["some_artist"]
     assert (first["width"], first["height"], first["head_box"]) == (640, 480, [10.0, 20.0, 110.0, 140.0])
     assert first["mask"] == "masks/1.png" and first["md5"] == "md51" and first["file_ext"] == "png"
-    assert second["tags"] == [] and second["characters"] == [] and second["caption"] == ""
+    assert second["tags"] == [] and second["characters"] == [] and second["caption"] is None
     assert second["width"] is None and second["head_box"] is None
     assert len(source.rejected) == 0 and source.format == "danbooru"
 
@@ -68,7 +68,7 @@ def test_list_tags_and_mixed_rows_read_the_same_as_string_tags(tmp_path):
     tables = [read_danbooru(write_jsonl(tmp_path / f"{i}.jsonl", rows)).table
               for i, rows in enumerate([as_strings, as_lists, mixed])]
     expected = tables[0].to_pylist()
-    assert expected[1]["characters"] == ["x", "y"] and expected[0]["caption"] == "a b, c"
+    assert expected[1]["characters"] == ["x", "y"] and expected[0]["tags"] == ["a_b", "c"]
     for table in tables[1:]:
         assert table.to_pylist() == expected
 
@@ -79,6 +79,50 @@ def test_blank_tags_are_dropped_in_both_readers(tmp_path):
     slow = read_danbooru(write_jsonl(tmp_path / "slow.jsonl", rows + [post(3, general="a b")])).table
     assert fast.column("tags").to_pylist() == [["skirt", "long_hair"], []]
     assert slow.column("tags").to_pylist() == [["skirt", "long_hair"], [], ["a", "b"]]
+
+
+def test_split_is_the_same_for_any_ascii_whitespace_and_blank_runs(tmp_path):
+    # Tabs and newlines take the whitespace split, plain spaces the faster " " split: same tags either way.
+    spaced = ["  a_b   c ", "", " ", "d", "e f"]
+    tabbed = ["\ta_b \n c\r", "", "\t", "d", "e\x0bf"]
+    for name, general in (("spaced", spaced), ("tabbed", tabbed)):
+        rows = [post(i, general=text) for i, text in enumerate(general)]
+        table = read_danbooru(write_jsonl(tmp_path / f"{name}.jsonl", rows)).table
+        assert table.column("tags").to_pylist() == [["a_b", "c"], [], [], ["d"], ["e", "f"]], name
+
+
+def test_captions_are_filled_by_resolve_for_the_kept_rows(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    rows = [post(1, general="1girl long_hair  pleated_skirt "), post(2, general=""),
+            post(3, general=["ünï_cödé", "a__b_", "_"])]
+    table = read_danbooru(write_jsonl(tmp_path / "p.jsonl", rows)).table
+    expected = ["1girl, long hair, pleated skirt", "", "ünï cödé, a  b ,  "]
+    assert danbooru_captions(table.column("tags")).to_pylist() == expected
+    assert danbooru_captions(table.column("tags").slice(1)).to_pylist() == expected[1:]
+    # The tags themselves keep their underscores (the caption is written into a new buffer).
+    assert table.column("tags").to_pylist()[2] == ["ünï_cödé", "a__b_", "_"]
+    assert resolve_danbooru_images(table, root).column("caption").to_pylist() == expected
+    # A caption the table already has is kept; only null ones are built from the tags.
+    given = table.set_column(table.column_names.index("caption"), "caption", pa.array(["mine", None, None]))
+    assert resolve_danbooru_images(given, root).column("caption").to_pylist() == ["mine"] + expected[1:]
+
+
+def test_a_file_read_in_many_blocks_reads_as_in_one(tmp_path, monkeypatch):
+    from sameid.sources import danbooru
+
+    rows = [post(i, general=f"tag_{i} skirt" + " x" * (i % 3), character="" if i % 7 == 0 else "c") for i in range(200)]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    whole = read_danbooru(path).table
+    monkeypatch.setattr(danbooru, "_BLOCK_SIZE", 1024)  # a few lines per block
+    blocks = read_danbooru(path).table
+    assert blocks.column("tags").num_chunks > 10
+    assert blocks.to_pylist() == whole.to_pylist()
+    assert blocks.column("id").to_pylist() == [str(i) for i in range(200)]
+    # A bad row in a late block still sends the file to the line-by-line reader, which names its line.
+    rows[150]["tag_string_character"] = None
+    with pytest.raises(SchemaError, match=r"line 151: missing required field 'tag_string_character'"):
+        read_danbooru(write_jsonl(tmp_path / "bad.jsonl", rows))
 
 
 def test_string_ids_and_mixed_id_types(tmp_path):
