@@ -27,6 +27,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "vqa": {
         "pixel-colors": "sameid.backends.pixel_vqa:PixelColorVQA",
+        "offline": "sameid.backends.offline_vqa:OfflineVQA",
         "transformers": "sameid.backends.vqa:TransformersVQA",
     },
     "image_embedder": {

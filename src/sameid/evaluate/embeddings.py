@@ -6,6 +6,10 @@ models share them. :class:`EmbeddingStore` keys every input by the SHA-256 of it
 UTF-8 for texts), embeds only keys it has not seen, in batches, and keeps the vectors in an on-disk cache, one
 ``.npz`` per model identity (``keys``, ``vectors``; a NaN row records "nothing found", e.g. no face), so a re-run
 embeds nothing. A changed file has a new hash, so the cache never serves stale vectors.
+
+Decoding an image costs a third of a small model's forward pass on it, so a background thread reads and decodes
+the next batch while the model embeds the current one (PIL's decoders and torch both release the GIL): the store
+adds little to the model's own time (``benchmarks/bench_eval.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +79,10 @@ class EmbeddingStore:
 
     ``embed`` takes a list of PIL images (``inputs="image"``) or of strings (``inputs="text"``) and returns one
     row per input (NaN rows allowed). ``model_calls`` and ``embedded`` count calls to ``embed`` and inputs sent.
+    ``prefetch`` (default True) decodes the next batch of images in a background thread during ``embed``.
     """
+
+    prefetch: bool = True
 
     def __init__(self, embed: Callable[[list], np.ndarray], model: str, *, inputs: str = "image",
                  cache: EmbeddingCache | None = None, batch_size: int = 32):
@@ -96,6 +104,24 @@ class EmbeddingStore:
     def _load(self, item: str) -> Image.Image | str:
         return load_image(item)[0] if self.inputs == "image" else item
 
+    def _loaded(self, batches: list[list[str]], first_item: dict[str, str]) -> Iterator[tuple[list[str], list]]:
+        """(keys, loaded inputs) per batch; images of batch k + 1 are decoded while the caller embeds batch k."""
+        if self.inputs == "text" or not self.prefetch or len(batches) == 1:
+            for batch in batches:
+                yield batch, [self._load(first_item[k]) for k in batch]
+            return
+
+        def load(keys: list[str]) -> list:
+            return [self._load(first_item[k]) for k in keys]
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sameid-decode") as pool:
+            pending = pool.submit(load, batches[0])
+            for index, batch in enumerate(batches):
+                loaded = pending.result()  # a file that fails to load raises here, in the caller's thread
+                if index + 1 < len(batches):
+                    pending = pool.submit(load, batches[index + 1])
+                yield batch, loaded
+
     def get(self, items: Sequence[str]) -> np.ndarray:
         """(len(items), D) float32, rows in the order of ``items``."""
         keys = [self.key(item) for item in items]
@@ -104,9 +130,9 @@ class EmbeddingStore:
             first_item = {}
             for item, key in zip(items, keys, strict=True):
                 first_item.setdefault(key, item)
-            for start in range(0, len(todo), self.batch_size):
-                batch = todo[start:start + self.batch_size]
-                vectors = np.asarray(self.embed([self._load(first_item[k]) for k in batch]), dtype=np.float32)
+            batches = [todo[start:start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
+            for batch, loaded in self._loaded(batches, first_item):
+                vectors = np.asarray(self.embed(loaded), dtype=np.float32)
                 self.model_calls += 1
                 self.embedded += len(batch)
                 for key, vector in zip(batch, vectors, strict=True):
