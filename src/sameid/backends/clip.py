@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import MissingModelError
 from .base import ImageEmbedder, TextEmbedder, l2_normalise
-from .pretrained import load_pretrained, torch_device
+from .pretrained import embed_image_batches, load_pretrained, torch_device
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _WHAT = "CLIP model"
@@ -55,15 +55,9 @@ class CLIPEmbedder(ImageEmbedder, TextEmbedder):
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        import torch
-
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [image.convert("RGB") for image in images[start:start + self.batch_size]]
-            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
-            with torch.inference_mode():
-                out.append(_features(self.model.get_image_features(pixel_values=pixels)).float().cpu().numpy())
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.model.config.projection_dim), np.float32)
+        return embed_image_batches(images, self.image_processor,
+                                   lambda pixels: _features(self.model.get_image_features(pixel_values=pixels)),
+                                   self.batch_size, self.device, self.model.config.projection_dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MissingModelError
-from .base import ImageEmbedder, l2_normalise
-from .pretrained import load_pretrained, torch_device
+from .base import ImageEmbedder
+from .pretrained import embed_image_batches, load_pretrained, torch_device
 
 DEFAULT_DINO = "facebook/dinov2-small"
 _WHAT = "DINO model"
@@ -38,13 +38,7 @@ class DinoEmbedder(ImageEmbedder):
                                                what=f"{_WHAT} image processor")
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        import torch
-
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = [image.convert("RGB") for image in images[start:start + self.batch_size]]
-            pixels = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(self.device)
-            with torch.inference_mode():
-                hidden = self.model(pixel_values=pixels).last_hidden_state
-            out.append(hidden[:, 0].float().cpu().numpy())
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
+        # the class token of the last layer, as DINO evaluations use
+        return embed_image_batches(images, self.image_processor,
+                                   lambda pixels: self.model(pixel_values=pixels).last_hidden_state[:, 0],
+                                   self.batch_size, self.device, self.model.config.hidden_size)

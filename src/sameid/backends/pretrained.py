@@ -76,3 +76,22 @@ def torch_dtype(dtype: Any, device: str) -> Any:
     if not isinstance(resolved, torch.dtype):
         raise SameIdError(f"unknown dtype {dtype!r}; use float16, bfloat16 or float32")
     return resolved
+
+
+def embed_image_batches(images, image_processor, forward, batch_size: int, device, dim: int):
+    """Run ``forward(pixel_values) -> (B, D) tensor`` over ``images`` in batches; L2-normalised float32 rows.
+
+    The one batching loop of the transformers image embedders (CLIP, DINO): they differ only in ``forward``.
+    """
+    import numpy as np
+    import torch
+
+    from .base import l2_normalise
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = [image.convert("RGB") for image in images[start:start + batch_size]]
+        pixels = image_processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
+        with torch.inference_mode():
+            out.append(forward(pixels).float().cpu().numpy())
+    return l2_normalise(np.concatenate(out)) if out else np.zeros((0, dim), np.float32)

@@ -45,12 +45,11 @@ def _mean_reference_cosine(generated: np.ndarray, references: list[np.ndarray]) 
     return values
 
 
-class ReferenceSimilarity:
-    """Mean cosine between each generation and its references in one image embedding space (clip_i, dino)."""
+class ReferenceMetric:
+    """The accumulating half of a metric that compares each generation with its references (torchmetrics style:
+    ``update`` collects paths, ``compute`` embeds every distinct file once)."""
 
-    def __init__(self, store: EmbeddingStore, name: str = "clip_i"):
-        self.store, self.name = store, name
-        self.reset()
+    name = ""
 
     def reset(self) -> None:
         self._images: list[str] = []
@@ -61,6 +60,15 @@ class ReferenceSimilarity:
             raise ValueError(f"{self.name}: {len(images)} images but {len(references)} reference lists")
         self._images.extend(images)
         self._references.extend(list(refs) for refs in references)
+
+
+class ReferenceSimilarity(ReferenceMetric):
+    """Mean cosine between each generation and its references in one image embedding space (clip_i, dino)."""
+
+    def __init__(self, store: EmbeddingStore, name: str = "clip_i"):
+        self.store, self.name = store, name
+        self.reset()
+
 
     def compute(self) -> np.ndarray:
         """One value per generation, in update order."""

@@ -33,6 +33,7 @@ import numpy as np
 from ..backends.base import VQABackend
 from ..images import load_image
 from .embeddings import EmbeddingStore, file_digest
+from .metrics import ReferenceMetric
 
 DEFAULT_QUESTIONS = (
     "Describe the facial expression and the hairstyle of the character in the image.",
@@ -77,7 +78,7 @@ class AnswerStore:
         return [self.answers[key] for key in keys]
 
 
-class VQAScore:
+class VQAScore(ReferenceMetric):
     """Per generation: mean over questions and references of the cosine distance of the answers' embeddings."""
 
     def __init__(self, answers: AnswerStore, texts: EmbeddingStore, questions: Sequence[str] = DEFAULT_QUESTIONS,
@@ -87,15 +88,6 @@ class VQAScore:
         self.answers, self.texts, self.questions, self.name = answers, texts, tuple(questions), name
         self.reset()
 
-    def reset(self) -> None:
-        self._images: list[str] = []
-        self._references: list[list[str]] = []
-
-    def update(self, images: Sequence[str], references: Sequence[Sequence[str]]) -> None:
-        if len(images) != len(references):
-            raise ValueError(f"{self.name}: {len(images)} images but {len(references)} reference lists")
-        self._images.extend(images)
-        self._references.extend(list(refs) for refs in references)
 
     def compute(self) -> np.ndarray:
         distances = np.zeros(len(self._images))
