@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..build.clean import DEFAULT_NEAR_DUPLICATE_BITS  # the same threshold as `sameid build`
 from ..errors import SameIdError
 from ..images import hamming_distance
 from .manifest import DatasetManifest
 
 MODES = ("same", "identity")
 SHORTFALLS = ("repeat", "refuse")
-#: Perceptual-hash bits (of 64) at or below which two images count as near-duplicates (as ``sameid build``).
-DEFAULT_NEAR_DUPLICATE_BITS = 6
 
 
 class ReferenceShortfallError(SameIdError):
