@@ -109,3 +109,21 @@ class TrainingExample:
     caption_dropped: bool
     task: str
     mode: str
+
+
+def read_json_lines(path) -> list[dict]:
+    """The objects of a JSON-lines file; a bad line raises :class:`SchemaError` naming the file and line number."""
+    import json
+
+    from .errors import SchemaError
+
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise SchemaError(f"{path}:{number}: not valid JSON ({error.msg}); fix or remove the line") from None
+    return rows

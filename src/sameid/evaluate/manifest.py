@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import SchemaError
+from ..records import read_json_lines
 
 REQUIRED_COLUMNS = ("image", "references", "prompt", "subject", "model")
 OPTIONAL_COLUMNS = ("seed",)
@@ -49,15 +50,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     if suffix == ".parquet":
         return pd.read_parquet(path)
     if suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise SchemaError(f"{path}:{number}: not a JSON object ({error.msg})") from error
+        rows = read_json_lines(path)
         return pd.DataFrame(rows)
     raise SchemaError(f"generations manifest {path}: use .jsonl or .parquet (got {suffix or 'no suffix'})")
 

@@ -9,14 +9,13 @@ under the folder is an input with its relative path as id.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import ImageError, SameIdError, SchemaError
 from ..images import resolve_inside
-from ..records import Record, records_to_table
+from ..records import Record, read_json_lines, records_to_table
 from ._common import IMAGE_EXTENSIONS, parse_head_box, parse_tags
 
 IDENTITY_COLUMNS = ("identity", "subject", "label")
@@ -25,15 +24,7 @@ IDENTITY_COLUMNS = ("identity", "subject", "label")
 def _read_metadata(folder: Path) -> pd.DataFrame | None:
     jsonl, csv = folder / "metadata.jsonl", folder / "metadata.csv"
     if jsonl.exists():
-        rows = []
-        with jsonl.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SchemaError(f"{jsonl}:{number}: not valid JSON ({exc.msg}); fix or remove the line") from None
+        rows = read_json_lines(jsonl)
         return pd.DataFrame(rows)
     if csv.exists():
         return pd.read_csv(csv, dtype=str, keep_default_na=False)
