@@ -50,51 +50,17 @@ from sameid.evaluate.embeddings import EmbeddingStore  # noqa: E402
 from sameid.evaluate.evaluator import EvalConfig, evaluate_generations  # noqa: E402
 from sameid.evaluate.protocol import protocol_grid  # noqa: E402
 from sameid.images import load_image  # noqa: E402
+from sameid.testing import save_tiny_clip  # noqa: E402
 
 PROMPT_TEMPLATES = ("a photo of {} on the beach", "{} wearing a red hat", "a watercolor painting of {}",
                     "{} in the snow, night", "a close-up portrait of {} smiling")
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2 / CLIP byte-level alphabet: every byte maps to one printable character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = printable[:], 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(code) for code in codes]
-
-
 def build_tiny_clip(folder: Path, image_size: int, patch_size: int, hidden: int, layers: int) -> dict:
-    """A random CLIP saved like a hub checkpoint (model, image processor, byte-level tokenizer); its config."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    alphabet = _bytes_to_unicode()
-    vocab: dict[str, int] = {}
-    for token in [*alphabet, *(c + "</w>" for c in alphabet), "<|startoftext|>", "<|endoftext|>"]:
-        vocab.setdefault(token, len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
-    torch.manual_seed(0)
-    tower = dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                 num_attention_heads=max(1, hidden // 16))
-    config = CLIPConfig(
-        text_config=dict(**tower, vocab_size=len(vocab), max_position_embeddings=77,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(**tower, image_size=image_size, patch_size=patch_size), projection_dim=hidden // 2)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return {"image_size": image_size, "patch_size": patch_size, "hidden_size": hidden,
-            "intermediate_size": 4 * hidden, "num_hidden_layers": layers, "num_attention_heads": tower[
-                "num_attention_heads"], "projection_dim": hidden // 2, "text_max_positions": 77,
-            "vocab_size": len(vocab), "tokenizer": "byte-level, no merges (one token per character)"}
+    """A random CLIP saved like a hub checkpoint; its config (recorded in the JSON)."""
+    return save_tiny_clip(folder, image_size=image_size, patch_size=patch_size, hidden=hidden,
+                          intermediate=4 * hidden, layers=layers, heads=max(1, hidden // 16),
+                          projection_dim=hidden // 2)
 
 
 def write_image(path: Path, rng: np.random.Generator, size: int) -> None:

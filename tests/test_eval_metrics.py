@@ -27,43 +27,14 @@ from sameid.evaluate.manifest import read_generations, write_generations
 from sameid.evaluate.metrics import FaceSimilarity, ReferenceSimilarity, TextAlignment, face_store
 from sameid.evaluate.report import summarize
 from sameid.evaluate.vqa_score import AnswerStore, VQAScore
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2 / CLIP byte-level alphabet: every byte maps to one printable character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = printable[:], 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(code) for code in codes]
+from sameid.testing import save_tiny_clip
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A random 2-layer CLIP saved like a hub checkpoint: model, image processor, tokenizer (vocab + merges)."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
     folder = tmp_path_factory.mktemp("tiny_clip")
-    alphabet = _bytes_to_unicode()
-    vocab: dict[str, int] = {}
-    for token in [*alphabet, *(c + "</w>" for c in alphabet), "<|startoftext|>", "<|endoftext|>"]:
-        vocab.setdefault(token, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
-    torch.manual_seed(0)
-    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(**layers, vocab_size=len(vocab), max_position_embeddings=77,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(**layers, image_size=32, patch_size=8), projection_dim=16)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_clip(folder)
     return folder
 
 
