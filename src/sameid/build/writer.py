@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from ..errors import SameIdError
 
 #: What a build writes into its output directory; ``--overwrite`` removes these and nothing else.
-OUTPUTS = ("manifest.parquet", "rejected.parquet", "stats.json", "dataset_card.md", "plots", "masks", "hf", ".work")
+OUTPUTS = ("manifest.parquet", "rejected.parquet", "stats.json", "dataset_card.md", "plots", "masks", ".work")
 
 
 def _temporary(path: Path) -> Path:
