@@ -153,6 +153,193 @@ def demo(
     _print_build_summary(result)
 
 
+def _pairs_config(mode: str, task: str, n_references: int, shortfall: str, seed: int, resolution: int,
+                  prompt_drop: float, curriculum: str | None, near_duplicate_bits: int):
+    from .pairs import PairsConfig
+
+    if mode not in ("identity", "same"):
+        raise SameIdError(f"unknown --mode {mode!r}; choose identity (references are other images of the "
+                          "identity) or same (the reference is an augmented copy of the target: the leaking baseline)")
+    if shortfall not in ("repeat", "refuse"):
+        raise SameIdError(f"unknown --shortfall {shortfall!r}; choose repeat or refuse")
+    if n_references < 1:
+        raise SameIdError(f"--n-references must be at least 1, got {n_references}")
+    return PairsConfig(mode=mode, task=task, n_references=n_references, shortfall=shortfall, seed=seed,
+                       resolution=resolution, prompt_drop=prompt_drop, curriculum=curriculum,
+                       near_duplicate_bits=near_duplicate_bits)
+
+
+def _audit_embedder(spec: str | None):
+    """``face:dlib``, ``face:arcface-onnx:<path>``, ``image:clip:<id or path>``, ``image:dino:<id or path>``."""
+    if not spec or spec == "none":
+        return None
+    from .backends.registry import create_backend
+
+    kind, _, backend = spec.partition(":")
+    kinds = {"face": "face_embedder", "image": "image_embedder"}
+    if kind not in kinds or not backend:
+        raise SameIdError(f"--embedder {spec!r}: write face:<face embedder> (face:dlib, face:arcface-onnx:<path>) "
+                          "or image:<image embedder> (image:clip:<id or path>, image:dino:<id or path>)")
+    return create_backend(kinds[kind], backend)
+
+
+def _refuse_to_replace(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise SameIdError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+
+
+ModeOption = Annotated[str, typer.Option(help="identity: references are other images of the same identity, never "
+                                              "the target nor a near-duplicate (the paper's -b); same: an augmented "
+                                              "copy of the target (-a, the leaking baseline).")]
+TaskOption = Annotated[str, typer.Option(help="reconstruction (whole figures) | composition (face or clothes "
+                                              "crops) | multitask (either, p=0.5).")]
+ReferencesOption = Annotated[int, typer.Option(help="References per example (N).")]
+ShortfallOption = Annotated[str, typer.Option(help="When an identity has fewer than N eligible references: "
+                                                   "repeat (sample with replacement) | refuse (leave the target out).")]
+
+
+@app.command()
+@user_errors
+def pairs(
+    dataset: Annotated[Path, typer.Argument(help="Dataset dir written by `sameid build` (manifest.parquet).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file for the sampled pairs (ids, concepts, "
+                                                          "crop boxes; no pixels).")],
+    mode: ModeOption = "identity",
+    task: TaskOption = "composition",
+    n_references: ReferencesOption = 4,
+    shortfall: ShortfallOption = "repeat",
+    seed: Annotated[int, typer.Option(help="Seed: the same seed and epoch give the same pairs.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Epochs of pairs to write (each epoch draws afresh).")] = 1,
+    resolution: Annotated[int, typer.Option(help="Training resolution (256, 384, 512).")] = 384,
+    prompt_drop: Annotated[float, typer.Option(help="Probability that an example's caption is dropped.")] = 0.5,
+    curriculum: Annotated[str | None, typer.Option(help="Order identities easy to hard: phash (spread of "
+                                                        "their images' hashes) | embedding (needs --embedder).")] = None,
+    embedder: Annotated[str | None, typer.Option(help="For --curriculum embedding: face:dlib | "
+                                                      "image:clip:<id or path> | image:dino:<id or path>.")] = None,
+    near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash bits at or below which a reference "
+                                                          "counts as a near-duplicate of the target.")] = 6,
+    contact_sheet: Annotated[Path | None, typer.Option(help="PNG of a few examples, target beside its references "
+                                                            "(default: <out>.contact_sheet.png).")] = None,
+    contact_sheet_examples: Annotated[int, typer.Option(help="Examples on the contact sheet.")] = 6,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out and the contact sheet if they exist.")] = False,
+):
+    """Sample leakage-free training pairs from a dataset dir and write them for inspection."""
+    from .pairs import PairsDataset
+    from .pairs.audit import embed_rows
+    from .pairs.contact_sheet import contact_sheet as write_contact_sheet
+
+    if epochs < 1:
+        raise SameIdError(f"--epochs must be at least 1, got {epochs}")
+    sheet = contact_sheet or out.with_suffix(".contact_sheet.png")
+    _refuse_to_replace(out, overwrite)
+    _refuse_to_replace(sheet, overwrite)
+    config = _pairs_config(mode, task, n_references, shortfall, seed, resolution, prompt_drop, curriculum,
+                           near_duplicate_bits)
+    embeddings = None
+    if curriculum == "embedding":
+        model = _audit_embedder(embedder)
+        if model is None:
+            raise SameIdError("--curriculum embedding needs --embedder (face:dlib, image:clip:<id or path>, ...)")
+        from .pairs import load_manifest
+
+        manifest = load_manifest(dataset)
+        embeddings = embed_rows(manifest, model, manifest.ids)
+        dataset = manifest
+    examples = PairsDataset(dataset, config, embeddings=embeddings)
+    if not len(examples):
+        raise SameIdError(f"no examples: all {len(examples.refused)} targets of {dataset} have fewer than "
+                          f"{n_references} eligible references; lower --n-references or use --shortfall repeat")
+    frame = examples.pairs_frame(epochs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False)
+    write_contact_sheet(examples.manifest, frame, sheet, examples=contact_sheet_examples)
+    short = sorted({examples.manifest.identities[r] for r in range(len(examples.manifest))
+                    if examples.sampler.is_short(r)})
+    typer.echo(f"{len(frame)} examples ({len(examples)} targets x {epochs} epoch(s)), mode {mode}, task {task}, "
+               f"N={n_references}: {out}")
+    if short:
+        verb = ("sampled with replacement" if shortfall == "repeat"
+                else f"refused: {len(examples.refused)} target(s) left out")
+        typer.echo(f"{len(short)} identit{'y has' if len(short) == 1 else 'ies have'} fewer than {n_references} "
+                   f"eligible references ({', '.join(short[:5])}{', ...' if len(short) > 5 else ''}): {verb}")
+    fallbacks = sum(bool(reason) for row in frame["fallbacks"] for reason in row)
+    if fallbacks:
+        typer.echo(f"{fallbacks} crop(s) fell back to 'figure' (reasons in the 'fallbacks' column)")
+    typer.echo(f"contact sheet: {sheet}")
+
+
+@app.command()
+@user_errors
+def audit(
+    dataset: Annotated[Path, typer.Argument(help="Dataset dir written by `sameid build`.")],
+    pairs_file: Annotated[Path | None, typer.Option("--pairs", help="Pairs written by `sameid pairs` (default: "
+                                                                    "sample them here with the options below).")] = None,
+    mode: ModeOption = "identity",
+    task: TaskOption = "composition",
+    n_references: ReferencesOption = 4,
+    shortfall: ShortfallOption = "repeat",
+    seed: Annotated[int, typer.Option(help="Seed for sampling (without --pairs).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Epochs to sample (without --pairs).")] = 1,
+    near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash bits at or below which a reference "
+                                                          "leaks.")] = 6,
+    embedder: Annotated[str | None, typer.Option(help="Also compare embeddings: face:dlib | face:arcface-onnx:<path> "
+                                                      "| image:clip:<id or path> | image:dino:<id or path>.")] = None,
+    similarity_threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which a reference "
+                                                             "leaks (with --embedder).")] = 0.95,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    fail_on_leak: Annotated[bool, typer.Option(help="Exit with code 1 when any pair leaks (for CI).")] = False,
+):
+    """Report leakage: references that are the target or a near-duplicate of it, small identities, failed crops."""
+    import pandas as pd
+
+    from .pairs import PairsDataset, load_manifest
+    from .pairs.audit import audit_pairs, embed_rows
+
+    manifest = load_manifest(dataset)
+    if pairs_file is not None:
+        if not pairs_file.is_file():
+            raise SameIdError(f"--pairs {pairs_file}: no such file (write one with `sameid pairs`)")
+        try:
+            frame = pd.read_parquet(pairs_file)
+        except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+            raise SameIdError(f"--pairs {pairs_file}: not a readable parquet file ({exc})") from None
+        origin = str(pairs_file)
+    else:
+        config = _pairs_config(mode, task, n_references, shortfall, seed, 384, 0.5, None, near_duplicate_bits)
+        frame = PairsDataset(manifest, config).pairs_frame(epochs)
+        origin = f"sampled here (mode {mode}, task {task}, N={n_references}, seed {seed}, {epochs} epoch(s))"
+    model = _audit_embedder(embedder)
+    embeddings = None
+    if model is not None and len(frame):
+        ids = set(frame["target_id"].astype(str)) | {str(i) for refs in frame["reference_ids"] for i in refs}
+        embeddings = embed_rows(manifest, model, ids)
+    report = audit_pairs(manifest, frame, near_duplicate_bits=near_duplicate_bits,
+                         n_references=n_references if pairs_file is None else None, embeddings=embeddings,
+                         similarity_threshold=similarity_threshold)
+    summary = report.summary()
+    typer.echo(f"pairs: {origin}")
+    typer.echo(f"{summary['pairs']} pairs, {summary['references']} references: {summary['leaking_pairs']} leaking "
+               f"pair(s), {summary['leaking_references']} leaking reference(s)")
+    for reason, count in summary["leak_reasons"].items():
+        typer.echo(f"  {reason}: {count}")
+    if model is None:
+        typer.echo("embedding check: off (pass --embedder to compare embeddings too)")
+    else:
+        typer.echo(f"embedding check: {len(embeddings or {})} of {len(ids) if len(frame) else 0} images embedded "
+                   f"with {embedder}, threshold {similarity_threshold}")
+    typer.echo(f"identities with fewer than {report.n_references} eligible references: "
+               f"{summary['identities_too_small']}")
+    typer.echo(f"crops that fell back to 'figure': {summary['crop_fallbacks']}"
+               + (f" ({', '.join(f'{k}: {v}' for k, v in summary['crop_fallback_reasons'].items())})"
+                  if summary["crop_fallbacks"] else ""))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(report.to_json())
+        typer.echo(f"report: {json_out}")
+    if fail_on_leak and report.leaking_pairs:
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -148,13 +148,22 @@ def _row(manifest: DatasetManifest, identifier) -> int:
     return row
 
 
-def embed_rows(manifest: DatasetManifest, embedder, ids) -> dict[str, np.ndarray]:
-    """Face embeddings (``FaceEmbedder.embed`` with the head box) of the images ``ids``; images without a face
-    are left out."""
+def embed_rows(manifest: DatasetManifest, embedder, ids, batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Embeddings of the images ``ids``, keyed by id: a face embedder (``FaceEmbedder.embed`` with the head box;
+    images without a face are left out) or an image embedder (``ImageEmbedder.embed_images``, whole image)."""
     from ..images import load_image
 
+    identifiers = sorted(set(map(str, ids)))
+    for identifier in identifiers:
+        _row(manifest, identifier)
     vectors = {}
-    for identifier in sorted(set(map(str, ids))):
+    if hasattr(embedder, "embed_images"):
+        for start in range(0, len(identifiers), batch_size):
+            chunk = identifiers[start:start + batch_size]
+            images = [load_image(manifest.image_paths[manifest.row_of[i]])[0] for i in chunk]
+            vectors.update(zip(chunk, np.asarray(embedder.embed_images(images))))
+        return vectors
+    for identifier in identifiers:
         row = manifest.row_of[identifier]
         image, _ = load_image(manifest.image_paths[row])
         vector = embedder.embed(image, manifest.head_boxes[row])

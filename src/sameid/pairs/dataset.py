@@ -34,8 +34,8 @@ _SAME_MODE_MIN_SIDE = 0.8
 class PairsConfig:
     """How examples are drawn. ``mode``: "identity" (-b) or "same" (-a). ``shortfall``: "repeat" (sample with
     replacement when an identity has fewer than ``n_references`` eligible references) or "refuse" (leave such
-    targets out; :attr:`PairsDataset.refused` lists them). ``curriculum``: None (manifest order), "phash" or
-    "source" (see :mod:`.curriculum`)."""
+    targets out; :attr:`PairsDataset.refused` lists them). ``curriculum``: None (manifest order), "phash",
+    "embedding" (give the dataset ``embeddings``) or "source" (see :mod:`.curriculum`)."""
 
     mode: str = "identity"
     task: str = "reconstruction"
@@ -81,7 +81,10 @@ class PairsDataset(torch.utils.data.Dataset):
     copy the dataset when the iterator is made, so they see the new epoch).
     """
 
-    def __init__(self, dataset: str | os.PathLike | DatasetManifest, config: PairsConfig | None = None, **overrides):
+    def __init__(self, dataset: str | os.PathLike | DatasetManifest, config: PairsConfig | None = None, *,
+                 embeddings: dict[str, np.ndarray] | None = None, **overrides):
+        """``embeddings`` (id -> vector, e.g. from :func:`sameid.pairs.audit.embed_rows`) is what curriculum
+        "embedding" orders by; other curricula ignore it."""
         self.config = replace(config or PairsConfig(), **overrides)
         self.manifest = dataset if isinstance(dataset, DatasetManifest) else load_manifest(dataset)
         self.sampler = ReferenceSampler(self.manifest, self.config.mode, self.config.n_references,
@@ -93,7 +96,7 @@ class PairsDataset(torch.utils.data.Dataset):
             from .curriculum import curriculum_order
 
             self.target_rows = curriculum_order(self.manifest, self.target_rows, by=self.config.curriculum,
-                                                source_column=self.config.source_column,
+                                                embeddings=embeddings, source_column=self.config.source_column,
                                                 source_order=self.config.source_order)
         self.epoch = 0
 
