@@ -340,6 +340,92 @@ def audit(
         raise typer.Exit(1)
 
 
+def _split_list(value: str | None) -> list[str | None]:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else [None]
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[Path | None, typer.Argument(help="Dataset dir written by `sameid build` (or `dataset:` in "
+                                                        "--config).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run dir: config.yaml, checkpoints/, model/, "
+                                                                 "logs/ (tensorboard), validation/, loss.jsonl.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML run config (fields of sameid.train.TrainConfig); "
+                                                     "options given here override it.")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Base model: a Stable Diffusion 1.x id or folder.")] = None,
+    tiny: Annotated[bool | None, typer.Option("--tiny/--no-tiny", help="A random tiny base model (tests, demo; "
+                                                                       "no weights needed).")] = None,
+    model: Annotated[str | None, typer.Option(help="retrinet | controlnet | ip-adapter; a comma-separated list "
+                                                   "trains each into <out>/<model>-<mode>.")] = None,
+    mode: Annotated[str | None, typer.Option(help="identity (-b) | same (-a); a comma-separated list trains "
+                                                  "each.")] = None,
+    lock: Annotated[str | None, typer.Option(help="full | lockd (U-Net decoder frozen) | lockb (decoder and "
+                                                  "retrieval encoder frozen).")] = None,
+    task: Annotated[str | None, typer.Option(help="reconstruction | composition | multitask.")] = None,
+    image_encoder: Annotated[str | None, typer.Option(help="ip-adapter: CLIPVisionModelWithProjection id or "
+                                                           "folder.")] = None,
+    n_references: Annotated[int | None, typer.Option(help="References per example.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Training resolution (256, 384, 512).")] = None,
+    max_train_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps.")] = None,
+    train_batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per micro-batch.")] = None,
+    gradient_accumulation_steps: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    prompt_drop: Annotated[float | None, typer.Option(help="Probability of training without the caption.")] = None,
+    face_loss_weight: Annotated[float | None, typer.Option(help="lambda of equation 3: weight of the face-box "
+                                                                "loss.")] = None,
+    mixed_precision: Annotated[str | None, typer.Option(help="no | fp16 | bf16.")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
+                                                                help="Recompute activations to save memory.")] = None,
+    checkpointing_steps: Annotated[int | None, typer.Option(help="Save a checkpoint every this many steps.")] = None,
+    validation_steps: Annotated[int | None, typer.Option(help="Validation generations every this many steps.")] = None,
+    holdout_identities: Annotated[int | None, typer.Option(help="Identities kept out of training for "
+                                                                "`sameid generate` (listed in holdout.json).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of data order, noise and initialisation.")] = None,
+    resume: Annotated[str | None, typer.Option(help="latest | a checkpoint dir: continue the run in --out "
+                                                    "exactly where it stopped.")] = None,
+):
+    """Train RetriNet (or a baseline) on leakage-free pairs with one accelerate loop; variants by configuration.
+
+    Multi-GPU: `accelerate launch -m sameid.cli train ...`."""
+    from .train.config import TrainConfig
+    from .train.loop import train as run_training
+
+    overrides = dict(dataset=str(dataset) if dataset else None, out=str(out) if out else None,
+                     pretrained=pretrained, tiny=tiny, lock=lock, task=task, image_encoder=image_encoder,
+                     n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
+                     train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                     learning_rate=learning_rate, prompt_drop=prompt_drop, face_loss_weight=face_loss_weight,
+                     mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                     checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
+                     holdout_identities=holdout_identities, seed=seed)
+    models, modes = _split_list(model), _split_list(mode)
+    grid = len(models) > 1 or len(modes) > 1
+    if grid and resume and resume != "latest":
+        raise SameIdError("--resume with several models or modes: use --resume latest (each run resumes its own)")
+    results = []
+    for one_model in models:
+        for one_mode in modes:
+            values = {**overrides, "model": one_model, "mode": one_mode}
+            if config is not None:
+                run_config = TrainConfig.load(config, **values)
+            else:
+                missing = [name for name in ("dataset", "out") if not values[name]]
+                if missing:
+                    raise SameIdError(f"give {' and '.join(missing)} (or a --config that names them)")
+                run_config = TrainConfig(**{k: v for k, v in values.items() if v is not None})
+            if grid:
+                run_config.out = str(Path(run_config.out) / f"{run_config.model}-{run_config.mode}")
+            typer.echo(f"training {run_config.model} ({run_config.mode}, lock {run_config.lock}, "
+                       f"{run_config.max_train_steps} steps) into {run_config.out}")
+            result = run_training(run_config, resume=resume)
+            final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+            typer.echo(f"  {result.global_step} steps, final loss {final}; model: {result.model_dir}")
+            results.append(result)
+    if grid:
+        typer.echo(f"{len(results)} runs under {out or config}")
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2 / CLIP byte-level alphabet: every byte maps to one printable character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    codes, extra = printable[:], 0
-    for byte in range(256):
-        if byte not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(code) for code in codes]
 
 
 def save_tiny_clip(folder: str | Path, *, image_size: int = 32, patch_size: int = 8, hidden: int = 32,
@@ -22,21 +10,16 @@ def save_tiny_clip(folder: str | Path, *, image_size: int = 32, patch_size: int 
                    seed: int = 0) -> dict:
     """A random CLIP (model, image processor, byte-level tokenizer) saved to ``folder``; returns its sizes.
 
-    The tokenizer is written as vocab.json + merges.txt and loaded with ``from_pretrained``, because
-    ``CLIPTokenizer(vocab_file=...)`` ignores the file in transformers 5.
+    The tokenizer is :func:`sameid.models.components.byte_level_clip_tokenizer` (one token per character).
     """
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from .models.components import byte_level_clip_tokenizer
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = _bytes_to_unicode()
-    vocab: dict[str, int] = {}
-    for token in [*alphabet, *(c + "</w>" for c in alphabet), "<|startoftext|>", "<|endoftext|>"]:
-        vocab.setdefault(token, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    tokenizer = byte_level_clip_tokenizer(folder)
+    vocab = tokenizer.get_vocab()
     torch.manual_seed(seed)
     tower = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                  num_attention_heads=heads)

@@ -1,0 +1,225 @@
+"""The frozen parts of a latent diffusion model that every denoiser shares: U-Net, VAE, text encoder, scheduler.
+
+A base model is a Stable Diffusion-layout folder or hub id (subfolders ``unet``, ``vae``, ``text_encoder``,
+``tokenizer``, ``scheduler``), for example Stable Diffusion 1.5, on which RetriNet and the baselines are trained
+(``001_1c9e709f25ebb599.txt`` §5.2: "SD encoder, decoder, and retrieval encoder blocks are initialized with
+corresponding blocks in SD v1.5 weights"). ``load_components(tiny=True)`` builds a random tiny configuration of
+the same layout instead, so tests, the demo and benchmarks run the real code path on a CPU in milliseconds.
+
+Loading follows :mod:`sameid.backends.pretrained`: offline unless ``SAMEID_ALLOW_DOWNLOAD=1``, and whatever is
+absent becomes a :class:`~sameid.errors.MissingModelError` whose one line names it and says how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backends.pretrained import _looks_like_path, load_pretrained, missing_model_message
+from ..errors import MissingModelError
+
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+TINY_SOURCE = "tiny"
+_EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+@dataclass
+class DiffusionComponents:
+    """A base model's parts. ``source`` is the hub id or folder it came from, or ``"tiny"``."""
+
+    unet: Any  # diffusers.UNet2DConditionModel
+    vae: Any  # diffusers.AutoencoderKL
+    text_encoder: Any  # transformers.CLIPTextModel
+    tokenizer: Any  # transformers.CLIPTokenizer
+    noise_scheduler: Any  # diffusers.DDPMScheduler
+    source: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along one side (8 for Stable Diffusion, 4 for the tiny base)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def latent_scaling_factor(self) -> float:
+        """Multiplies VAE latents before the U-Net sees them (0.18215 for SD 1.5)."""
+        return float(self.vae.config.scaling_factor)
+
+    def latent_size(self, pixels: int) -> int:
+        """Latent side length of an image side of ``pixels``."""
+        return pixels // self.vae_scale_factor
+
+    def to(self, device=None, dtype=None) -> DiffusionComponents:
+        for model in (self.unet, self.vae, self.text_encoder):
+            model.to(device=device, dtype=dtype)
+        return self
+
+
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2 / CLIP byte-level alphabet: every byte maps to one printable character."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(code) for code in codes]
+
+
+def byte_level_clip_tokenizer(folder: str | Path, *, model_max_length: int = 77):
+    """Write a CLIP tokenizer with a byte-level vocabulary and no merges to ``folder`` and load it.
+
+    Every character is one token (the vocabulary is the 256-symbol byte alphabet, each also with the CLIP
+    end-of-word suffix, plus start and end tokens: 514 ids), so any text tokenizes without a trained vocabulary.
+    The files are written as vocab.json + merges.txt and loaded with ``from_pretrained``, because
+    ``CLIPTokenizer(vocab_file=...)`` ignores the file in transformers 5.
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = _bytes_to_unicode()
+    vocab: dict[str, int] = {}
+    for token in [*alphabet, *(c + "</w>" for c in alphabet), "<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(token, len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _tiny_components(seed: int) -> DiffusionComponents:
+    """Random SD-layout parts small enough for a CPU: 64 px images -> 16x16x4 latents, 32-wide text states."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer = byte_level_clip_tokenizer(folder)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=32, attention_head_dim=4,
+            norm_num_groups=32)
+        # Three VAE levels: a scale factor of 4 keeps 64 px latents at 16x16 (SD's 8 would leave 8x8).
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, block_out_channels=(32, 32, 64), layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            latent_channels=4, norm_num_groups=32, sample_size=64)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    # Stable Diffusion 1.5's training schedule, so a tiny run exercises the same noise levels.
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, prediction_type="epsilon",
+                              steps_offset=1)
+    for model in (unet, vae, text_encoder):
+        model.eval()
+    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, TINY_SOURCE)
+
+
+def _require_sd_layout(folder: Path, source: str) -> None:
+    missing = [name for name in SD_SUBFOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise MissingModelError(
+            f"base model folder {source} lacks {', '.join(n + '/' for n in missing)}: a Stable Diffusion layout has "
+            f"{', '.join(n + '/' for n in SD_SUBFOLDERS)} (e.g. `huggingface-cli download {_EXAMPLE_BASE} "
+            f"--local-dir DIR`), or pass --tiny for a random tiny base")
+
+
+def load_components(pretrained: str | Path | None = None, *, tiny: bool = False, seed: int = 0,
+                    dtype=None) -> DiffusionComponents:
+    """The base model at ``pretrained`` (hub id or SD-layout folder), or random tiny parts when ``tiny``.
+
+    ``dtype`` (a torch dtype or its name) applies to the U-Net, VAE and text encoder; None keeps float32.
+    ``seed`` only affects ``tiny``. A hub id that is not in the local cache is downloaded only when
+    ``SAMEID_ALLOW_DOWNLOAD=1``; anything absent raises MissingModelError naming it. Never runs remote code.
+    """
+    from ..backends.pretrained import torch_dtype
+
+    resolved_dtype = torch_dtype(dtype, "cpu") if dtype is not None else None
+    if tiny:
+        if pretrained is not None:
+            raise ValueError("pass either a base model (id or folder) or tiny=True, not both")
+        components = _tiny_components(seed)
+        return components.to(dtype=resolved_dtype) if resolved_dtype is not None else components
+    if pretrained is None or str(pretrained) == "":
+        raise MissingModelError(
+            f"no base model given: pass a hub id or Stable Diffusion-layout folder (e.g. {_EXAMPLE_BASE}), "
+            "or --tiny for a random tiny base")
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    source = str(pretrained)
+    local = Path(source).expanduser()
+    if local.exists() or _looks_like_path(source) or isinstance(pretrained, Path):
+        if not local.is_dir():
+            raise MissingModelError(missing_model_message("base model", source))
+        _require_sd_layout(local, source)
+        source = str(local)
+    model_dtype = {} if resolved_dtype is None else {"torch_dtype": resolved_dtype}
+    unet = load_pretrained(UNet2DConditionModel, source, what="base model U-Net", subfolder="unet", **model_dtype)
+    vae = load_pretrained(AutoencoderKL, source, what="base model VAE", subfolder="vae", **model_dtype)
+    text_encoder = load_pretrained(
+        CLIPTextModel, source, what="base model text encoder", subfolder="text_encoder",
+        **({} if resolved_dtype is None else {"dtype": resolved_dtype}))
+    tokenizer = load_pretrained(CLIPTokenizer, source, what="base model tokenizer", subfolder="tokenizer")
+    scheduler = load_pretrained(DDPMScheduler, source, what="base model scheduler", subfolder="scheduler")
+    for model in (unet, vae, text_encoder):
+        model.eval()
+    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, str(pretrained))
+
+
+def save_components(components: DiffusionComponents, folder: str | Path) -> Path:
+    """Write ``components`` in the Stable Diffusion layout (safetensors) so ``load_components(folder)`` reloads
+    them; also a ``model_index.json`` so diffusers' ``StableDiffusionPipeline.from_pretrained`` reads the folder."""
+    import diffusers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    components.unet.save_pretrained(folder / "unet", safe_serialization=True)
+    components.vae.save_pretrained(folder / "vae", safe_serialization=True)
+    components.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    components.tokenizer.save_pretrained(folder / "tokenizer")
+    components.noise_scheduler.save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", type(components.unet).__name__],
+        "vae": ["diffusers", type(components.vae).__name__],
+        "text_encoder": ["transformers", type(components.text_encoder).__name__],
+        "tokenizer": ["transformers", type(components.tokenizer).__name__],
+        "scheduler": ["diffusers", type(components.noise_scheduler).__name__],
+        "safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
+        "requires_safety_checker": False,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+@torch.no_grad()
+def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch.Tensor:
+    """(len(prompts), L, D) last hidden states of the text encoder, padded to the tokenizer's maximum length.
+
+    The text encoder is frozen in every model sameid trains, so no graph is kept. An empty prompt gives the
+    unconditional embedding that prompt drop and classifier-free guidance use.
+    """
+    tokens = components.tokenizer(list(prompts), padding="max_length", truncation=True,
+                                  max_length=components.tokenizer.model_max_length, return_tensors="pt")
+    encoder = components.text_encoder
+    return encoder(tokens.input_ids.to(encoder.device))[0]

@@ -1,0 +1,74 @@
+"""One name per reference-conditioned denoiser, so training, generation and benchmarks choose a variant by config.
+
+``retrinet`` (``001_1c9e709f25ebb599.txt`` §5), ``controlnet`` and ``ip-adapter`` (the baselines of
+``003_e9e011bd8e92c781.txt`` A.3). Every saved denoiser folder carries ``denoiser.json`` naming its kind, which is
+how :func:`load_denoiser` knows what to build.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import MissingModelError, SameIdError
+from .conditioning import ReferenceConditionedDenoiser
+
+DENOISER_INFO = "denoiser.json"
+KINDS = ("retrinet", "controlnet", "ip-adapter")
+
+
+def _classes() -> dict[str, type]:
+    from .baselines import ControlNetDenoiser, IPAdapterDenoiser
+    from .retrinet import RetriNetDenoiser
+
+    return {"retrinet": RetriNetDenoiser, "controlnet": ControlNetDenoiser, "ip-adapter": IPAdapterDenoiser}
+
+
+def tiny_image_encoder(seed: int = 0, image_size: int = 32):
+    """A random tiny ``CLIPVisionModelWithProjection`` (the IP-Adapter baseline's encoder in tiny runs)."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=image_size, patch_size=8, projection_dim=32)
+    return CLIPVisionModelWithProjection(config).eval()
+
+
+def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False) -> ReferenceConditionedDenoiser:
+    """A fresh, untrained denoiser of ``kind`` around ``unet``.
+
+    ``image_encoder`` (ip-adapter only): a ``CLIPVisionModelWithProjection``, or its hub id or folder; with
+    ``tiny`` and no encoder, a random tiny one.
+    """
+    classes = _classes()
+    if kind not in classes:
+        raise SameIdError(f"unknown model {kind!r}; choose one of: {', '.join(KINDS)}")
+    if kind == "ip-adapter":
+        if image_encoder is None:
+            if not tiny:
+                raise MissingModelError("model ip-adapter needs an image encoder: a CLIPVisionModelWithProjection id "
+                                        "or folder, e.g. openai/clip-vit-large-patch14 (the paper's)")
+            image_encoder = tiny_image_encoder()
+        return classes[kind].from_unet(unet, image_encoder=image_encoder)
+    return classes[kind].from_unet(unet)
+
+
+def denoiser_kind(directory: str | Path) -> str:
+    path = Path(directory) / DENOISER_INFO
+    if not path.is_file():
+        raise MissingModelError(f"{path} not found: {directory} is not a denoiser written by save_pretrained "
+                                "(a training run's model/ folder)")
+    kind = json.loads(path.read_text()).get("kind")
+    if kind not in KINDS:
+        raise SameIdError(f"{path} names kind {kind!r}; known: {', '.join(KINDS)}")
+    return kind
+
+
+def load_denoiser(directory: str | Path, unet, *, image_encoder=None) -> ReferenceConditionedDenoiser:
+    """The denoiser saved in ``directory`` around ``unet`` (a saved U-Net decoder is loaded into it in place)."""
+    kind = denoiser_kind(directory)
+    cls = _classes()[kind]
+    if kind == "ip-adapter":
+        return cls.from_pretrained(directory, unet, image_encoder=image_encoder)
+    return cls.from_pretrained(directory, unet)

@@ -1,0 +1,380 @@
+"""One accelerate loop for RetriNet and its baselines (``001_1c9e709f25ebb599.txt`` §5.2; ``003_e9e011bd8e92c781.txt``
+A.3–A.4): the variant, the trainable set and the data mode are configuration (:class:`.config.TrainConfig`).
+
+Exact resume: everything random in a step is drawn from a generator seeded by (seed, micro-batch index) and the
+data order of an epoch from (seed, epoch), so a run resumed from a checkpoint (model, optimizer, scheduler states
+via ``accelerator.save_state``) repeats the uninterrupted run's losses. Checkpoints hold only the trainable weights
+(the frozen base is rebuilt from ``pretrained`` or the run dir's ``base/``), so a Stable Diffusion run does not
+write gigabytes per checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SameIdError
+from ..pairs.dataset import PairsConfig, PairsDataset, collate_examples, normalize_pixels
+from .config import TrainConfig
+from .losses import masked_diffusion_loss
+
+CHECKPOINTS = "checkpoints"
+TRAINABLE_WEIGHTS = "trainable.safetensors"
+TRAINER_STATE = "trainer_state.json"
+
+
+class TrainingDivergedError(SameIdError):
+    """The loss stopped being a finite number; the message names the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    global_step: int
+    losses: list[float] = field(default_factory=list)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A permutation of the dataset drawn from (seed, epoch): the same epoch gives the same order in any run."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size).tolist())
+
+
+def step_generator(seed: int, micro_batch: int) -> torch.Generator:
+    """The generator of every random draw (noise, timesteps, VAE sample) of one micro-batch."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items() if name in names}
+
+
+class Trainer:
+    """Holds the pieces of a run; :func:`train` is the one-call entry point."""
+
+    def __init__(self, config: TrainConfig, *, resume: str | None = None, progress: bool | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+        from diffusers.optimization import get_scheduler
+
+        from ..models.components import load_components, save_components
+        from ..models.denoisers import create_denoiser, tiny_image_encoder
+
+        self.config = config
+        self.run_dir = config.run_dir
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self._prepare_run_dir(resume)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            # sync_with_dataloader=False: an optimizer step is always the same number of micro-batches, also
+            # across epoch boundaries, which is what makes the step <-> data position mapping exact on resume.
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False),
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        set_seed(config.seed)
+        base = self.run_dir / "base"
+        if config.tiny and base.is_dir():
+            self.components = load_components(base)
+        else:
+            self.components = load_components(config.pretrained, tiny=config.tiny, seed=config.seed)
+            if config.tiny and self.accelerator.is_main_process:
+                save_components(self.components, base)
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
+        device = self.accelerator.device
+        for frozen in (self.components.vae, self.components.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.to(device, dtype=self.weight_dtype)
+            frozen.eval()
+        image_encoder = config.image_encoder
+        if config.model == "ip-adapter" and image_encoder is None and config.tiny:
+            # Saved with the tiny base, so generation from the run dir finds the same random encoder.
+            encoder_dir = base / "image_encoder"
+            if not encoder_dir.is_dir() and self.accelerator.is_main_process:
+                tiny_image_encoder(config.seed).save_pretrained(encoder_dir)
+            self.accelerator.wait_for_everyone()
+            image_encoder = str(encoder_dir)
+        torch.manual_seed(config.seed)  # initialisation of the new modules depends on the seed alone
+        self.denoiser = create_denoiser(config.model, self.components.unet, image_encoder=image_encoder,
+                                        tiny=config.tiny)
+        trainable = self.denoiser.set_trainable(config.lock)
+        if not trainable:
+            raise SameIdError(f"model {config.model} with lock {config.lock} has nothing to train")
+        if config.gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()
+
+        self.dataset = PairsDataset(config.dataset, PairsConfig(
+            mode=config.mode, task=config.task, n_references=config.n_references, resolution=config.resolution,
+            prompt_drop=config.prompt_drop, shortfall=config.shortfall, seed=config.seed,
+            curriculum=config.curriculum))
+        self.holdout = self._hold_out(config.holdout_identities)
+        if not len(self.dataset):
+            raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
+                              f"references; lower n_references or use shortfall repeat)")
+        # A curriculum is an order: keep it instead of shuffling it away.
+        sampler = None if config.curriculum else EpochShuffleSampler(len(self.dataset), config.seed)
+        self.sampler = sampler
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=config.train_batch_size, sampler=sampler,
+                                             shuffle=False, collate_fn=collate_examples,
+                                             num_workers=config.dataloader_num_workers)
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+        scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                  num_warmup_steps=config.lr_warmup_steps * self.accelerator.num_processes,
+                                  num_training_steps=config.max_train_steps * self.accelerator.num_processes,
+                                  num_cycles=config.lr_num_cycles)
+        self.denoiser, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
+            self.denoiser, optimizer, loader, scheduler)
+        self.accelerator.register_save_state_pre_hook(self._save_trainable)
+        self.accelerator.register_load_state_pre_hook(self._load_trainable)
+        self._concept_cache: dict[str, torch.Tensor] = {}
+        self.global_step, self.micro_batches, self.losses = 0, 0, []
+        if resume:
+            self._resume(resume)
+        if self.accelerator.is_main_process:
+            self.accelerator.init_trackers("sameid")
+
+    # -- run dir -------------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: str | None) -> None:
+        config_path = self.run_dir / "config.yaml"
+        if config_path.exists() and not resume:
+            raise SameIdError(f"{self.run_dir} already holds a run; resume it (--resume latest) or choose another --out")
+        if resume and not config_path.exists():
+            raise SameIdError(f"--resume: {self.run_dir} holds no run (no config.yaml)")
+        if resume:
+            saved = TrainConfig.load(config_path)
+            changed = [name for name, value in saved.to_dict().items()
+                       if name not in ("max_train_steps", "validation_steps", "checkpointing_steps",
+                                       "checkpoints_total_limit", "validation_prompts")
+                       and value != self.config.to_dict()[name]]
+            if changed:
+                raise SameIdError(f"--resume: the config differs from the run's {config_path} in "
+                                  f"{', '.join(changed)}; an exact resume needs the same settings")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config.save(config_path)
+
+    def _hold_out(self, count: int) -> list[str]:
+        """Keep ``count`` identities out of training, chosen by seed; listed in holdout.json."""
+        if count <= 0:
+            return []
+        identities = sorted(set(self.dataset.manifest.identities))
+        if count >= len(identities):
+            raise SameIdError(f"holdout_identities = {count}, but {self.config.dataset} has only "
+                              f"{len(identities)} identities; keep at least one for training")
+        order = np.random.default_rng([self.config.seed, 11]).permutation(len(identities))
+        held = sorted(identities[i] for i in order[:count])
+        excluded = set(held)
+        self.dataset.target_rows = [r for r in self.dataset.target_rows
+                                    if self.dataset.manifest.identities[r] not in excluded]
+        if self.accelerator.is_main_process:
+            (self.run_dir / "holdout.json").write_text(json.dumps({"identities": held}, indent=2))
+        return held
+
+    def _resume(self, resume: str) -> None:
+        checkpoint = latest_checkpoint(self.run_dir) if resume == "latest" else Path(resume)
+        if checkpoint is None or not (checkpoint / TRAINER_STATE).is_file():
+            raise SameIdError(f"--resume {resume}: no checkpoint found in {self.run_dir / CHECKPOINTS}")
+        self.accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+        self.global_step, self.micro_batches = state["global_step"], state["micro_batches"]
+        self.losses = list(state["losses"])
+        self._write_loss_log(rewrite=True)
+
+    def _save_trainable(self, models, weights, output_dir) -> None:
+        from safetensors.torch import save_file
+
+        for model in models:
+            save_file(_trainable_state(self.accelerator.unwrap_model(model)), str(Path(output_dir) / TRAINABLE_WEIGHTS))
+        weights.clear()  # the frozen base is not checkpointed
+
+    def _load_trainable(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        for _ in range(len(models)):
+            model = self.accelerator.unwrap_model(models.pop())
+            state = load_file(str(Path(input_dir) / TRAINABLE_WEIGHTS))
+            expected = set(_trainable_state(model))
+            if set(state) != expected:
+                raise SameIdError(f"checkpoint {input_dir} holds other weights than this run trains "
+                                  f"({len(set(state) ^ expected)} differ); was it written with another model or lock?")
+            model.load_state_dict(state, strict=False)
+
+    def _write_loss_log(self, rewrite: bool = False) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        path = self.run_dir / "loss.jsonl"
+        if rewrite:
+            path.write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(self.losses)))
+        else:
+            with path.open("a") as handle:
+                handle.write(json.dumps({"step": self.global_step, "loss": self.losses[-1]}) + "\n")
+
+    # -- one micro-batch -----------------------------------------------------------------------------------------
+    def _concept_embeds(self, concepts: list[list[str]]) -> torch.Tensor:
+        from ..models.components import encode_prompts
+
+        missing = sorted({c for row in concepts for c in row} - set(self._concept_cache))
+        if missing:
+            with torch.no_grad():
+                encoded = encode_prompts(self.components, missing)
+            self._concept_cache.update(zip(missing, encoded))
+        return torch.stack([torch.stack([self._concept_cache[c] for c in row]) for row in concepts])
+
+    def loss(self, batch: dict, generator: torch.Generator):
+        from ..models.components import encode_prompts
+        from ..models.conditioning import ReferenceInputs
+
+        components, device = self.components, self.accelerator.device
+        vae, scheduler = components.vae, components.noise_scheduler
+        scaling = vae.config.scaling_factor
+        with torch.no_grad():
+            target = normalize_pixels(batch["target"].to(device)).to(self.weight_dtype)
+            latents = vae.encode(target).latent_dist.sample(generator) * scaling
+            references = normalize_pixels(batch["references"].to(device)).to(self.weight_dtype)
+            b, n = references.shape[:2]
+            reference_latents = vae.encode(references.flatten(0, 1)).latent_dist.mode() * scaling
+            reference_latents = reference_latents.unflatten(0, (b, n))
+            prompt_embeds = encode_prompts(components, batch["caption"]).to(device)
+            concept_embeds = self._concept_embeds(batch["reference_concepts"]).to(device)
+        latents = latents.float()
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if scheduler.config.prediction_type == "v_prediction":
+            objective = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            objective = noise
+        inputs = ReferenceInputs(pixels=references, latents=reference_latents, concept_embeds=concept_embeds)
+        with self.accelerator.autocast():
+            prediction = self.denoiser(noisy, timesteps, prompt_embeds, inputs)
+        return masked_diffusion_loss(prediction.float(), objective, batch["valid_mask"].to(device),
+                                     batch["face_mask"].to(device), self.config.face_loss_weight)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        config, accelerator = self.config, self.accelerator
+        per_epoch = len(self.loader)
+        bar = tqdm(total=config.max_train_steps, initial=self.global_step, disable=not self.progress,
+                   desc=f"train {config.model}")
+        step_losses: list[float] = []
+        self.denoiser.train()
+        while self.global_step < config.max_train_steps:
+            epoch, skip = divmod(self.micro_batches, per_epoch)
+            self.dataset.set_epoch(epoch)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            for batch in batches:
+                with accelerator.accumulate(self.denoiser):
+                    parts = self.loss(batch, step_generator(config.seed, self.micro_batches))
+                    value = parts.total.detach()
+                    if not torch.isfinite(value):
+                        self._diverged(float(value))
+                    accelerator.backward(parts.total)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(
+                            [p for p in self.denoiser.parameters() if p.requires_grad], config.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.micro_batches += 1
+                step_losses.append(float(value))
+                if not accelerator.sync_gradients:
+                    continue
+                self.global_step += 1
+                self.losses.append(float(np.mean(step_losses)))
+                step_losses = []
+                self._write_loss_log()
+                accelerator.log({"loss": self.losses[-1], "lr": self.lr_scheduler.get_last_lr()[0],
+                                 "loss_valid_area": float(parts.valid_area.detach()), "loss_face": float(parts.face.detach())},
+                                step=self.global_step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
+                if self.global_step % config.checkpointing_steps == 0 or self.global_step == config.max_train_steps:
+                    self.save_checkpoint()
+                if self.global_step % config.validation_steps == 0 or self.global_step == config.max_train_steps:
+                    self.validate()
+                if self.global_step >= config.max_train_steps:
+                    break
+        bar.close()
+        model_dir = self.save_model()
+        accelerator.end_training()
+        return TrainResult(self.run_dir, model_dir, self.global_step, list(self.losses))
+
+    def _diverged(self, value: float) -> None:
+        last = latest_checkpoint(self.run_dir)
+        where = f"last good checkpoint: {last} (kept)" if last else "no checkpoint was written yet"
+        raise TrainingDivergedError(
+            f"loss is {value} at step {self.global_step + 1} (micro-batch {self.micro_batches}); training stopped, "
+            f"{where}. Lower learning_rate (now {self.config.learning_rate}) or use mixed_precision no/bf16, then "
+            f"resume from the checkpoint.")
+
+    def save_checkpoint(self) -> Path:
+        accelerator = self.accelerator
+        path = self.run_dir / CHECKPOINTS / f"step-{self.global_step:07d}"
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(path))
+        if accelerator.is_main_process:
+            (path / TRAINER_STATE).write_text(json.dumps({
+                "global_step": self.global_step, "micro_batches": self.micro_batches, "losses": self.losses}))
+            limit = self.config.checkpoints_total_limit
+            if limit:
+                for old in sorted((self.run_dir / CHECKPOINTS).glob("step-*"))[:-limit]:
+                    shutil.rmtree(old)
+        return path
+
+    def save_model(self) -> Path:
+        model_dir = self.run_dir / "model"
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.denoiser).save_pretrained(model_dir)
+        return model_dir
+
+    def validate(self) -> None:
+        """Generate for the first ``validation_examples`` targets; PNGs under validation/ and to tensorboard."""
+        if not self.accelerator.is_main_process or self.config.validation_examples < 1:
+            return
+        from ..generate.validation import validation_images
+
+        denoiser = self.accelerator.unwrap_model(self.denoiser)
+        denoiser.eval()
+        images = validation_images(self.components, denoiser, self.dataset, self.config,
+                                   self.run_dir / "validation" / f"step-{self.global_step:07d}")
+        denoiser.train()
+        tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        if images and tracker is not None:
+            stacked = np.stack([np.asarray(image) for image in images])
+            tracker.add_images("validation", stacked, self.global_step, dataformats="NHWC")
+
+
+def train(config: TrainConfig, *, resume: str | None = None, progress: bool | None = None) -> TrainResult:
+    """Train ``config`` into ``config.out``; ``resume`` is "latest" or a checkpoint dir of that run."""
+    if not math.isfinite(config.learning_rate) or config.learning_rate <= 0:
+        raise SameIdError(f"learning_rate must be a positive number, got {config.learning_rate}")
+    return Trainer(config, resume=resume, progress=progress).train()
