@@ -340,6 +340,11 @@ def audit(
         raise typer.Exit(1)
 
 
+# Prompts in the style of the paper's evaluation (003 §3.1): a new setting, pose or style for the same subject.
+DEMO_PROMPTS = ("a figure standing on a beach", "a figure in the snow at night", "a figure sitting in a library",
+                "a watercolor painting of a figure", "a figure running in a park")
+
+
 def _split_list(value: str | None) -> list[str | None]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else [None]
 
@@ -424,6 +429,61 @@ def train(
             results.append(result)
     if grid:
         typer.echo(f"{len(results)} runs under {out or config}")
+
+
+@app.command()
+@user_errors
+def generate(
+    run: Annotated[Path, typer.Argument(help="Run dir written by `sameid train` (config.yaml, model/).")],
+    dataset: Annotated[Path, typer.Option(help="Dataset dir the references are taken from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/ and generations.jsonl (what "
+                                                          "`sameid eval` reads).")],
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat it. Default: the paper-style "
+                                                          "prompts of the demo.")] = None,
+    prompts_file: Annotated[Path | None, typer.Option(help="Text file with one prompt per line.")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
+    samples_per_seed: Annotated[int, typer.Option(help="Images per (subject, prompt, seed).")] = 1,
+    identity: Annotated[list[str] | None, typer.Option(help="An identity to generate for; repeat it; `all` for "
+                                                            "every one. Default: the run's held-out identities "
+                                                            "(holdout.json), else all.")] = None,
+    n_references: Annotated[int | None, typer.Option(help="References per subject (default: the run's).")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance on the prompt.")] = 7.0,
+    reference_scale: Annotated[float, typer.Option(help="Strength of the references (0: the plain base model).")] = 1.0,
+    negative_prompt: Annotated[str | None, typer.Option(help="Prompt of the unconditional branch.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:1 ... (default: cuda when available).")] = None,
+):
+    """Generate images of subjects from their reference images and prompts; write a generations manifest."""
+    from .generate.run import generate_manifest
+
+    prompts = list(prompt or [])
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise SameIdError(f"--prompts-file {prompts_file}: no such file")
+        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        prompts = list(DEMO_PROMPTS)
+    try:
+        seed_list = [int(value) for value in seeds.split(",") if value.strip()]
+    except ValueError:
+        raise SameIdError(f"--seeds {seeds!r}: write comma-separated integers, e.g. 0,1,2") from None
+    if not seed_list:
+        raise SameIdError("--seeds: give at least one seed")
+    identities = None
+    if identity:
+        identities = "all" if identity == ["all"] else list(identity)
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    manifest = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list, identities=identities,
+                                 samples_per_seed=samples_per_seed, n_references=n_references,
+                                 num_inference_steps=steps, guidance_scale=guidance_scale,
+                                 reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
+                                 progress=sys.stderr.isatty())
+    rows = sum(1 for _ in manifest.open())
+    typer.echo(f"{rows} generations: {manifest}")
+    typer.echo(f"evaluate them: sameid eval {manifest} --out {out / 'eval'}")
 
 
 @app.command("eval")

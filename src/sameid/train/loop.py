@@ -109,7 +109,8 @@ class Trainer:
         device = self.accelerator.device
         for frozen in (self.components.vae, self.components.text_encoder):
             frozen.requires_grad_(False)
-            frozen.to(device, dtype=self.weight_dtype)
+            # dtype only when it changes: diffusers warns about any dtype given to .to() of a VAE
+            frozen.to(device, **({"dtype": self.weight_dtype} if self.weight_dtype != torch.float32 else {}))
             frozen.eval()
         image_encoder = config.image_encoder
         if config.model == "ip-adapter" and image_encoder is None and config.tiny:

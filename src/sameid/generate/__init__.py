@@ -1,0 +1,14 @@
+"""Generation (``003_e9e011bd8e92c781.txt`` §3.1, A.3; ``001_1c9e709f25ebb599.txt`` §5): a diffusers pipeline for
+reference-conditioned denoisers (:mod:`.pipeline_retrinet`), validation images during training
+(:mod:`.validation`), and generation from a finished run into the generations manifest that ``sameid eval`` reads
+(:mod:`.run`). Importing this package needs torch and diffusers (the ``ml`` extra).
+"""
+
+from .pipeline_retrinet import ReferencePipeline, ReferencePipelineOutput
+from .run import generate_manifest, load_run
+from .validation import strip_image, validation_images
+
+__all__ = [
+    "ReferencePipeline", "ReferencePipelineOutput", "generate_manifest", "load_run", "strip_image",
+    "validation_images",
+]

@@ -1,0 +1,282 @@
+"""Generation with a reference-conditioned denoiser: a diffusers pipeline over references, concepts and a prompt.
+
+The denoiser is any :class:`~sameid.models.conditioning.ReferenceConditionedDenoiser`: RetriNet
+(``001_1c9e709f25ebb599.txt`` §5), or the ControlNet and IP-Adapter-style baselines (``003_e9e011bd8e92c781.txt``
+§3.1, A.3). References are prepared exactly as in training (:mod:`sameid.pairs.dataset`): letterboxed onto a
+white square, pixels in [-1, 1], latents the VAE posterior's mode times the scaling factor, each reference's
+concept caption ("face", "clothes", "figure"; ``003`` A.4) encoded by the text encoder.
+
+Guidance follows 003 A.3 (classifier-free guidance, scale 7): the guidance acts on the text only. The
+unconditional branch has the empty (or negative) prompt and the *same* references as the conditional branch, so
+``guidance_scale`` pushes the generation towards the prompt, and ``reference_scale`` alone sets how strongly the
+references' identity enters (0: the plain U-Net, the references ignored). This is what training teaches: prompt
+drop (001 §5.2) removes the caption but keeps the references, so the model knows "references without a prompt"
+as its unconditional case.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from ..models.components import encode_prompts
+from ..models.conditioning import ReferenceInputs
+from ..pairs.dataset import PADDING_VALUE, letterbox_array, normalize_pixels
+
+DEFAULT_CONCEPT = "figure"
+
+
+@dataclass
+class ReferencePipelineOutput(BaseOutput):
+    """``images``: PIL images, a (B, H, W, 3) float array in [0, 1] (``"np"``), a (B, 3, H, W) tensor (``"pt"``)
+    or the final latents (``"latent"``); prompt-major, ``num_images_per_prompt`` images per prompt."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+
+
+def _module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(module.parameters())
+    return parameter.device, parameter.dtype
+
+
+class ReferencePipeline(DiffusionPipeline):
+    """Text-to-image generation conditioned on N reference images per prompt, each with a concept caption.
+
+    ``pipeline(prompt, references, concepts)`` returns :class:`ReferencePipelineOutput` (``.images``). Build one
+    with :meth:`from_components` from a base model's :class:`~sameid.models.components.DiffusionComponents` and a
+    denoiser (which holds the U-Net). Computation runs on the denoiser's device and in its U-Net's dtype; the VAE
+    and the text encoder may sit elsewhere (their outputs are moved).
+    """
+
+    model_cpu_offload_seq = "text_encoder->denoiser->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, denoiser, scheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, denoiser=denoiser,
+                              scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_components(cls, components, denoiser, scheduler=None) -> ReferencePipeline:
+        """A pipeline over ``components`` (VAE, text encoder, tokenizer) and ``denoiser``.
+
+        ``scheduler`` defaults to a DDIM scheduler with the base model's noise schedule (a new object: the
+        training scheduler is never stepped here, so validating mid-training leaves it untouched); pass a
+        scheduler instance, or a scheduler class to build from that schedule (e.g. ``DPMSolverMultistepScheduler``).
+        """
+        if scheduler is None:
+            scheduler = DDIMScheduler
+        if isinstance(scheduler, type):
+            scheduler = scheduler.from_config(components.noise_scheduler.config)
+        return cls(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                   denoiser=denoiser, scheduler=scheduler)
+
+    # A plain torch.nn.Module (the denoiser) has no .device / .dtype, which DiffusionPipeline's own properties read.
+    @property
+    def device(self) -> torch.device:
+        return _module_device_dtype(self.denoiser)[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        unet = getattr(self.denoiser, "unet", None)
+        return unet.dtype if unet is not None else _module_device_dtype(self.denoiser)[1]
+
+    def to(self, *args, **kwargs) -> ReferencePipeline:
+        """``to(device)``, ``to(dtype)`` or ``to(device, dtype)``: moves the VAE, text encoder and denoiser (with its
+        U-Net); returns the pipeline. (DiffusionPipeline.to reads ``.dtype`` off every module, which a plain
+        ``torch.nn.Module`` denoiser does not have.)"""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        if kwargs:
+            raise TypeError(f"unexpected arguments {', '.join(kwargs)}")
+        for value in args:
+            if isinstance(value, torch.dtype):
+                dtype = value
+            else:
+                device = value
+        # Only what was asked for: a diffusers model warns about any dtype argument, None included.
+        moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
+        for module in (self.vae, self.text_encoder, self.denoiser):
+            module.to(**moves)
+        return self
+
+    @property
+    def default_resolution(self) -> tuple[int, int]:
+        """(height, width) the U-Net's ``sample_size`` implies: 64 x 8 = 512 px for Stable Diffusion 1.5."""
+        unet = getattr(self.denoiser, "unet", None)
+        size = getattr(getattr(unet, "config", None), "sample_size", None)
+        if size is None:
+            raise ValueError("the denoiser has no U-Net config to take a default resolution from: pass height and width")
+        if isinstance(size, int):
+            size = (size, size)
+        return int(size[0]) * self.vae_scale_factor, int(size[1]) * self.vae_scale_factor
+
+    # -- references ----------------------------------------------------------------------------------------------
+    def encode_concepts(self, concepts: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(B, N, L, D) text-encoder states of each reference's concept caption; each distinct caption once."""
+        distinct = sorted({concept for row in concepts for concept in row})
+        encoded = dict(zip(distinct, encode_prompts(self, distinct)))
+        return torch.stack([torch.stack([encoded[concept] for concept in row]) for row in concepts])
+
+    @torch.no_grad()
+    def prepare_references(self, references: Sequence[Sequence[Image.Image]],
+                           concepts: Sequence[Sequence[str]] | None = None, resolution: int | None = None
+                           ) -> ReferenceInputs:
+        """:class:`ReferenceInputs` for one list of reference images per prompt (any sizes, any number).
+
+        Each image is letterboxed onto a white ``resolution`` square as in training (default: the
+        larger side of :attr:`default_resolution`; ``__call__`` uses the larger side of its output). Rows with fewer references than the widest row are padded with white slots marked invalid
+        (``ReferenceInputs.valid``), which every denoiser ignores. ``concepts`` gives one caption per image
+        (default "figure"). The result is on the pipeline's device, in its dtype; pass it as ``references`` to
+        reuse it across calls (e.g. one subject, many prompts and seeds).
+        """
+        if isinstance(references, Image.Image) or not references or any(
+                isinstance(row, Image.Image) for row in references):
+            raise ValueError("references: give one list of PIL images per prompt, e.g. [[image_a, image_b]]")
+        if any(len(row) == 0 for row in references):
+            raise ValueError("references: every prompt needs at least one reference image")
+        if concepts is None:
+            concepts = [[DEFAULT_CONCEPT] * len(row) for row in references]
+        if len(concepts) != len(references) or any(
+                isinstance(row, str) or len(row) != len(images) for row, images in zip(concepts, references)):
+            raise ValueError("concepts: give one list of captions per prompt, one caption per reference image "
+                             f"(references have {[len(row) for row in references]} images per prompt)")
+        resolution = int(resolution or max(self.default_resolution))
+        batch, count = len(references), max(len(row) for row in references)
+
+        pixels = np.full((batch, count, 3, resolution, resolution), PADDING_VALUE, dtype=np.uint8)
+        valid = torch.zeros(batch, count, dtype=torch.bool)
+        padded_concepts = []
+        for b, (images, captions) in enumerate(zip(references, concepts)):
+            for n, image in enumerate(images):
+                canvas, _, _ = letterbox_array(np.asarray(image.convert("RGB")), resolution)
+                pixels[b, n] = canvas.transpose(2, 0, 1)
+            valid[b, :len(images)] = True
+            # A padded slot still needs a caption tensor; it is masked out, so which one does not matter.
+            padded_concepts.append(list(captions) + [captions[0]] * (count - len(captions)))
+
+        device, dtype = self.device, self.dtype
+        normalized = normalize_pixels(torch.from_numpy(pixels))
+        vae_device, vae_dtype = _module_device_dtype(self.vae)
+        latents = self.vae.encode(normalized.flatten(0, 1).to(vae_device, vae_dtype)).latent_dist.mode()
+        latents = (latents * self.vae.config.scaling_factor).unflatten(0, (batch, count))
+        return ReferenceInputs(
+            pixels=normalized.to(device, dtype), latents=latents.to(device, dtype),
+            concept_embeds=self.encode_concepts(padded_concepts).to(device, dtype),
+            valid=None if bool(valid.all()) else valid.to(device))
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str], references: Sequence[Sequence[Image.Image]] | ReferenceInputs,
+                 concepts: Sequence[Sequence[str]] | None = None, height: int | None = None,
+                 width: int | None = None, num_inference_steps: int = 30, guidance_scale: float = 7.0,
+                 reference_scale: float = 1.0, negative_prompt: str | list[str] | None = None,
+                 num_images_per_prompt: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
+                 eta: float = 0.0, reference_resolution: int | None = None, output_type: str = "pil",
+                 return_dict: bool = True):
+        """Generate ``num_images_per_prompt`` images per prompt.
+
+        ``references``: one list of PIL images per prompt (any sizes and counts; see :meth:`prepare_references`),
+        or a prepared :class:`ReferenceInputs` with one row per prompt. ``concepts``: one caption per reference
+        ("face", "clothes", "figure"; default "figure"). ``height`` / ``width`` default to the U-Net's sample size
+        times the VAE factor. Classifier-free guidance acts on the text alone: the unconditional branch has
+        ``negative_prompt`` (default empty) and the same references, so ``guidance_scale`` (> 1 enables it)
+        pushes the prompt and ``reference_scale`` sets the identity strength (0 = the plain U-Net). ``generator``:
+        one, or one per generated image, as in diffusers. ``output_type``: "pil", "np", "pt" or "latent".
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts)
+        if negative_prompt is None:
+            negatives = [""] * batch
+        else:
+            negatives = [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negatives) != batch:
+                raise ValueError(f"negative_prompt: {len(negatives)} given for {batch} prompts")
+        default_height, default_width = self.default_resolution
+        height, width = int(height or default_height), int(width or default_width)
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor} (the VAE's factor), "
+                             f"got {height} x {width}")
+        if num_inference_steps < 1 or num_images_per_prompt < 1:
+            raise ValueError("num_inference_steps and num_images_per_prompt must be at least 1")
+        device, dtype = self.device, self.dtype
+
+        if not isinstance(references, ReferenceInputs):
+            if len(references) != batch:
+                raise ValueError(f"references: {len(references)} lists of images for {batch} prompts")
+            references = self.prepare_references(references, concepts, reference_resolution or max(height, width))
+        elif references.latents.shape[0] != batch:
+            raise ValueError(f"references: prepared for {references.latents.shape[0]} prompts, given {batch}")
+
+        guided = guidance_scale > 1.0
+        prompt_embeds = encode_prompts(self, prompts).to(device, dtype)
+        reference_rows = _repeat_references(references, num_images_per_prompt)
+        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        if guided:
+            negative_embeds = encode_prompts(self, negatives).to(device, dtype)
+            negative_embeds = negative_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            # [unconditional, conditional], as diffusers' Stable Diffusion pipeline orders them.
+            prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+            reference_rows = _concat_references(reference_rows, reference_rows)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        shape = (batch * num_images_per_prompt, int(self.vae.config.latent_channels),
+                 height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        step_options = {}
+        step_parameters = set(inspect.signature(self.scheduler.step).parameters)
+        if "eta" in step_parameters:
+            step_options["eta"] = eta
+        if "generator" in step_parameters:
+            step_options["generator"] = generator
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            prediction = self.denoiser(model_input, t, prompt_embeds, reference_rows,
+                                       reference_scale=reference_scale)
+            if guided:
+                unconditional, conditional = prediction.chunk(2)
+                prediction = unconditional + guidance_scale * (conditional - unconditional)
+            latents = self.scheduler.step(prediction, t, latents, **step_options, return_dict=False)[0]
+
+        if output_type == "latent":
+            images = latents
+        else:
+            vae_device, vae_dtype = _module_device_dtype(self.vae)
+            decoded = self.vae.decode(latents.to(vae_device, vae_dtype) / self.vae.config.scaling_factor,
+                                      return_dict=False)[0]
+            images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ReferencePipelineOutput(images=images)
+
+
+def _repeat_references(references: ReferenceInputs, times: int) -> ReferenceInputs:
+    if times == 1:
+        return references
+
+    def repeat(tensor):
+        return None if tensor is None else tensor.repeat_interleave(times, dim=0)
+
+    return ReferenceInputs(repeat(references.pixels), repeat(references.latents), repeat(references.concept_embeds),
+                           repeat(references.valid))
+
+
+def _concat_references(first: ReferenceInputs, second: ReferenceInputs) -> ReferenceInputs:
+    def concat(a, b):
+        return None if a is None else torch.cat([a, b])
+
+    return ReferenceInputs(concat(first.pixels, second.pixels), concat(first.latents, second.latents),
+                           concat(first.concept_embeds, second.concept_embeds), concat(first.valid, second.valid))

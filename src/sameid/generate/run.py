@@ -1,0 +1,266 @@
+"""Generating from a finished training run: load it, then write the generations manifest that ``sameid eval`` reads.
+
+The protocol is RetriBooru's (``003_e9e011bd8e92c781.txt`` §3.1): subjects x prompts x seeds x samples per seed
+(there: 50 characters, 5 prompts, 5 seeds, 4 samples per seed, at 384 px, guidance scale 7 (A.3)), with
+reference images prepared "the same way as training our tasks" (``001_1c9e709f25ebb599.txt`` §5.2): whole
+figures captioned "figure" for reconstruction, face and clothes crops for composition (A.4). The output is the
+generations manifest of ``shared/DESIGN.md`` (Contracts): one row per image with ``image``, ``references``,
+``prompt``, ``subject``, ``model`` and ``seed``; the references are the files on disk, which is what the
+evaluation compares generations with.
+
+The samples of one seed are one batch drawn from one generator seeded with that seed (diffusers'
+``num_images_per_prompt``), so a row is reproduced by the same (subject, prompt, seed, sample) call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from ..errors import SameIdError
+from ..train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.yaml"
+MODEL_DIR = "model"
+BASE_DIR = "base"
+HOLDOUT_FILE = "holdout.json"
+GENERATIONS_FILE = "generations.jsonl"
+GENERATION_SETTINGS = "generation.json"
+IMAGES_DIR = "images"
+# Default concepts per training task: what each reference is cropped to and captioned (003 A.4).
+_COMPOSITION_CONCEPTS = ("face", "clothes")
+
+
+def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=None):
+    """``(components, denoiser, config)`` of the training run in ``run_dir``, ready for generation (eval mode).
+
+    Reads ``run_dir/config.yaml``; the base model from ``config.pretrained``, or ``run_dir/base`` (where a tiny
+    run saves its random base); the trained denoiser from ``run_dir/model``. ``device`` defaults to cuda when
+    available; ``dtype`` (torch dtype or name) defaults to float32. An incomplete run dir raises SameIdError
+    naming the missing file; without ``model/`` it says training has not finished and names the latest checkpoint.
+    """
+    from ..backends.pretrained import torch_device, torch_dtype
+    from ..models.components import load_components
+    from ..models.denoisers import load_denoiser
+    from ..train.loop import latest_checkpoint
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / RUN_CONFIG
+    if not run_dir.is_dir():
+        raise SameIdError(f"run dir {run_dir} does not exist")
+    if not config_path.is_file():
+        raise SameIdError(f"{run_dir} is not a training run: {config_path} is missing (`sameid train --out "
+                          f"{run_dir}` writes it)")
+    config = TrainConfig.load(config_path)
+    model_dir = run_dir / MODEL_DIR
+    if not model_dir.is_dir():
+        checkpoint = latest_checkpoint(run_dir)
+        state = (f"the latest checkpoint is {checkpoint}; finish the run with `sameid train --config {config_path} "
+                 f"--resume latest`" if checkpoint else "no checkpoint was written yet")
+        raise SameIdError(f"{model_dir} is missing: training has not finished ({state})")
+    device = torch_device(device)
+    resolved = torch_dtype(dtype, device) if dtype is not None else None
+    if config.pretrained:
+        components = load_components(config.pretrained, dtype=resolved)
+    else:
+        base = run_dir / BASE_DIR
+        if not (base / "model_index.json").is_file() and not (base / "unet").is_dir():
+            raise SameIdError(f"{base} is missing: a tiny run saves its random base model there, and the config "
+                              f"names no pretrained base")
+        components = load_components(base, dtype=resolved)
+    options = {}
+    if config.model == "ip-adapter":
+        # The frozen image encoder: the one the config names, or the random one a tiny run saved with its base.
+        tiny_encoder = run_dir / BASE_DIR / "image_encoder"
+        options["image_encoder"] = config.image_encoder or (str(tiny_encoder) if tiny_encoder.is_dir() else None)
+    denoiser = load_denoiser(model_dir, components.unet, **options)
+    # The base is already in ``resolved`` (loaded so); the denoiser's own modules are cast with it. A diffusers
+    # model warns about any dtype argument to .to(), hence device only for the VAE and text encoder.
+    components.vae.to(device=device)
+    components.text_encoder.to(device=device)
+    denoiser.to(device=device, **({"dtype": resolved} if resolved is not None else {}))
+    denoiser.eval()
+    return components, denoiser, config
+
+
+def _run_identities(run_dir: Path, manifest, identities) -> list[str]:
+    groups = manifest.identity_rows()
+    if identities is None:
+        holdout = run_dir / HOLDOUT_FILE
+        held = json.loads(holdout.read_text()).get("identities", []) if holdout.is_file() else []
+        if held:
+            missing = [identity for identity in held if identity not in groups]
+            if missing:
+                raise SameIdError(f"{holdout} holds out {len(missing)} identit{'y' if len(missing) == 1 else 'ies'} "
+                                  f"not in {manifest.root} (e.g. {missing[0]!r}); pass identities to choose "
+                                  f"(or 'all')")
+            return list(held)
+        return list(groups)
+    if isinstance(identities, str):
+        if identities == "all":
+            return list(groups)
+        identities = [identities]
+    unknown = [identity for identity in identities if identity not in groups]
+    if unknown:
+        raise SameIdError(f"{manifest.root}: no identity {unknown[0]!r}"
+                          f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
+    return list(dict.fromkeys(identities))
+
+
+def _default_concepts(task: str, count: int) -> list[str]:
+    if task == "composition":
+        return [_COMPOSITION_CONCEPTS[i % 2] for i in range(count)]
+    return ["figure"] * count
+
+
+def _reference_images(manifest, rows: list[int], requested: list[str]) -> tuple[list[Image.Image], list[str]]:
+    """Each reference cropped as its concept says (falling back to "figure" as training does), with the concept."""
+    from ..images import load_image
+    from ..pairs.concepts import concept_crop
+
+    images, concepts = [], []
+    for row, concept in zip(rows, requested):
+        crop = concept_crop(concept, manifest.head_boxes[row], manifest.widths[row], manifest.heights[row])
+        image = load_image(manifest.image_paths[row])[0]
+        # The crop was planned on the manifest's size; clip it in case the file on disk differs.
+        x0, y0, x1, y1 = crop.box
+        x1, y1 = min(x1, image.width), min(y1, image.height)
+        if x1 > x0 and y1 > y0 and (x0, y0, x1, y1) != (0, 0, image.width, image.height):
+            image = image.crop((x0, y0, x1, y1))
+        images.append(image)
+        concepts.append(crop.concept)
+    return images, concepts
+
+
+def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                      prompts: list[str], seeds: list[int], identities: list[str] | str | None = None,
+                      samples_per_seed: int = 1, n_references: int | None = None, num_inference_steps: int = 30,
+                      guidance_scale: float = 7.0, reference_scale: float = 1.0,
+                      concepts: list[str] | str | None = None, resolution: int | None = None,
+                      negative_prompt: str | None = None, model_name: str | None = None,
+                      device: str | None = None, dtype=None, progress: bool | None = None) -> Path:
+    """Generate subjects x ``prompts`` x ``seeds`` x ``samples_per_seed`` images with the run in ``run_dir`` and
+    write ``out_dir/generations.jsonl`` (DESIGN.md's generations manifest); returns its path.
+
+    ``identities``: the subjects, identities of ``dataset_dir`` (default: the run's held-out identities when
+    ``run_dir/holdout.json`` lists any, else every identity; ``"all"``: every identity). Each subject's references
+    are its first ``n_references`` images in manifest order (default: the run's count; an identity with fewer
+    images repeats them when the run's ``shortfall`` is "repeat" and is left out, with a warning, when it is
+    "refuse"), cropped to ``concepts``: one concept for all or one per reference slot (default from the run's
+    task: "figure" for reconstruction and multitask, alternately "face" and "clothes" for composition; a crop
+    without a usable head box falls back to "figure" as in training). ``resolution`` defaults to the run's.
+    ``model_name`` defaults to ``<model>-<mode>`` (e.g. "retrinet-identity"). Images go to
+    ``out_dir/images/<subject>/p<prompt>_seed<seed>_<sample>.png``; the settings to ``out_dir/generation.json``.
+    Refuses to overwrite an existing ``generations.jsonl``.
+    """
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..evaluate.manifest import write_generations
+    from ..pairs.manifest import load_manifest
+    from .pipeline_retrinet import ReferencePipeline
+    from .validation import safe_file_name
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    manifest_path = out_dir / GENERATIONS_FILE
+    if manifest_path.exists():
+        raise SameIdError(f"{manifest_path} already exists: choose another output folder or remove it first")
+    prompts, seeds = list(prompts), [int(seed) for seed in seeds]
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise SameIdError("give at least one prompt, and no empty prompt (the evaluation needs the text)")
+    if not seeds:
+        raise SameIdError("give at least one seed")
+    if samples_per_seed < 1:
+        raise SameIdError(f"samples_per_seed must be at least 1, got {samples_per_seed}")
+
+    components, denoiser, config = load_run(run_dir, device=device, dtype=dtype)
+    dataset = load_manifest(dataset_dir)
+    subjects = _run_identities(run_dir, dataset, identities)
+    count = int(n_references or config.n_references)
+    if count < 1:
+        raise SameIdError(f"n_references must be at least 1, got {count}")
+    if concepts is None:
+        requested = _default_concepts(config.task, count)
+    elif isinstance(concepts, str):
+        requested = [concepts] * count
+    else:
+        requested = list(concepts)
+        if len(requested) != count:
+            raise SameIdError(f"concepts: {len(requested)} given for {count} references per subject")
+    from ..pairs.concepts import CONCEPTS
+
+    unknown = sorted(set(requested) - set(CONCEPTS))
+    if unknown:
+        raise SameIdError(f"unknown concept {unknown[0]!r}; choose from {', '.join(CONCEPTS)}")
+    resolution = int(resolution or config.resolution)
+    model_name = model_name or f"{config.model}-{config.mode}"
+
+    groups = dataset.identity_rows()
+    reference_rows: dict[str, list[int]] = {}
+    refused = []
+    for subject in subjects:
+        rows = groups[subject]
+        if len(rows) < count and config.shortfall == "refuse":
+            refused.append(subject)
+            continue
+        reference_rows[subject] = [rows[i % len(rows)] for i in range(count)]
+    if refused:
+        logger.warning("left out %d subject(s) with fewer than %d images (the run's shortfall is 'refuse'): %s",
+                       len(refused), count, ", ".join(refused))
+    if not reference_rows:
+        raise SameIdError(f"no subject has {count} images; lower n_references")
+
+    pipeline = ReferencePipeline.from_components(components, denoiser)
+    pipeline.set_progress_bar_config(disable=True)
+    folders: dict[str, str] = {}
+    rows = []
+    total = len(reference_rows) * len(prompts) * len(seeds) * samples_per_seed
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=total, desc=f"generate {model_name}", unit="image", disable=not show) as bar:
+        for subject, subject_rows in reference_rows.items():
+            folder = safe_file_name(subject)
+            if folder in folders.values():
+                folder = f"{folder}_{len(folders)}"
+            folders[subject] = folder
+            (out_dir / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)
+            images, used_concepts = _reference_images(dataset, subject_rows, requested)
+            references = pipeline.prepare_references([images], [used_concepts], resolution)
+            reference_paths = [dataset.image_paths[row] for row in subject_rows]
+            for prompt_index, prompt in enumerate(prompts):
+                for seed in seeds:
+                    generated = pipeline(
+                        prompt, references, height=resolution, width=resolution,
+                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        reference_scale=reference_scale, negative_prompt=negative_prompt,
+                        num_images_per_prompt=samples_per_seed, generator=torch.Generator().manual_seed(seed),
+                    ).images
+                    for sample, image in enumerate(generated):
+                        relative = Path(IMAGES_DIR, folder, f"p{prompt_index:02d}_seed{seed}_{sample}.png")
+                        image.save(out_dir / relative)
+                        rows.append({"image": relative.as_posix(), "references": reference_paths,
+                                     "prompt": prompt, "subject": subject, "model": model_name, "seed": seed})
+                        bar.update(1)
+
+    settings = {
+        "run_dir": str(run_dir.resolve()), "dataset": str(Path(dataset_dir).resolve()), "model": model_name,
+        "base_model": config.pretrained or str((run_dir / BASE_DIR).resolve()), "prompts": prompts,
+        "seeds": seeds, "samples_per_seed": samples_per_seed, "n_references": count, "concepts": requested,
+        "resolution": resolution, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+        "reference_scale": reference_scale, "negative_prompt": negative_prompt,
+        "scheduler": type(pipeline.scheduler).__name__, "subjects": {s: folders[s] for s in reference_rows},
+        "left_out": refused,
+    }
+    (out_dir / GENERATION_SETTINGS).write_text(json.dumps(settings, indent=2))
+    # Written last and renamed into place: a manifest on disk always describes a finished generation.
+    partial = out_dir / f".{GENERATIONS_FILE}.partial"
+    write_generations(pd.DataFrame(rows), partial)
+    partial.replace(manifest_path)
+    return manifest_path
