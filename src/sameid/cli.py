@@ -135,22 +135,26 @@ def sample(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's sample and outputs.")] = Path("runs/demo"),
-    workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPU count).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps of the tiny RetriNet (a few minutes on 2 cores).")] = 300,
+    pretrained: Annotated[str | None, typer.Option(help="Train on a real base model: a Stable Diffusion 1.5 id "
+                                                        "or folder (a GPU machine; sets 384 px).")] = None,
+    clip: Annotated[str | None, typer.Option(help="Evaluate with a real CLIP (id or folder): clip_i, clip_t "
+                                                  "and their SWD.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel workers of the build (default: CPU count).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
 ):
-    """Run the main job on the bundled sample, offline: generate the sample, then build its dataset."""
-    import os
+    """Run the whole system on the bundled sample, offline: sample, build, audit, train, generate, eval."""
+    from .demo.run import DemoSettings, run_demo
 
-    from .build.pipeline import BuildConfig, build_dataset
-    from .demo.sample import make_sample
-
-    paths = make_sample(out / "sample")
-    typer.echo(f"generated sample collection: {paths.root}")
-    config = BuildConfig(source=str(paths.metadata), out=str(out / "dataset"), image_root=str(paths.image_root),
-                         workers=workers or os.cpu_count() or 1, is_generated_sample=True)
-    result = build_dataset(config, overwrite=overwrite or (out / "dataset").exists(),
-                           progress=sys.stderr.isatty())
-    _print_build_summary(result)
+    if steps < 1:
+        raise SameIdError(f"--steps must be at least 1, got {steps}")
+    settings = DemoSettings(steps=steps, pretrained=pretrained, clip=clip, workers=workers)
+    if pretrained:
+        settings.resolution, settings.inference_steps = 384, 30
+    result = run_demo(out, settings, overwrite=overwrite, progress=sys.stderr.isatty(), echo=typer.echo)
+    typer.echo(f"report: {result.report}")
+    for line in result.lines:
+        typer.echo(line)
 
 
 def _pairs_config(mode: str, task: str, n_references: int, shortfall: str, seed: int, resolution: int,
@@ -340,11 +344,6 @@ def audit(
         raise typer.Exit(1)
 
 
-# Prompts in the style of the paper's evaluation (003 §3.1): a new setting, pose or style for the same subject.
-DEMO_PROMPTS = ("a figure standing on a beach", "a figure in the snow at night", "a figure sitting in a library",
-                "a watercolor painting of a figure", "a figure running in a park")
-
-
 def _split_list(value: str | None) -> list[str | None]:
     return [item.strip() for item in value.split(",") if item.strip()] if value else [None]
 
@@ -462,6 +461,8 @@ def generate(
             raise SameIdError(f"--prompts-file {prompts_file}: no such file")
         prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
+        from .demo.run import DEMO_PROMPTS
+
         prompts = list(DEMO_PROMPTS)
     try:
         seed_list = [int(value) for value in seeds.split(",") if value.strip()]

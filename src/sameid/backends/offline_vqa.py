@@ -43,6 +43,10 @@ _HEAD_WORDS = re.compile(r"\b(head|face)\b")
 _DIRECTION_WORDS = re.compile(r"\b(direction|facing|faces|turned|turning|orientation|oriented|pose)\b")
 
 
+#: The questions :class:`OfflineVQA` answers, for a VQA score with no downloaded model.
+OFFLINE_QUESTIONS = ("List top two colors of the character's clothes", "Which direction is the head facing?")
+
+
 def is_head_direction_question(question: str) -> bool:
     """True for "Which direction is the head facing?" and close variants ("Where is the face turned?")."""
     text = question.lower()
