@@ -36,3 +36,33 @@ def save_tiny_clip(folder: str | Path, *, image_size: int = 32, patch_size: int 
             "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
             "projection_dim": projection_dim, "text_max_positions": 77, "vocab_size": len(vocab),
             "tokenizer": "byte-level, no merges (one token per character)"}
+
+
+def find_chromium() -> str | None:
+    """The headless browser used to check the HTML report renders: Debian's ``chromium`` or a Chrome on PATH."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def screenshot_html(html: str | Path, png: str | Path, *, width: int = 1280, height: int = 1600,
+                    timeout: float = 120.0) -> Path:
+    """Render ``html`` in headless Chromium and save a ``width`` x ``height`` screenshot to ``png``."""
+    import subprocess
+    import tempfile
+
+    browser = find_chromium()
+    if browser is None:
+        raise FileNotFoundError("no chromium on PATH: install Debian's chromium package (scripts/setup --dev does)")
+    png = Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:  # a fresh profile: no first-run state, no lock files
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
+                        Path(html).resolve().as_uri()],
+                       check=True, capture_output=True, timeout=timeout)
+    return png
