@@ -383,6 +383,8 @@ def train(
                                                                 help="Recompute activations to save memory.")] = None,
     checkpointing_steps: Annotated[int | None, typer.Option(help="Save a checkpoint every this many steps.")] = None,
     validation_steps: Annotated[int | None, typer.Option(help="Validation generations every this many steps.")] = None,
+    curriculum: Annotated[str | None, typer.Option(help="Order identities easy to hard instead of shuffling: "
+                                                        "phash | source (set curriculum_source_order in --config).")] = None,
     holdout_identities: Annotated[int | None, typer.Option(help="Identities kept out of training for "
                                                                 "`sameid generate` (listed in holdout.json).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of data order, noise and initialisation.")] = None,
@@ -402,7 +404,7 @@ def train(
                      learning_rate=learning_rate, prompt_drop=prompt_drop, face_loss_weight=face_loss_weight,
                      mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
                      checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
-                     holdout_identities=holdout_identities, seed=seed)
+                     holdout_identities=holdout_identities, seed=seed, curriculum=curriculum)
     models, modes = _split_list(model), _split_list(mode)
     grid = len(models) > 1 or len(modes) > 1
     if grid and resume and resume != "latest":

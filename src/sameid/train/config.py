@@ -41,7 +41,8 @@ class TrainConfig:
     resolution: int = 384
     prompt_drop: float = 0.5
     shortfall: str = "repeat"
-    curriculum: str | None = None
+    curriculum: str | None = None  # None (shuffled) | phash | source (with curriculum_source_order)
+    curriculum_source_order: list[str] = field(default_factory=list)  # sources easy to hard, e.g. [synthetic, real]
     # Identities kept out of training (listed in holdout.json) for `sameid generate` / evaluation.
     holdout_identities: int = 0
     # Loss (001 equation 3): MSE on the valid area + face_loss_weight x MSE on the face box.
@@ -86,6 +87,9 @@ class TrainConfig:
                      "checkpointing_steps", "validation_steps"):
             if getattr(self, name) < 1:
                 raise SameIdError(f"training config: {name} must be at least 1, got {getattr(self, name)}")
+        if self.curriculum == "embedding":
+            raise SameIdError("training config: curriculum 'embedding' needs image embeddings, which training does "
+                              "not compute yet; use phash, or source with curriculum_source_order")
         if self.face_loss_weight < 0:
             raise SameIdError(f"training config: face_loss_weight must be >= 0, got {self.face_loss_weight}")
 

@@ -132,7 +132,7 @@ class Trainer:
         self.dataset = PairsDataset(config.dataset, PairsConfig(
             mode=config.mode, task=config.task, n_references=config.n_references, resolution=config.resolution,
             prompt_drop=config.prompt_drop, shortfall=config.shortfall, seed=config.seed,
-            curriculum=config.curriculum))
+            curriculum=config.curriculum, source_order=tuple(config.curriculum_source_order)))
         self.holdout = self._hold_out(config.holdout_identities)
         if not len(self.dataset):
             raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
