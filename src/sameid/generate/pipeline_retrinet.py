@@ -166,11 +166,13 @@ class ReferencePipeline(DiffusionPipeline):
 
         device, dtype = self.device, self.dtype
         normalized = normalize_pixels(torch.from_numpy(pixels))
-        vae_device, vae_dtype = _module_device_dtype(self.vae)
-        latents = self.vae.encode(normalized.flatten(0, 1).to(vae_device, vae_dtype)).latent_dist.mode()
-        latents = (latents * self.vae.config.scaling_factor).unflatten(0, (batch, count))
+        latents = None
+        if self.denoiser.uses_reference_latents:
+            vae_device, vae_dtype = _module_device_dtype(self.vae)
+            latents = self.vae.encode(normalized.flatten(0, 1).to(vae_device, vae_dtype)).latent_dist.mode()
+            latents = (latents * self.vae.config.scaling_factor).unflatten(0, (batch, count)).to(device, dtype)
         return ReferenceInputs(
-            pixels=normalized.to(device, dtype), latents=latents.to(device, dtype),
+            pixels=normalized.to(device, dtype), latents=latents,
             concept_embeds=self.encode_concepts(padded_concepts).to(device, dtype),
             valid=None if bool(valid.all()) else valid.to(device))
 
@@ -214,8 +216,8 @@ class ReferencePipeline(DiffusionPipeline):
             if len(references) != batch:
                 raise ValueError(f"references: {len(references)} lists of images for {batch} prompts")
             references = self.prepare_references(references, concepts, reference_resolution or max(height, width))
-        elif references.latents.shape[0] != batch:
-            raise ValueError(f"references: prepared for {references.latents.shape[0]} prompts, given {batch}")
+        elif references.pixels.shape[0] != batch:
+            raise ValueError(f"references: prepared for {references.pixels.shape[0]} prompts, given {batch}")
 
         guided = guidance_scale > 1.0
         prompt_embeds = encode_prompts(self, prompts).to(device, dtype)

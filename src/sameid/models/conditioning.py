@@ -22,20 +22,21 @@ class ReferenceInputs:
     """The references of a batch, already on the model's device.
 
     ``pixels``: (B, N, 3, H, W) in [-1, 1] (ControlNet and image-encoder baselines read pixels);
-    ``latents``: (B, N, C, h, w) VAE latents, already multiplied by the VAE scaling factor (RetriNet reads latents);
+    ``latents``: (B, N, C, h, w) VAE latents, already multiplied by the VAE scaling factor (RetriNet reads latents;
+    None for a denoiser whose ``uses_reference_latents`` is False, so nobody pays for a VAE pass it does not read);
     ``concept_embeds``: (B, N, L, D) text-encoder hidden states of each reference's concept caption
     ("face", "clothes", "figure"); ``valid``: (B, N) bool, False for a padded slot (a batch whose examples have
     fewer references than the widest one); None means all slots are real.
     """
 
     pixels: torch.Tensor
-    latents: torch.Tensor
+    latents: torch.Tensor | None
     concept_embeds: torch.Tensor
     valid: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
-        return int(self.latents.shape[1])
+        return int(self.pixels.shape[1])
 
 
 class ReferenceConditionedDenoiser(torch.nn.Module):
@@ -49,6 +50,8 @@ class ReferenceConditionedDenoiser(torch.nn.Module):
     """
 
     kind: str = ""
+    # Whether forward reads ReferenceInputs.latents (RetriNet) or only pixels (ControlNet, IP-Adapter).
+    uses_reference_latents: bool = False
 
     def set_trainable(self, lock: str = "full") -> list[torch.nn.Parameter]:
         raise NotImplementedError

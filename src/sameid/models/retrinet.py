@@ -309,6 +309,7 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
     """
 
     kind = "retrinet"
+    uses_reference_latents = True
 
     def __init__(self, unet, retrinet: RetriNetModel):
         super().__init__()

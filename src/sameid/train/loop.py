@@ -257,8 +257,10 @@ class Trainer:
             latents = vae.encode(target).latent_dist.sample(generator) * scaling
             references = normalize_pixels(batch["references"].to(device)).to(self.weight_dtype)
             b, n = references.shape[:2]
-            reference_latents = vae.encode(references.flatten(0, 1)).latent_dist.mode() * scaling
-            reference_latents = reference_latents.unflatten(0, (b, n))
+            reference_latents = None
+            if self.accelerator.unwrap_model(self.denoiser).uses_reference_latents:
+                reference_latents = vae.encode(references.flatten(0, 1)).latent_dist.mode() * scaling
+                reference_latents = reference_latents.unflatten(0, (b, n))
             prompt_embeds = encode_prompts(components, batch["caption"]).to(device)
             concept_embeds = self._concept_embeds(batch["reference_concepts"]).to(device)
         latents = latents.float()
