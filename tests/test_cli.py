@@ -34,15 +34,25 @@ def test_wrong_image_root_is_one_clear_line(tmp_path, sample):
     assert "--image-root" in result.output
 
 
-def test_demo_builds_the_sample_and_says_where(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--workers", "2"])
+def test_demo_runs_every_stage_and_says_where(tmp_path):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--workers", "2", "--steps", "1", "--inference-steps", "1"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert str(tmp_path / "demo" / "dataset") in result.output
-    manifest = tmp_path / "demo" / "dataset" / "manifest.parquet"
-    assert manifest.is_file()
+    for stage in ("1/6 sample", "3/6 audit", "4/6 train", "6/6 eval"):
+        assert stage in result.output
+    assert f"report: {tmp_path / 'demo' / 'eval' / 'report.html'}" in result.output
+    assert (tmp_path / "demo" / "dataset" / "manifest.parquet").is_file()
     # a second run replaces the demo's own outputs instead of refusing
-    again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--workers", "2"])
+    again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
+
+
+def test_demo_refuses_outputs_it_did_not_write(tmp_path):
+    (tmp_path / "demo" / "run").mkdir(parents=True)
+    (tmp_path / "demo" / "run" / "mine.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--steps", "1"])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (tmp_path / "demo" / "run" / "mine.txt").read_text() == "mine"
 
 
 def test_export_into_a_non_empty_folder_is_refused_before_any_work(tmp_path, sample):

@@ -44,13 +44,6 @@ def test_report_numbers_come_from_per_image(demo):
     assert f"vqa {per_image['vqa'].mean():.3f}" in demo.lines[1]
 
 
-def test_demo_refuses_to_replace_an_earlier_demo(demo):
-    from sameid.errors import SameIdError
-
-    with pytest.raises(SameIdError, match="--overwrite"):
-        run_demo(demo.out, DemoSettings(steps=1), echo=lambda line: None)
-
-
 def test_report_renders_in_headless_chromium(demo, tmp_path):
     if find_chromium() is None:
         if os.environ.get("CI"):

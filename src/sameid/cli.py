@@ -140,17 +140,21 @@ def demo(
                                                         "or folder (a GPU machine; sets 384 px).")] = None,
     clip: Annotated[str | None, typer.Option(help="Evaluate with a real CLIP (id or folder): clip_i, clip_t "
                                                   "and their SWD.")] = None,
+    inference_steps: Annotated[int, typer.Option(help="Denoising steps per generated image.")] = 20,
     workers: Annotated[int | None, typer.Option(help="Parallel workers of the build (default: CPU count).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs in --out that an earlier demo did not write.")] = False,
 ):
     """Run the whole system on the bundled sample, offline: sample, build, audit, train, generate, eval."""
     from .demo.run import DemoSettings, run_demo
 
     if steps < 1:
         raise SameIdError(f"--steps must be at least 1, got {steps}")
-    settings = DemoSettings(steps=steps, pretrained=pretrained, clip=clip, workers=workers)
+    if inference_steps < 1:
+        raise SameIdError(f"--inference-steps must be at least 1, got {inference_steps}")
+    settings = DemoSettings(steps=steps, pretrained=pretrained, clip=clip, workers=workers,
+                            inference_steps=inference_steps)
     if pretrained:
-        settings.resolution, settings.inference_steps = 384, 30
+        settings.resolution = 384
     result = run_demo(out, settings, overwrite=overwrite, progress=sys.stderr.isatty(), echo=typer.echo)
     typer.echo(f"report: {result.report}")
     for line in result.lines:

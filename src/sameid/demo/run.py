@@ -19,6 +19,9 @@ DEMO_PROMPTS = ("a figure standing on a beach", "a figure in the snow at night",
                 "a watercolor painting of a figure", "a figure running in a park")
 
 
+DEMO_MARKER = ".sameid-demo"
+
+
 @dataclass
 class DemoSettings:
     steps: int = 300
@@ -68,11 +71,15 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
     out = Path(out)
     stages = ("run", "generations", "eval", "audit.json")
     existing = [out / name for name in stages if (out / name).exists()]
-    if existing and not overwrite:
-        raise SameIdError(f"{out} holds an earlier demo ({', '.join(p.name for p in existing)}); pass --overwrite "
-                          "to replace it, or choose another --out")
-    for path in existing:  # only what an earlier demo wrote
+    # A folder an earlier demo wrote (it leaves a marker) is the demo's own: a re-run replaces its outputs.
+    # Anything else with those names may be the user's, so it is only replaced when they say so.
+    if existing and not overwrite and not (out / DEMO_MARKER).is_file():
+        raise SameIdError(f"{out} holds {', '.join(p.name for p in existing)}, not written by `sameid demo`; pass "
+                          "--overwrite to replace them, or choose another --out")
+    for path in existing:  # only what a demo writes
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `sameid demo`; a re-run replaces this folder's demo outputs\n")
 
     echo("1/6 sample: generated drawings of 12 characters by 4 artists (not real Danbooru data)")
     paths = make_sample(out / "sample")

@@ -152,7 +152,9 @@ class PairsDataset(torch.utils.data.Dataset):
 
         target_image = image_of(row)
         # Assembled in numpy and wrapped once: small torch ops cost milliseconds each under intra-op threading.
-        target, valid_box, scale = letterbox_array(target_image, resolution)
+        # Pixels are resized straight into the channel-first arrays (no (R, R, 3) canvas, no transposed copy).
+        target = np.empty((3, resolution, resolution), dtype=np.uint8)
+        valid_box, scale = _letterbox_into(target_image, target)
         valid_mask = box_mask_array(valid_box, resolution)
         head = manifest.head_boxes[row]
         face_box = (0, 0, 0, 0) if head is None else _map_box(head, scale, valid_box)
@@ -161,17 +163,23 @@ class PairsDataset(torch.utils.data.Dataset):
         count = len(plan.reference_rows)
         references = np.empty((count, 3, resolution, resolution), dtype=np.uint8)
         reference_masks = np.zeros((count, 1, resolution, resolution), dtype=np.uint8)
+        made: dict[tuple, int] = {}  # a reference drawn twice with the same crop (shortfall "repeat") is copied
         for i, (ref, crop_box) in enumerate(zip(plan.reference_rows, plan.crops)):
+            augmentation = plan.augmentations[i] if plan.augmentations else None
+            key = (ref, crop_box.box, augmentation)
+            if key in made:
+                references[i], reference_masks[i] = references[made[key]], reference_masks[made[key]]
+                continue
+            made[key] = i
             piece = _crop_clipped(image_of(ref), crop_box.box)
-            if plan.augmentations:
-                piece = _augment(piece, *plan.augmentations[i])
-            pixels, (x0, y0, x1, y1), _ = letterbox_array(piece, resolution)
-            references[i] = pixels.transpose(2, 0, 1)
+            if augmentation:
+                piece = _augment(piece, *augmentation)
+            (x0, y0, x1, y1), _ = _letterbox_into(piece, references[i])
             reference_masks[i, :, y0:y1, x0:x1] = 1
         caption = manifest.captions[row]
         return TrainingExample(
             target_id=manifest.ids[row], identity=manifest.identities[row],
-            target=torch.from_numpy(np.ascontiguousarray(target.transpose(2, 0, 1))),
+            target=torch.from_numpy(target),
             valid_mask=torch.from_numpy(valid_mask), face_mask=torch.from_numpy(face_mask),
             references=torch.from_numpy(references), reference_valid_masks=torch.from_numpy(reference_masks),
             reference_ids=[manifest.ids[r] for r in plan.reference_rows],
@@ -231,6 +239,44 @@ def letterbox_array(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tup
     return canvas, (x0, y0, x0 + new_w, y0 + new_h), scale
 
 
+def _letterbox_into(image: np.ndarray, out: np.ndarray) -> tuple[tuple[int, int, int, int], float]:
+    """:func:`letterbox_array` written channel-first into ``out``, a uint8 (3, R, R) array: the same pixels.
+
+    Each byte of ``out`` is written once, by OpenCV: when enlarging, the image's channels are split and each is
+    resized straight into its window of ``out``; when shrinking, the image is resized and the (smaller) result
+    split into the windows. Either way the temporary is the smaller side and there is no (R, R, 3) canvas to
+    fill, copy and transpose: writing fresh output memory is most of the cost at 384 px. Resizing the channels
+    one by one gives the same values as resizing them together. Returns the valid box and the scale, as
+    :func:`letterbox_array` does.
+    """
+    import cv2
+
+    resolution = out.shape[-1]
+    height, width = image.shape[:2]
+    scale = resolution / max(width, height)
+    new_w, new_h = max(1, min(resolution, round(width * scale))), max(1, min(resolution, round(height * scale)))
+    x0, y0 = (resolution - new_w) // 2, (resolution - new_h) // 2
+    x1, y1 = x0 + new_w, y0 + new_h
+    out[:, :y0] = PADDING_VALUE
+    out[:, y1:] = PADDING_VALUE
+    out[:, y0:y1, :x0] = PADDING_VALUE
+    out[:, y0:y1, x1:] = PADDING_VALUE
+    windows = [out[channel, y0:y1, x0:x1] for channel in range(3)]
+    if (new_w, new_h) == (width, height):
+        planes = cv2.split(image, mv=windows)
+    elif scale > 1:
+        planes = [cv2.resize(plane, (new_w, new_h), dst=window, interpolation=cv2.INTER_LINEAR)
+                  for plane, window in zip(cv2.split(image), windows)]
+    else:
+        # Area averaging when shrinking avoids aliasing (as in letterbox_array).
+        resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_AREA)
+        planes = cv2.split(resized, mv=windows)
+    for window, plane in zip(windows, planes):
+        if plane is not window:  # OpenCV allocated a new array instead of writing into the window
+            window[...] = plane
+    return (x0, y0, x1, y1), scale
+
+
 def box_mask_array(box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
     """A uint8 (1, R, R) mask that is 1 exactly on ``box`` (x1, y1 exclusive)."""
     mask = np.zeros((1, resolution, resolution), dtype=np.uint8)
@@ -273,7 +319,9 @@ def collate_examples(examples: list[TrainingExample]) -> dict:
     first = examples[0]
     if any(e.references.shape != first.references.shape or e.target.shape != first.target.shape for e in examples):
         raise SameIdError("examples of one batch must have the same number of references and resolution")
-    batch = {name: torch.stack([getattr(e, name) for e in examples])
+    # default_collate stacks straight into shared memory inside a DataLoader worker (torch.stack would make a
+    # batch that is copied again to be sent to the main process).
+    batch = {name: torch.utils.data.default_collate([getattr(e, name) for e in examples])
              for name in ("target", "valid_mask", "face_mask", "references", "reference_valid_masks")}
     batch["caption_dropped"] = torch.tensor([e.caption_dropped for e in examples], dtype=torch.bool)
     for name in ("target_id", "identity", "reference_ids", "reference_concepts", "reference_boxes", "caption",
