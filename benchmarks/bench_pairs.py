@@ -15,6 +15,10 @@ training loop does not have. The loader arm runs after both:
 - **baseline**: the unavoidable part of that: ``sameid.images.load_image`` + ``numpy.asarray`` of the same files
   each example reads (the target and its distinct references; a reference drawn twice is decoded once, as
   ``PairsDataset`` does). The file lists are made before the clock starts.
+- **resized** (plain loading at the training resolution): what a plain loader of (target, N references) does,
+  with no sampling, cropping, letterboxing or masks: decode each distinct file once, resize the target and every
+  reference slot to ``--resolution`` x ``--resolution`` (``cv2.resize``, bilinear) and stack them channel-first
+  into one uint8 array. Ours is compared with both: decoding alone is the floor, this is the plain job.
 - **loader**: ``torch.utils.data.DataLoader`` with ``--workers`` workers, ``--batch-size`` and
   ``collate_examples``, one epoch from making the iterator (worker start-up included) to the last batch.
 
@@ -127,9 +131,23 @@ def time_arm(arm, count: int) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def slots_per_example(dataset: PairsDataset, epoch: int) -> list[list[str]]:
+    """Per index, the target's file and the file of every reference slot (a repeated reference twice)."""
+    paths = dataset.manifest.image_paths
+    out = []
+    for index in range(len(dataset)):
+        plan = dataset.plan(index, epoch)
+        out.append([paths[plan.target_row], *(paths[r] for r in plan.reference_rows)])
+    return out
+
+
 def time_epoch(dataset: PairsDataset, epoch: int, files: list[list[str]]) -> dict[str, float]:
-    """One epoch of ours, then of the baseline (or the other way round on odd epochs): wall and CPU seconds."""
+    """One epoch of each arm, in an order that rotates with the epoch: wall and CPU seconds."""
+    import cv2
+
     dataset.set_epoch(epoch)
+    slots = slots_per_example(dataset, epoch)
+    size = dataset.config.resolution
 
     def ours(index: int) -> None:
         dataset[index]
@@ -138,9 +156,16 @@ def time_epoch(dataset: PairsDataset, epoch: int, files: list[list[str]]) -> dic
         for path in files[index]:
             np.asarray(load_image(path)[0])
 
-    arms = [("ours", ours), ("baseline", baseline)]
+    def resized(index: int) -> None:
+        decoded = {path: np.asarray(load_image(path)[0]) for path in dict.fromkeys(slots[index])}
+        out = np.empty((len(slots[index]), 3, size, size), dtype=np.uint8)
+        for slot, path in enumerate(slots[index]):
+            out[slot] = cv2.resize(decoded[path], (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+
+    arms = [("ours", ours), ("baseline", baseline), ("resized", resized)]
+    arms = arms[epoch % 3:] + arms[:epoch % 3]
     totals = {}
-    for name, arm in arms if epoch % 2 == 0 else arms[::-1]:
+    for name, arm in arms:
         totals[f"{name}_wall"], totals[f"{name}_cpu"] = time_arm(arm, len(dataset))
     return totals
 
@@ -174,7 +199,7 @@ def measure(name: str, dataset_dir: Path, args, describe: dict) -> dict:
     dataset[0]  # warm-up: imports, first-call allocations
     load_before = os.getloadavg()
     runs: dict[str, list[float]] = {"ours_wall": [], "ours_cpu": [], "baseline_wall": [], "baseline_cpu": [],
-                                     "loader_wall": []}
+                                     "resized_wall": [], "resized_cpu": [], "loader_wall": []}
     files_read = []
     for repeat in range(args.repeats):
         files = files_per_example(dataset, repeat)
@@ -187,6 +212,8 @@ def measure(name: str, dataset_dir: Path, args, describe: dict) -> dict:
     # the overhead per epoch, then its median: each epoch's arms ran side by side
     overheads = [o / b for o, b in zip(runs["ours_wall"], runs["baseline_wall"])]
     cpu_overheads = [o / b for o, b in zip(runs["ours_cpu"], runs["baseline_cpu"])]
+    resized_overheads = [o / b for o, b in zip(runs["ours_wall"], runs["resized_wall"])]
+    resized_cpu_overheads = [o / b for o, b in zip(runs["ours_cpu"], runs["resized_cpu"])]
     short = sum(dataset.sampler.is_short(r) for r in dataset.target_rows)
     result = {
         **describe, "examples_per_epoch": n, "targets_short_of_n_references": int(short),
@@ -197,6 +224,10 @@ def measure(name: str, dataset_dir: Path, args, describe: dict) -> dict:
         "ours_cpu_s": median["ours_cpu"], "ours_cpu_runs_s": runs["ours_cpu"],
         "baseline_cpu_s": median["baseline_cpu"], "baseline_cpu_runs_s": runs["baseline_cpu"],
         "overhead_cpu": statistics.median(cpu_overheads), "overhead_cpu_runs": cpu_overheads,
+        "resized_s": median["resized_wall"], "resized_examples_per_s": n / median["resized_wall"],
+        "resized_runs_s": runs["resized_wall"], "resized_cpu_runs_s": runs["resized_cpu"],
+        "overhead_vs_resized": statistics.median(resized_overheads), "overhead_vs_resized_runs": resized_overheads,
+        "overhead_vs_resized_cpu": statistics.median(resized_cpu_overheads),
         "loader_s": loader_s, "loader_runs_s": runs["loader_wall"], "loader_examples_per_s": n / loader_s,
         "loader_workers": args.workers, "loader_batch_size": args.batch_size,
         "loader_note": "one epoch from making the iterator to the last batch, worker start-up included",
@@ -209,6 +240,9 @@ def measure(name: str, dataset_dir: Path, args, describe: dict) -> dict:
     print(f"  baseline {n / base_s:7.1f} examples/s  (load_image + asarray: {base_s:.3f} s)")
     print(f"  overhead {result['overhead']:.3f}x wall, {result['overhead_cpu']:.3f}x CPU time  (target <= 1.5; "
           f"per epoch: {', '.join(f'{v:.2f}' for v in overheads)})")
+    print(f"  resized  {n / median['resized_wall']:7.1f} examples/s  (decode + resize every slot to "
+          f"{args.resolution} px); overhead vs resized {result['overhead_vs_resized']:.3f}x wall, "
+          f"{result['overhead_vs_resized_cpu']:.3f}x CPU")
     print(f"  loader   {n / loader_s:7.1f} examples/s  ({args.workers} workers, batch {args.batch_size}, "
           f"start-up included: {loader_s:.3f} s)")
     return result
