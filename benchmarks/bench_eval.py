@@ -7,23 +7,34 @@ generation and reference is a distinct ``--image-size`` px PNG written to a temp
 own prompts ("a photo of subject_07 ..."), so 250 distinct prompts. The model is a random CLIP built from a config
 (no weights are downloaded), big enough that its forward pass is not negligible next to file I/O.
 
-Three arms, same data, same run, same CLIP object:
+Arms, same data, same run, same CLIP weights:
 
 - **ours**: :func:`sameid.evaluate.evaluate_generations` with metrics clip_i, clip_t and ``cache_dir=None``, so
-  every repeat starts from a cold cache (nothing is reused across repeats); it hashes, decodes and embeds each
-  distinct image and prompt once, in batches of ``--batch-size``.
+  every repeat starts from a cold cache (nothing is reused across repeats); it loads its own CLIP (timed), hashes,
+  decodes and embeds each distinct image and prompt once, in batches of ``--batch-size``. Its image store hands
+  hashing, ``load_image`` and pixel preparation (:class:`sameid.backends.pretrained.PixelPreparer`) to a decode
+  worker process (``--decode-workers``, default one per two cores) while the main process runs the model, so
+  it uses a second core where one is free: ``ours_main_cpu_s`` and ``ours_workers_cpu_s`` say how much.
 - **per-generation baseline**: what a per-image CLIPScore call does: for every generation, embed the generated
   image, its references and its prompt, then take the cosines. Run on the first ``--baseline-n`` generations and
   extrapolated linearly to all of them (its cost per generation is constant; the JSON says so).
-- **ours, serial decode**: the same with ``EmbeddingStore.prefetch = False`` (the store before decoding was
-  overlapped with the forward pass), and **decode only**: ``load_image`` on every distinct image.
-- **pure forward**: only ``CLIPEmbedder.embed_images`` / ``embed_texts`` (image preprocessing + forward passes)
-  on the distinct images and prompts ours embeds, already decoded in memory, in batches of ``--batch-size``:
-  the floor that ours' bookkeeping (hashing, decoding, gathering) adds to.
+- **ours, in-process decode**: the same with ``EmbeddingStore.prefetch = False``: hashing, decoding and pixel
+  preparation between model calls in the one process. **decode only**: ``load_image`` on every distinct image.
+- **pure forward**: only ``CLIPEmbedder.embed_images`` / ``embed_texts`` (pixel preparation + forward passes)
+  on the distinct images and prompts ours embeds, already decoded in memory, in batches of ``--batch-size``, one
+  process: the floor that ours' bookkeeping (hashing, decoding, gathering) adds to. **pure, transformers
+  processor**: the same image loop with ``clip.image_processor`` (transformers' own preprocessing, what
+  ``embed_images`` ran before PixelPreparer) instead, for context; not used in any ratio.
+
+Each arm runs ``--repeats`` times, the arms taking turns within a repeat, each after a ``gc.collect()``; the
+figures are medians (the JSON also keeps every run, the minimum, and the median of the per-repeat ours / pure
+ratios). On a shared machine the CPU seconds tell a repeat's conditions: pure's wall time well above its CPU time
+means another process took its core; ours' wall time near the sum of its main and worker CPU times (rather than
+the larger of the two) means its worker found no free core.
 
 Targets: ours >= 3x faster than the baseline; ours / pure <= 1.15.
 
-    python benchmarks/bench_eval.py --json benchmarks/results/eval-2026-11-21.json
+    python benchmarks/bench_eval.py --json benchmarks/results/eval-2026-11-22.json
     python benchmarks/bench_eval.py --quick
 """
 
@@ -31,9 +42,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
+import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -46,7 +60,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sameid.backends.registry import create_backend  # noqa: E402
-from sameid.evaluate.embeddings import EmbeddingStore  # noqa: E402
+from sameid.evaluate.embeddings import EmbeddingStore, default_decode_workers  # noqa: E402
 from sameid.evaluate.evaluator import EvalConfig, evaluate_generations  # noqa: E402
 from sameid.evaluate.protocol import protocol_grid  # noqa: E402
 from sameid.images import load_image  # noqa: E402
@@ -93,11 +107,21 @@ def build_protocol(root: Path, args) -> pd.DataFrame:
     return frame.reset_index(drop=True).assign(row=lambda f: np.arange(len(f)))
 
 
-def run_ours(frame, clip_spec: str, batch_size: int) -> tuple[float, pd.DataFrame, int]:
-    start = time.perf_counter()
+def _children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children (the decode workers, once they have exited)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
+
+
+def run_ours(frame, clip_spec: str, batch_size: int, decode_workers: int | None
+             ) -> tuple[float, float, float, pd.DataFrame, int]:
+    """(wall seconds, CPU seconds of this process, CPU seconds of its decode workers, per_image, model calls)."""
+    cpu, workers, start = time.process_time(), _children_cpu_seconds(), time.perf_counter()
     evaluation = evaluate_generations(frame, EvalConfig(metrics=("clip_i", "clip_t"), clip=clip_spec,
-                                                        cache_dir=None, batch_size=batch_size))
-    return time.perf_counter() - start, evaluation.per_image, evaluation.model_calls
+                                                        cache_dir=None, batch_size=batch_size,
+                                                        decode_workers=decode_workers))
+    return (time.perf_counter() - start, time.process_time() - cpu, _children_cpu_seconds() - workers,
+            evaluation.per_image, evaluation.model_calls)
 
 
 def run_baseline(frame, clip, n: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -114,12 +138,27 @@ def run_baseline(frame, clip, n: int) -> tuple[float, np.ndarray, np.ndarray]:
     return time.perf_counter() - start, clip_i, clip_t
 
 
-def run_pure(clip, images: list[Image.Image], prompts: list[str], batch_size: int) -> float:
-    start = time.perf_counter()
+def run_pure(clip, images: list[Image.Image], prompts: list[str], batch_size: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds)."""
+    cpu, start = time.process_time(), time.perf_counter()
     for first in range(0, len(images), batch_size):
         clip.embed_images(images[first:first + batch_size])
     for first in range(0, len(prompts), batch_size):
         clip.embed_texts(prompts[first:first + batch_size])
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def run_pure_processor(clip, images: list[Image.Image], batch_size: int) -> float:
+    """The image half of pure forward with transformers' image processor instead of PixelPreparer."""
+    from sameid.backends.pretrained import embed_pixel_batches
+
+    def prepare(batch):
+        return clip.image_processor(images=batch, return_tensors="np")["pixel_values"]
+
+    start = time.perf_counter()
+    for first in range(0, len(images), batch_size):
+        embed_pixel_batches(prepare(images[first:first + batch_size]), clip._image_forward, batch_size,
+                            clip.device, clip.model.config.projection_dim)
     return time.perf_counter() - start
 
 
@@ -136,7 +175,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--baseline-n", type=int, default=1000, help="generations the baseline runs on")
-    parser.add_argument("--repeats", type=int, default=3, help="ours and pure: best of this many")
+    parser.add_argument("--repeats", type=int, default=5, help="ours and pure: median of this many")
+    parser.add_argument("--decode-workers", type=int, default=None,
+                        help="ours' decode worker processes (default: one per two cores)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, every arm (1: steadier on a "
                         "shared machine)")
     parser.add_argument("--quick", action="store_true", help="5 subjects, baseline on 200, 1 repeat")
@@ -164,19 +205,34 @@ def main(argv=None) -> int:
         distinct_prompts = list(dict.fromkeys(frame["prompt"]))
         decoded = [load_image(p)[0] for p in distinct_images]
         # the arms take turns within each repeat, so a change in the machine's load hits all of them alike
-        ours_times, serial_times, pure_times, decode_times = [], [], [], []
+        ours_times, ours_cpu, worker_cpu, serial_times, pure_times, pure_cpu, processor_times, decode_times = (
+            [] for _ in range(8))
         for _ in range(args.repeats):
-            seconds, per_image, calls = run_ours(frame, clip_spec, args.batch_size)
+            # each arm starts from a collected heap: a full collection (~0.4 s with transformers loaded) must not
+            # land on whichever arm happens to cross the threshold
+            gc.collect()
+            seconds, cpu, workers_cpu, per_image, calls = run_ours(frame, clip_spec, args.batch_size,
+                                                                   args.decode_workers)
             ours_times.append(seconds)
-            EmbeddingStore.prefetch = False  # the store before the fix: decode each batch, then embed it
-            serial_times.append(run_ours(frame, clip_spec, args.batch_size)[0])
+            ours_cpu.append(cpu)
+            worker_cpu.append(workers_cpu)
+            EmbeddingStore.prefetch = False  # everything in this process, between model calls
+            gc.collect()
+            serial_times.append(run_ours(frame, clip_spec, args.batch_size, args.decode_workers)[0])
             EmbeddingStore.prefetch = True
-            pure_times.append(run_pure(clip, decoded, distinct_prompts, args.batch_size))
+            gc.collect()
+            seconds, cpu = run_pure(clip, decoded, distinct_prompts, args.batch_size)
+            pure_times.append(seconds)
+            pure_cpu.append(cpu)
+            gc.collect()
+            processor_times.append(run_pure_processor(clip, decoded, args.batch_size))
             start = time.perf_counter()
             for path in distinct_images:
                 load_image(path)
             decode_times.append(time.perf_counter() - start)
-        ours, serial, pure, decode = min(ours_times), min(serial_times), min(pure_times), min(decode_times)
+        median = statistics.median
+        ours, serial, pure, decode = median(ours_times), median(serial_times), median(pure_times), median(decode_times)
+        paired = median(o / p for o, p in zip(ours_times, pure_times, strict=True))
 
         n = min(args.baseline_n, len(frame))
         baseline_measured, clip_i, clip_t = run_baseline(frame, clip, n)
@@ -193,27 +249,47 @@ def main(argv=None) -> int:
                      "generations": len(frame), "distinct_images": len(distinct_images),
                      "distinct_prompts": len(distinct_prompts), "image_px": args.image_size},
         "clip": clip_config, "batch_size": args.batch_size, "metrics": ["clip_i", "clip_t"],
-        "ours_s": ours, "ours_runs_s": ours_times, "ours_model_calls": calls,
+        "statistic": f"median of {args.repeats} repeats (arms take turns within a repeat)",
+        "decode_workers": args.decode_workers if args.decode_workers is not None else default_decode_workers(),
+        "ours_s": ours, "ours_min_s": min(ours_times), "ours_runs_s": ours_times, "ours_model_calls": calls,
+        "ours_main_cpu_s": median(ours_cpu), "ours_main_cpu_runs_s": ours_cpu,
+        "ours_workers_cpu_s": median(worker_cpu), "ours_workers_cpu_runs_s": worker_cpu,
+        "cpu_note": "CPU seconds: with a core free for the worker, ours' wall time tends to max(main, workers); "
+                    "with none, to their sum",
         "ours_cache": "cold: cache_dir=None, a fresh EmbeddingStore every repeat, nothing reused",
-        "ours_serial_decode_s": serial, "ours_serial_decode_runs_s": serial_times,
-        "ours_serial_decode": "the store before the fix (EmbeddingStore.prefetch = False): no decode overlap",
-        "pure_forward_s": pure, "pure_runs_s": pure_times,
+        "ours_in_process_decode_s": serial, "ours_in_process_decode_runs_s": serial_times,
+        "ours_in_process_decode": "EmbeddingStore.prefetch = False: hash, decode and prepare pixels between "
+                                  "model calls, one process",
+        "pure_forward_s": pure, "pure_min_s": min(pure_times), "pure_runs_s": pure_times,
+        "pure_cpu_s": median(pure_cpu), "pure_cpu_runs_s": pure_cpu,
+        "ours_over_pure_runs": [o / p for o, p in zip(ours_times, pure_times, strict=True)],
+        "pure_images_transformers_processor_s": median(processor_times),
+        "pure_images_transformers_processor_runs_s": processor_times,
         "decode_only_s": decode, "decode_only": "load_image on every distinct image, serially",
-        "serial_over_pure": serial / pure,
+        "in_process_over_pure": serial / pure,
+        "in_process_minus_pure_minus_decode_s": serial - pure - decode,
+        "in_process_minus_pure_minus_decode": "what one process spends beyond the forward and load_image: hashing, "
+                                              "gathering, metrics, loading the model",
         "baseline_s": baseline, "baseline_measured_s": baseline_measured, "baseline_measured_generations": n,
         "baseline_extrapolated": n < len(frame),
         "baseline_agrees_with_ours": agree,
         "speedup_vs_baseline": baseline / ours, "ours_over_pure": ours / pure,
+        "ours_over_pure_min": min(ours_times) / min(pure_times), "ours_over_pure_paired_median": paired,
         "targets": {"speedup_vs_baseline": ">= 3", "ours_over_pure": "<= 1.15"},
     }
     print(f"CLIP {clip_config['num_hidden_layers']} layers, hidden {clip_config['hidden_size']}, "
           f"{clip_config['image_size']} px / patch {clip_config['patch_size']}; torch threads {args.threads}")
     print(f"{len(frame)} generations, {len(distinct_images)} distinct images, {len(distinct_prompts)} prompts")
-    print(f"ours (cold cache, best of {args.repeats}): {ours:.2f} s  {ours_times}")
-    print(f"ours with serial decode (before the fix): {serial:.2f} s  {serial_times}")
-    print(f"decode only (load_image, serial):        {decode:.2f} s")
-    print(f"pure forward (best of {args.repeats}):     {pure:.2f} s  -> ours / pure = {ours / pure:.3f} "
-          f"(serial decode: {serial / pure:.3f})")
+    print(f"ours (cold cache, median of {args.repeats}): {ours:.2f} s  {[round(t, 2) for t in ours_times]}  "
+          f"CPU: main {median(ours_cpu):.2f} s, decode workers {median(worker_cpu):.2f} s")
+    print(f"ours, in-process decode:            {serial:.2f} s  {[round(t, 2) for t in serial_times]}")
+    print(f"decode only (load_image, serial):   {decode:.2f} s")
+    print(f"pure forward (median of {args.repeats}):     {pure:.2f} s  {[round(t, 2) for t in pure_times]}  "
+          f"CPU {median(pure_cpu):.2f} s")
+    print(f"  image half with transformers' processor instead of PixelPreparer: {median(processor_times):.2f} s")
+    print(f"ours / pure = {ours / pure:.3f} (min/min {min(ours_times) / min(pure_times):.3f}, paired median "
+          f"{paired:.3f}); in-process decode / pure = {serial / pure:.3f}, beyond pure + decode: "
+          f"{serial - pure - decode:.2f} s")
     print(f"per-generation baseline: {baseline:.1f} s ({baseline_measured:.1f} s on {n}"
           f"{', extrapolated' if n < len(frame) else ''}) -> ours {baseline / ours:.1f}x faster; "
           f"same scores: {agree}")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..errors import MissingModelError
 from .base import ImageEmbedder, TextEmbedder, l2_normalise
-from .pretrained import embed_image_batches, load_pretrained, torch_device
+from .pretrained import PixelPreparer, embed_image_batches, embed_pixel_batches, load_pretrained, torch_device
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _WHAT = "CLIP model"
@@ -53,11 +53,20 @@ class CLIPEmbedder(ImageEmbedder, TextEmbedder):
         self.image_processor = load_pretrained(transformers.CLIPImageProcessor, self.source, what=f"{_WHAT} image processor")
         self.tokenizer = load_pretrained(transformers.AutoTokenizer, self.source, what=f"{_WHAT} tokenizer")
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
+        # picklable: an evaluation's decode worker process prepares pixels while this process runs the model
+        self.pixel_preparer = PixelPreparer(self.image_processor)
+
+    def _image_forward(self, pixels):
+        return _features(self.model.get_image_features(pixel_values=pixels))
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return embed_image_batches(images, self.image_processor,
-                                   lambda pixels: _features(self.model.get_image_features(pixel_values=pixels)),
-                                   self.batch_size, self.device, self.model.config.projection_dim)
+        return embed_image_batches(images, self.pixel_preparer, self._image_forward, self.batch_size, self.device,
+                                   self.model.config.projection_dim)
+
+    def embed_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``embed_images`` after ``pixel_preparer``: rows for an (N, C, H, W) array it returned."""
+        return embed_pixel_batches(pixel_values, self._image_forward, self.batch_size, self.device,
+                                   self.model.config.projection_dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

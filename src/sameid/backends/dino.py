@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..errors import MissingModelError
 from .base import ImageEmbedder
-from .pretrained import embed_image_batches, load_pretrained, torch_device
+from .pretrained import PixelPreparer, embed_image_batches, embed_pixel_batches, load_pretrained, torch_device
 
 DEFAULT_DINO = "facebook/dinov2-small"
 _WHAT = "DINO model"
@@ -36,9 +36,18 @@ class DinoEmbedder(ImageEmbedder):
         self.model = load_pretrained(transformers.AutoModel, self.source, what=_WHAT).to(self.device).eval()
         self.image_processor = load_pretrained(transformers.AutoImageProcessor, self.source,
                                                what=f"{_WHAT} image processor")
+        # picklable: an evaluation's decode worker process prepares pixels while this process runs the model
+        self.pixel_preparer = PixelPreparer(self.image_processor)
+
+    def _image_forward(self, pixels):
+        # the class token of the last layer, as DINO evaluations use
+        return self.model(pixel_values=pixels).last_hidden_state[:, 0]
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        # the class token of the last layer, as DINO evaluations use
-        return embed_image_batches(images, self.image_processor,
-                                   lambda pixels: self.model(pixel_values=pixels).last_hidden_state[:, 0],
-                                   self.batch_size, self.device, self.model.config.hidden_size)
+        return embed_image_batches(images, self.pixel_preparer, self._image_forward, self.batch_size, self.device,
+                                   self.model.config.hidden_size)
+
+    def embed_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``embed_images`` after ``pixel_preparer``: rows for an (N, C, H, W) array it returned."""
+        return embed_pixel_batches(pixel_values, self._image_forward, self.batch_size, self.device,
+                                   self.model.config.hidden_size)

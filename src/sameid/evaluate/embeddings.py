@@ -7,9 +7,12 @@ UTF-8 for texts), embeds only keys it has not seen, in batches, and keeps the ve
 ``.npz`` per model identity (``keys``, ``vectors``; a NaN row records "nothing found", e.g. no face), so a re-run
 embeds nothing. A changed file has a new hash, so the cache never serves stale vectors.
 
-Decoding an image costs a third of a small model's forward pass on it, so a background thread reads and decodes
-the next batch while the model embeds the current one (PIL's decoders and torch both release the GIL): the store
-adds little to the model's own time (``benchmarks/bench_eval.py``).
+For a small model, reading, hashing, decoding and preparing pixels cost as much as the forward pass, so for image
+inputs the store hands that work to :class:`~sameid.evaluate.decode_workers.DecodeWorkers` processes, which hash
+each path once, skip files whose content is already embedded, load the rest with
+:func:`~sameid.images.load_image` and run ``prepare`` (e.g. the CLIP embedder's
+:class:`~sameid.backends.pretrained.PixelPreparer`) a few batches ahead, while this process runs only the model
+(``benchmarks/bench_eval.py``).
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..images import load_image
+from .decode_workers import DecodeWorkers
 
 _CHUNK = 1 << 20
 
@@ -74,23 +77,45 @@ class EmbeddingCache:
         os.replace(temporary, path)  # atomic: an interrupted run leaves the previous cache intact
 
 
+def _take(batch: Any, rows: list[int]) -> Any:
+    return batch[rows] if isinstance(batch, np.ndarray) else [batch[row] for row in rows]
+
+
+def _concatenate(pieces: list[Any]) -> Any:
+    return np.concatenate(pieces) if isinstance(pieces[0], np.ndarray) else [item for piece in pieces for item in piece]
+
+
+def default_decode_workers() -> int:
+    """One decode process per two usable cores, at most 4 (the model's own threads need the rest); none on a
+    single core, where a worker could only take turns with the model."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(4, cores // 2)
+
+
 class EmbeddingStore:
     """Vectors of images (by path) or texts for one model, each distinct content embedded once.
 
-    ``embed`` takes a list of PIL images (``inputs="image"``) or of strings (``inputs="text"``) and returns one
-    row per input (NaN rows allowed). ``model_calls`` and ``embedded`` count calls to ``embed`` and inputs sent.
-    ``prefetch`` (default True) decodes the next batch of images in a background thread during ``embed``.
+    ``embed`` takes a batch and returns one row per input (NaN rows allowed): for images, a list of PIL images,
+    or whatever ``prepare`` (a picklable callable, run in the decode worker) makes of such a list (an array
+    with one row per image, or a list); for texts, a list of strings. ``model_calls`` and ``embedded`` count
+    calls to ``embed`` and inputs sent. ``prefetch`` (default True) loads images in ``decode_workers`` worker
+    processes (default :func:`default_decode_workers`) while ``embed`` runs; False, no workers, or fewer than
+    ``2 * batch_size`` new files: in this process between model calls.
     """
 
     prefetch: bool = True
 
-    def __init__(self, embed: Callable[[list], np.ndarray], model: str, *, inputs: str = "image",
-                 cache: EmbeddingCache | None = None, batch_size: int = 32):
+    def __init__(self, embed: Callable[[Any], np.ndarray], model: str, *, inputs: str = "image",
+                 cache: EmbeddingCache | None = None, batch_size: int = 32,
+                 prepare: Callable[[list], Any] | None = None, decode_workers: int | None = None):
         if inputs not in ("image", "text"):
             raise ValueError(f"inputs must be 'image' or 'text', got {inputs!r}")
-        self.embed, self.model, self.inputs = embed, model, inputs
+        if prepare is not None and inputs != "image":
+            raise ValueError("prepare applies to image inputs only")
+        self.embed, self.model, self.inputs, self.prepare = embed, model, inputs, prepare
         self.cache = cache or EmbeddingCache(None)
         self.batch_size = max(1, int(batch_size))
+        self.decode_workers = default_decode_workers() if decode_workers is None else max(0, int(decode_workers))
         self.vectors: dict[str, np.ndarray] = self.cache.load(model)
         self._digests: dict[str, str] = {}
         self.model_calls = 0
@@ -101,43 +126,75 @@ class EmbeddingStore:
             self._digests[item] = file_digest(item) if self.inputs == "image" else text_digest(item)
         return self._digests[item]
 
-    def _load(self, item: str) -> Image.Image | str:
-        return load_image(item)[0] if self.inputs == "image" else item
+    def _load(self, items: list[str]) -> Any:
+        if self.inputs == "text":
+            return items
+        images = [load_image(item)[0] for item in items]
+        return self.prepare(images) if self.prepare is not None else images
 
-    def _loaded(self, batches: list[list[str]], first_item: dict[str, str]) -> Iterator[tuple[list[str], list]]:
-        """(keys, loaded inputs) per batch; images of batch k + 1 are decoded while the caller embeds batch k."""
-        if self.inputs == "text" or not self.prefetch or len(batches) == 1:
-            for batch in batches:
-                yield batch, [self._load(first_item[k]) for k in batch]
-            return
+    def _embed(self, keys: list[str], batch: Any) -> None:
+        vectors = np.asarray(self.embed(batch), dtype=np.float32)
+        self.model_calls += 1
+        self.embedded += len(keys)
+        for key, vector in zip(keys, vectors, strict=True):
+            self.vectors[key] = vector
 
-        def load(keys: list[str]) -> list:
-            return [self._load(first_item[k]) for k in keys]
+    def _embed_in_process(self, items: Sequence[str]) -> None:
+        """Hash every item, then load and embed the new contents batch by batch, here."""
+        first_item: dict[str, str] = {}
+        for item in items:
+            key = self.key(item)
+            if key not in self.vectors:
+                first_item.setdefault(key, item)
+        todo = list(first_item)
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start:start + self.batch_size]
+            self._embed(batch, self._load([first_item[k] for k in batch]))
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sameid-decode") as pool:
-            pending = pool.submit(load, batches[0])
-            for index, batch in enumerate(batches):
-                loaded = pending.result()  # a file that fails to load raises here, in the caller's thread
-                if index + 1 < len(batches):
-                    pending = pool.submit(load, batches[index + 1])
-                yield batch, loaded
+    def _embed_with_workers(self, paths: list[str]) -> None:
+        """Workers hash, load and prepare chunks of ``paths`` ahead of the model; batches regrouped in path order."""
+        chunks = [paths[start:start + self.batch_size] for start in range(0, len(paths), self.batch_size)]
+        batch_nbytes = getattr(self.prepare, "batch_nbytes", None)
+        pending_keys: list[str] = []
+        pending: list[Any] = []
+        with DecodeWorkers(chunks, digest=file_digest, workers=self.decode_workers, known=frozenset(self.vectors),
+                           prepare=self.prepare,
+                           slot_bytes=batch_nbytes(self.batch_size) if batch_nbytes is not None else None) as decoded:
+            for chunk, result in zip(chunks, decoded, strict=True):
+                self._digests.update(zip(chunk, result.digests, strict=True))
+                # two workers may both load one content (under two paths): keep its first row only
+                rows, keys, queued = [], [], set(pending_keys)
+                for row, index in enumerate(result.loaded):
+                    key = result.digests[index]
+                    if key not in self.vectors and key not in queued:
+                        queued.add(key)
+                        rows.append(row)
+                        keys.append(key)
+                if len(keys) == self.batch_size and not pending_keys:  # the usual case: embed straight from it
+                    self._embed(keys, result.batch)
+                elif keys:  # a copy, so that the worker can reuse the shared memory
+                    pending.append(_take(result.batch, rows))
+                    pending_keys.extend(keys)
+                result.release()
+                while len(pending_keys) >= self.batch_size:
+                    joined = _concatenate(pending)
+                    self._embed(pending_keys[:self.batch_size], joined[:self.batch_size])
+                    pending_keys = pending_keys[self.batch_size:]
+                    pending = [joined[self.batch_size:]] if pending_keys else []
+        if pending_keys:
+            self._embed(pending_keys, _concatenate(pending))
 
     def get(self, items: Sequence[str]) -> np.ndarray:
         """(len(items), D) float32, rows in the order of ``items``."""
-        keys = [self.key(item) for item in items]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.vectors))
-        if todo:
-            first_item = {}
-            for item, key in zip(items, keys, strict=True):
-                first_item.setdefault(key, item)
-            batches = [todo[start:start + self.batch_size] for start in range(0, len(todo), self.batch_size)]
-            for batch, loaded in self._loaded(batches, first_item):
-                vectors = np.asarray(self.embed(loaded), dtype=np.float32)
-                self.model_calls += 1
-                self.embedded += len(batch)
-                for key, vector in zip(batch, vectors, strict=True):
-                    self.vectors[key] = vector
+        embedded_before = self.embedded
+        if self.inputs == "image" and self.prefetch and self.decode_workers:
+            paths = [item for item in dict.fromkeys(items) if item not in self._digests]
+            if len(paths) >= 2 * self.batch_size:
+                self._embed_with_workers(paths)
+        self._embed_in_process(items)
+        if self.embedded > embedded_before:
             self.cache.save(self.model, self.vectors)
+        keys = [self.key(item) for item in items]
         if not keys:
             return np.zeros((0, 0), np.float32)
         return np.stack([self.vectors[k] for k in keys])

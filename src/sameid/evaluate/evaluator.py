@@ -18,7 +18,8 @@ from .embeddings import EmbeddingCache, EmbeddingStore
 from .metrics import DEFAULT_METRICS, METRICS, FaceSimilarity, ReferenceSimilarity, TextAlignment, face_store
 from .vqa_score import DEFAULT_QUESTIONS, AnswerStore, VQAScore
 
-PER_IMAGE_COLUMNS = ("row", "image", "subject", "model", "seed", "prompt", "n_references")
+# first_reference: the reference the report's best and worst examples show beside the generation
+PER_IMAGE_COLUMNS = ("row", "image", "subject", "model", "seed", "prompt", "n_references", "first_reference")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class EvalConfig:
     vqa_questions: tuple[str, ...] = DEFAULT_QUESTIONS
     cache_dir: str | os.PathLike | None = None  # None: embed everything afresh, keep nothing
     batch_size: int = 32
+    decode_workers: int | None = None  # image loading processes beside the model; None: one per two cores
 
 
 @dataclass
@@ -68,9 +70,17 @@ def evaluate_generations(generations: pd.DataFrame, config: EvalConfig | None = 
         "image": images, "subject": generations["subject"].to_numpy(), "model": generations["model"].to_numpy(),
         "seed": generations["seed"].astype("Int64").to_numpy() if "seed" in generations else pd.NA,
         "prompt": generations["prompt"].to_numpy(), "n_references": [len(refs) for refs in references],
+        "first_reference": [refs[0] if refs else None for refs in references],
     })
     stores: dict[str, EmbeddingStore] = {}
     detection_rate = None
+
+    def image_store(embedder) -> EmbeddingStore:
+        # an embedder with a pixel_preparer has its pixels prepared in the decode workers, beside the model
+        preparer = getattr(embedder, "pixel_preparer", None)
+        embed = embedder.embed_pixels if preparer is not None else embedder.embed_images
+        return EmbeddingStore(embed, f"{embedder.identity}:image", inputs="image", cache=cache,
+                              batch_size=config.batch_size, prepare=preparer, decode_workers=config.decode_workers)
 
     def text_store(embedder) -> EmbeddingStore:
         # one store per text model: two stores of one model would overwrite each other's cache file
@@ -93,8 +103,7 @@ def evaluate_generations(generations: pd.DataFrame, config: EvalConfig | None = 
         per_image["vqa"] = metric.compute()
     if "clip_i" in metrics or "clip_t" in metrics:
         clip = create_backend("image_embedder", config.clip)
-        stores["clip_image"] = EmbeddingStore(clip.embed_images, f"{clip.identity}:image", inputs="image",
-                                              cache=cache, batch_size=config.batch_size)
+        stores["clip_image"] = image_store(clip)
         if "clip_i" in metrics:
             metric = ReferenceSimilarity(stores["clip_image"], "clip_i")
             metric.update(images, references)
@@ -106,13 +115,13 @@ def evaluate_generations(generations: pd.DataFrame, config: EvalConfig | None = 
             per_image["clip_score"] = TextAlignment.clip_score(per_image["clip_t"].to_numpy())
     if "dino" in metrics:
         dino = create_backend("image_embedder", config.dino)
-        stores["dino"] = EmbeddingStore(dino.embed_images, f"{dino.identity}:image", inputs="image", cache=cache,
-                                        batch_size=config.batch_size)
+        stores["dino"] = image_store(dino)
         metric = ReferenceSimilarity(stores["dino"], "dino")
         metric.update(images, references)
         per_image["dino"] = metric.compute()
     if "face" in metrics:
-        stores["face"] = face_store(create_backend("face_embedder", config.face), cache=cache)
+        stores["face"] = face_store(create_backend("face_embedder", config.face), cache=cache,
+                                    decode_workers=config.decode_workers)
         metric = FaceSimilarity(stores["face"], "face")
         metric.update(images, references)
         per_image["face"] = metric.compute()

@@ -32,16 +32,19 @@ METRICS = ("vqa", "clip_i", "clip_t", "dino", "face")
 DEFAULT_METRICS = ("clip_i", "clip_t", "dino", "face")  # vqa needs a VQA model, so it is asked for explicitly
 
 
-def _mean_reference_cosine(generated: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
-    """Per generation, the nanmean over its references of the cosine (NaN rows = nothing found, skipped)."""
-    values = np.full(len(references), np.nan)
-    for i, (vector, refs) in enumerate(zip(generated, references, strict=True)):
-        if np.isnan(vector).any() or len(refs) == 0:
-            continue
-        cosines = refs @ vector
-        cosines = cosines[~np.isnan(cosines)]
-        if len(cosines):
-            values[i] = float(cosines.mean())
+def _mean_reference_cosine(generated: np.ndarray, references: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Per generation, the nanmean over its references of the cosine (NaN rows = nothing found, skipped).
+
+    ``references`` holds every reference vector, ``owner`` the generation (row of ``generated``) each belongs to.
+    """
+    values = np.full(len(generated), np.nan)
+    if len(references) == 0:
+        return values
+    cosines = np.einsum("md,md->m", references, generated[owner])
+    found = ~np.isnan(cosines)
+    counts = np.bincount(owner[found], minlength=len(generated))
+    sums = np.bincount(owner[found], weights=cosines[found], minlength=len(generated))
+    np.divide(sums, counts, out=values, where=counts > 0)
     return values
 
 
@@ -69,17 +72,12 @@ class ReferenceSimilarity(ReferenceMetric):
         self.store, self.name = store, name
         self.reset()
 
-
     def compute(self) -> np.ndarray:
         """One value per generation, in update order."""
         flat = [path for refs in self._references for path in refs]
         vectors = self.store.get(self._images + flat)
-        generated, reference_vectors = vectors[:len(self._images)], vectors[len(self._images):]
-        grouped, start = [], 0
-        for refs in self._references:
-            grouped.append(reference_vectors[start:start + len(refs)])
-            start += len(refs)
-        return _mean_reference_cosine(generated, grouped)
+        owner = np.repeat(np.arange(len(self._references)), [len(refs) for refs in self._references])
+        return _mean_reference_cosine(vectors[:len(self._images)], vectors[len(self._images):], owner)
 
 
 class TextAlignment:
@@ -112,7 +110,8 @@ class TextAlignment:
         return np.maximum(100.0 * np.asarray(cosines, dtype=np.float64), 0.0)
 
 
-def face_store(embedder: FaceEmbedder, *, cache: EmbeddingCache | None = None, model: str | None = None) -> EmbeddingStore:
+def face_store(embedder: FaceEmbedder, *, cache: EmbeddingCache | None = None, model: str | None = None,
+               decode_workers: int | None = None) -> EmbeddingStore:
     """An image store whose vectors are ``embedder``'s face embeddings, a NaN row where no face is found."""
     dim = int(getattr(embedder, "dim", 0) or 0)
 
@@ -124,7 +123,7 @@ def face_store(embedder: FaceEmbedder, *, cache: EmbeddingCache | None = None, m
 
     identity = model or f"face:{embedder.spec or type(embedder).__name__}"
     # one image at a time through the embedder anyway; the batch only bounds how many images sit in memory
-    return EmbeddingStore(embed, identity, inputs="image", cache=cache, batch_size=16)
+    return EmbeddingStore(embed, identity, inputs="image", cache=cache, batch_size=16, decode_workers=decode_workers)
 
 
 class FaceSimilarity(ReferenceSimilarity):

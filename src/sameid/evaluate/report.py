@@ -7,10 +7,20 @@
 (:mod:`sameid.evaluate.swd`); ``ci95`` holds percentile bootstrap 95% intervals of each mean and each SWD,
 resampling generations with replacement. The scatter plots follow RetriBooru's (``/work/shared/papers/
 001_1c9e709f25ebb599.txt`` section 5, "scatter plots on the right"): one point per generation, div on x, sim on y.
+
+``report.html`` also shows, per model, the ``k`` best and ``k`` worst generations by one per-generation score
+(:func:`example_score`: div x sim of the scatter plot's pair, the term SWD averages, so the examples show what
+drives SWD up and down; with a single metric, that metric), each as the generated image beside its first
+reference. The thumbnails are embedded in the HTML as base64 JPEG data URIs (at most 128 px a side, a few KiB
+each) rather than written to a folder beside it: the report is one file that stays whole when it is moved,
+mailed or uploaded as a CI artifact, and does not break when the generations are deleted (the image's path is
+only a hover title). An image that cannot be read shows a placeholder with the reason instead.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
@@ -21,11 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import METRICS
+from ..errors import ImageError
+from ..images import load_image
+from .metrics import METRICS, SIMILARITY_METRICS
 from .swd import metric_pairs, swd_table
 
 N_BOOTSTRAP = 1000
 _BOOTSTRAP_CHUNK = 200  # resamples drawn at once: bounds memory at chunk x n floats per metric
+N_EXAMPLES = 4  # best and worst generations shown per model
+THUMBNAIL_PX = 128
 
 
 def _nanmean_rows(matrix: np.ndarray) -> np.ndarray:
@@ -112,10 +126,96 @@ def write_scatter(rows: pd.DataFrame, div: str, sim: str, path: Path, title: str
     return path
 
 
+def example_score(per_image: pd.DataFrame, metrics: list[str]) -> tuple[str, pd.Series] | None:
+    """The per-generation score the best and worst examples are ranked by, with the report's words for it.
+
+    div x sim of the scatter plot's pair (:func:`scatter_pair`), the term whose mean is SWD(div, sim); without a
+    pair, the first identity metric measured (clip_i, dino, face), else the first metric. None: no metric.
+    """
+    pair = scatter_pair(metrics)
+    if pair is not None:
+        div, sim = pair
+        return (f"{div} \u00d7 {sim}, the per-generation term of swd({div},{sim})",
+                per_image[div].astype(np.float64) * per_image[sim].astype(np.float64))
+    metric = next((m for m in SIMILARITY_METRICS if m in metrics), metrics[0] if metrics else None)
+    return None if metric is None else (metric, per_image[metric].astype(np.float64))
+
+
+def best_and_worst(per_image: pd.DataFrame, metrics: list[str], k: int = N_EXAMPLES
+                   ) -> tuple[str, dict[str, dict[str, pd.DataFrame]]] | None:
+    """Per model, its ``k`` highest-scoring rows (best first) and ``k`` lowest (worst first), by
+    :func:`example_score` (column ``score``). Rows without a score (a NaN metric) are left out; a row is shown
+    once, so a model with fewer than ``2 k`` scored rows has fewer worst examples. Ties keep manifest order."""
+    scored = example_score(per_image, metrics)
+    if scored is None or k < 1:
+        return None
+    criterion, score = scored
+    frame = per_image.assign(score=score.to_numpy())
+    chosen = {}
+    for model, rows in frame.groupby("model", sort=True):
+        rows = rows[rows["score"].notna()]
+        best = rows.sort_values("score", ascending=False, kind="stable").head(k)
+        worst = rows.drop(best.index).sort_values("score", ascending=True, kind="stable").head(k)
+        chosen[str(model)] = {"best": best, "worst": worst}
+    return criterion, chosen
+
+
+def thumbnail_uri(path, max_side: int = THUMBNAIL_PX) -> tuple[str | None, str | None]:
+    """(``data:image/jpeg;base64,...`` of the image shrunk to ``max_side``, None) or (None, why it is absent)."""
+    if path is None or (isinstance(path, float) and math.isnan(path)) or str(path) == "":
+        return None, "no image recorded"
+    try:
+        image, _ = load_image(str(path))
+    except ImageError as error:
+        return None, error.reason
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"), None
+
+
+def example_thumbnails(per_image: pd.DataFrame, metrics: list[str], k: int = N_EXAMPLES,
+                       max_side: int = THUMBNAIL_PX) -> dict | None:
+    """The report's examples: ``{"criterion", "k", "models": {model: {"best": [...], "worst": [...]}}}``, each
+    example a dict of its row's fields, ``score``, metric ``values`` and ``generated`` / ``reference``
+    thumbnails (``{"path", "uri", "error"}``). None when nothing can be ranked."""
+    ranked = best_and_worst(per_image, metrics, k)
+    if ranked is None:
+        return None
+    criterion, chosen = ranked
+    thumbnails: dict[str, dict] = {}  # a reference shared by several examples is read once
+
+    def thumbnail(path) -> dict:
+        name = "" if path is None or (isinstance(path, float) and math.isnan(path)) else str(path)
+        if name not in thumbnails:
+            uri, error = thumbnail_uri(name, max_side)
+            thumbnails[name] = {"path": name, "uri": uri, "error": error}
+        return thumbnails[name]
+
+    models = {}
+    for model, groups in chosen.items():
+        models[model] = {}
+        for label, rows in groups.items():
+            models[model][label] = [{
+                "row": row.get("row"), "subject": row.get("subject"), "seed": row.get("seed"),
+                "prompt": row.get("prompt", ""), "score": row["score"],
+                "values": [(m, row[m]) for m in metrics if m in row],
+                "generated": thumbnail(row.get("image")), "reference": thumbnail(row.get("first_reference")),
+            } for row in rows.to_dict("records")]
+    return {"criterion": criterion, "k": k, "models": models}
+
+
 _TEMPLATE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>sameid evaluation</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}
-td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#eee}</style></head><body>
+td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#eee}
+.examples{display:flex;flex-wrap:wrap;gap:12px;margin-bottom:1em}
+.example{margin:0;border:1px solid #ccc;padding:6px;width:272px;font-size:12px}
+.example img,.missing{width:128px;height:128px;object-fit:contain;background:#f4f4f4;vertical-align:top}
+.missing{display:inline-flex;align-items:center;justify-content:center;text-align:center;color:#a00;
+font-size:11px;border:1px dashed #a00;box-sizing:border-box;overflow:hidden}</style></head><body>
+{% macro thumbnail(t, what) %}{% if t.uri %}<img src="{{ t.uri }}" alt="{{ what }}" title="{{ t.path }}">{% else
+%}<span class="missing" title="{{ t.path }}">{{ what }}: {{ t.error }}</span>{% endif %}{% endmacro %}
 <h1>sameid evaluation</h1>
 <p>{{ n_generations }} generations from {{ manifest }}. clip_t is a cosine (0-1 scale); clip_score is
 torchmetrics' max(100 &times; cosine, 0). SWD(div, sim) is the mean of div &times; sim (equation 1); compare it with
@@ -136,6 +236,18 @@ the product of means (higher SWD = generations good at both at once) and the Cau
 {% if plots %}<h2>Similarity vs diversity</h2>
 {% for model, plot in plots.items() %}<figure style="display:inline-block"><img src="{{ plot }}" alt="{{ model }}">
 <figcaption>{{ model }}</figcaption></figure>{% endfor %}{% endif %}
+{% if examples %}<h2 id="examples">Best and worst generations</h2>
+<p>Per model, the {{ examples.k }} best and {{ examples.k }} worst generations by <b>{{ examples.criterion }}</b>
+(generations without that score are left out); each shows the generated image (left) beside its first reference
+(right).</p>
+{% for model, groups in examples.models.items() %}<h3>{{ model }}</h3>
+{% for label, items in groups.items() %}<h4>{{ label }}</h4>{% if not items %}<p>none</p>{% endif %}
+<div class="examples">{% for e in items %}<figure class="example" data-kind="{{ label }}">
+{{ thumbnail(e.generated, "generated") }}{{ thumbnail(e.reference, "reference") }}
+<figcaption><b>score {{ fmt(e.score) }}</b>{% for name, value in e["values"] %} &middot; {{ name }}
+{{ fmt(value) }}{% endfor %}<br>{{ e.subject }}, seed {{ fmt(e.seed) }}, row {{ fmt(e.row) }}<br>
+<span class="prompt">{{ e.prompt }}</span></figcaption></figure>
+{% endfor %}</div>{% endfor %}{% endfor %}{% endif %}
 <h2>Generations{% if shown < n_generations %} (first {{ shown }}){% endif %}</h2>
 <table><tr>{% for c in row_columns %}<th>{{ c }}</th>{% endfor %}</tr>
 {% for row in rows %}<tr>{% for c in row_columns %}<td>{{ fmt(row[c]) }}</td>{% endfor %}</tr>{% endfor %}
@@ -152,8 +264,9 @@ def _fmt(value) -> str:
 
 
 def render_html(summary: dict, per_image: pd.DataFrame, plots: dict[str, str], *, manifest: str = "",
-                max_rows: int = 500) -> str:
-    """The HTML report; every value (model names, prompts, paths) is HTML-escaped by jinja2's autoescape."""
+                max_rows: int = 500, examples: dict | None = None) -> str:
+    """The HTML report; every value (model names, prompts, paths) is HTML-escaped by jinja2's autoescape.
+    ``examples``: :func:`example_thumbnails`' result, or None for no examples section."""
     import jinja2
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -164,12 +277,13 @@ def render_html(summary: dict, per_image: pd.DataFrame, plots: dict[str, str], *
     shown = per_image.head(max_rows)
     return template.render(models=summary["models"], columns=columns, row_columns=row_columns,
                            rows=shown.to_dict("records"), shown=len(shown), n_generations=len(per_image),
-                           plots=plots, manifest=manifest, fmt=_fmt)
+                           plots=plots, manifest=manifest, fmt=_fmt, examples=examples)
 
 
 def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: str = "", problems: pd.DataFrame | None = None,
-                 resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict:
-    """Write every output file into ``out``; return the summary. ``problems`` (rows left out) -> problems.parquet."""
+                 resamples: int = N_BOOTSTRAP, seed: int = 0, examples: int = N_EXAMPLES) -> dict:
+    """Write every output file into ``out``; return the summary. ``problems`` (rows left out) -> problems.parquet.
+    ``examples``: best and worst generations shown per model in report.html (0: none)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image.to_parquet(out / "per_image.parquet", index=False)
@@ -190,5 +304,7 @@ def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: s
             used.add(name)
             path = write_scatter(rows, div, sim, out / "plots" / f"{name}.png", f"{model}: {sim} vs {div}")
             plots[str(model)] = path.relative_to(out).as_posix()
-    (out / "report.html").write_text(render_html(summary, per_image, plots, manifest=manifest), encoding="utf-8")
+    shown = example_thumbnails(per_image, summary["metrics"], examples) if examples > 0 else None
+    (out / "report.html").write_text(render_html(summary, per_image, plots, manifest=manifest, examples=shown),
+                                     encoding="utf-8")
     return summary
