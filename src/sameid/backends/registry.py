@@ -33,6 +33,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "image_embedder": {
         "clip": "sameid.backends.clip:CLIPEmbedder",
         "dino": "sameid.backends.dino:DinoEmbedder",
+        "efficientnet-lite0": "sameid.backends.efficientnet:EfficientNetLiteEmbedder",
     },
     "text_embedder": {
         "clip": "sameid.backends.clip:CLIPEmbedder",
