@@ -163,3 +163,20 @@ def test_32_images_at_224_px_embed_in_seconds(embedder, photos):
     elapsed = time.perf_counter() - start
     assert vectors.shape == (32, EMBEDDING_DIM)
     assert elapsed < 30, elapsed  # about 1 to 2 s on 2 cores; loose for busy CI machines
+
+
+def test_effnet_metric_scores_the_same_picture_above_another(tmp_path):
+    """The evaluator's effnet metric: a generation that copies its reference scores above an unrelated one."""
+    import pandas as pd
+    from skimage import data
+
+    from sameid.evaluate.evaluator import EvalConfig, evaluate_generations
+
+    Image.fromarray(data.astronaut()).save(tmp_path / "ref.png")
+    Image.fromarray(data.astronaut()[:, ::-1]).save(tmp_path / "copy.png")
+    Image.fromarray(data.coffee()).save(tmp_path / "other.png")
+    frame = pd.DataFrame({"image": [str(tmp_path / "copy.png"), str(tmp_path / "other.png")],
+                          "references": [[str(tmp_path / "ref.png")]] * 2, "prompt": ["a person"] * 2,
+                          "subject": ["s", "s"], "model": ["m", "m"], "seed": [0, 0]})
+    scores = evaluate_generations(frame, EvalConfig(metrics=("effnet",), decode_workers=0)).per_image["effnet"]
+    assert scores[0] > 0.8 and scores[0] > scores[1] + 0.3

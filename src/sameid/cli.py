@@ -501,7 +501,7 @@ def eval_(
                                                   "folder (<run>/{src_image,text,tgt_image}/<subject>/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write per_image.parquet, summary.json, "
                                                           "report.html and plots/ into.")],
-    metrics: Annotated[str, typer.Option(help="Comma-separated: clip_i, clip_t, dino, face, vqa (needs --vqa).")] = "clip_i,clip_t,dino,face",
+    metrics: Annotated[str, typer.Option(help="Comma-separated: clip_i, clip_t, dino, face, vqa (needs --vqa), effnet (offline image similarity: EfficientNet-Lite0 features).")] = "clip_i,clip_t,dino,face",
     clip: Annotated[str, typer.Option(help="CLIP model id or local folder (for clip_i and clip_t).")] = "openai/clip-vit-large-patch14",
     dino: Annotated[str, typer.Option(help="DINO model id or local folder (any ViT AutoModel).")] = "facebook/dinov2-small",
     face_embedder: Annotated[str, typer.Option(help="Face embedder spec: dlib (offline) | arcface-onnx:<path.onnx>.")] = "dlib",

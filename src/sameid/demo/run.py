@@ -2,7 +2,8 @@
 
 Offline by default: a random tiny diffusion model (``--tiny`` of ``sameid train``) learns for a few hundred steps
 on 2 CPU cores, and the evaluation uses only models that ship inside pip packages (the offline VQA answerer with
-MiniLM text embeddings for the VQA score of ``003_e9e011bd8e92c781.txt`` A.2). With ``pretrained`` (a Stable
+MiniLM text embeddings for the VQA score of ``003_e9e011bd8e92c781.txt`` A.2, the diversity side of SWD, and
+EfficientNet-Lite0 ImageNet features for reference similarity, the similarity side). With ``pretrained`` (a Stable
 Diffusion 1.5 id or folder) and ``clip`` (a CLIP id or folder) the same flow trains and evaluates real models
 (CLIP-I, CLIP-T and their SWD, ``001_1c9e709f25ebb599.txt`` §4), on a machine that has them.
 """
@@ -121,7 +122,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
 
     echo("6/6 eval")
     if settings.clip:
-        eval_config = EvalConfig(metrics=("clip_i", "clip_t", "vqa"), clip=f"clip:{settings.clip}",
+        eval_config = EvalConfig(metrics=("clip_i", "clip_t", "vqa", "effnet"), clip=f"clip:{settings.clip}",
                                  vqa="offline", vqa_text="clip", cache_dir=None, vqa_questions=OFFLINE_QUESTIONS)
     else:
         eval_config = EvalConfig(metrics=OFFLINE_METRICS, vqa="offline", vqa_text="minilm", cache_dir=None,
@@ -135,7 +136,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
     return result
 
 
-OFFLINE_METRICS = ("vqa",)
+OFFLINE_METRICS = ("vqa", "effnet")
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -148,7 +149,7 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"{model}: {scores['n']} generations")
         lines.append(f"  means: {means}")
         lines.append(f"  SWD: {'; '.join(swds)}" if swds else
-                     "  SWD: needs a similarity and a diversity metric (pass --clip for clip_i and clip_t)")
+                     "  SWD: needs a similarity and a diversity metric")
     return lines
 
 

@@ -29,6 +29,7 @@ class EvalConfig:
     metrics: tuple[str, ...] = DEFAULT_METRICS
     clip: str = "clip"  # image_embedder spec: clip | clip:<id or path>
     dino: str = "dino"  # image_embedder spec: dino | dino:<id or path>
+    effnet: str = "efficientnet-lite0"  # image_embedder spec of the offline effnet metric
     face: str = "dlib"  # face_embedder spec
     vqa: str | None = None  # vqa spec (transformers:<id or path>), needed for the vqa metric
     vqa_text: str = "clip"  # text_embedder for the answers; "clip" = the CLIP of ``clip`` (as the paper)
@@ -119,6 +120,11 @@ def evaluate_generations(generations: pd.DataFrame, config: EvalConfig | None = 
         metric = ReferenceSimilarity(stores["dino"], "dino")
         metric.update(images, references)
         per_image["dino"] = metric.compute()
+    if "effnet" in metrics:
+        stores["effnet"] = image_store(create_backend("image_embedder", config.effnet))
+        metric = ReferenceSimilarity(stores["effnet"], "effnet")
+        metric.update(images, references)
+        per_image["effnet"] = metric.compute()
     if "face" in metrics:
         stores["face"] = face_store(create_backend("face_embedder", config.face), cache=cache,
                                     decode_workers=config.decode_workers)

