@@ -38,3 +38,15 @@ def built_sample(sample, sample_digest_before_build, tmp_path_factory):
     config = BuildConfig(source=str(sample.metadata), out=str(out), image_root=str(sample.image_root), workers=2,
                          shard_size=16, is_generated_sample=True)
     return build_dataset(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """torch on one thread for a test module of tiny models: they gain nothing from a thread pool, and two
+    spinning OpenMP threads per process on a shared 2-core machine make a step 5-10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

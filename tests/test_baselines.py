@@ -6,6 +6,8 @@ import copy
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -42,13 +44,6 @@ def tiny_image_encoder(seed: int = 0):
     return CLIPVisionModelWithProjection(config).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from a thread pool, and two OpenMP threads on a busy 2-core machine cost ~30 ms a conv.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from sameid.cli import app
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 runner = CliRunner()
 TINY = ["--tiny", "--resolution", "64", "--n-references", "2", "--batch-size", "2",
         "--gradient-accumulation-steps", "1", "--max-steps", "1", "--validation-steps", "100"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args):

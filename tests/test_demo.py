@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from sameid.demo.run import DemoSettings, run_demo
@@ -15,15 +14,10 @@ from sameid.testing import find_chromium, screenshot_html
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        settings = DemoSettings(steps=2, holdout_identities=2, prompts=("a figure on a beach",), seeds=(0,),
-                                inference_steps=2, workers=2, bootstrap=50)
-        yield run_demo(tmp_path_factory.mktemp("demo"), settings, echo=lambda line: None)
-    finally:
-        torch.set_num_threads(threads)
+def demo(tmp_path_factory, torch_one_thread):
+    settings = DemoSettings(steps=2, holdout_identities=2, prompts=("a figure on a beach",), seeds=(0,),
+                            inference_steps=2, workers=2, bootstrap=50)
+    return run_demo(tmp_path_factory.mktemp("demo"), settings, echo=lambda line: None)
 
 
 def test_every_stage_wrote_its_output(demo):

@@ -21,17 +21,11 @@ from sameid.models import (
     save_components,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 BATCH, LATENT = 2, 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions gain nothing from threads, and on a shared 2-core machine two spinning OpenMP threads
-    # per process make a step 5-10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

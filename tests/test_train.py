@@ -11,14 +11,10 @@ from sameid.errors import SameIdError
 from sameid.train.config import TrainConfig
 from sameid.train.losses import masked_diffusion_loss
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine are several times slower for these tiny models.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+
 
 
 def tiny_config(dataset, out, **overrides) -> TrainConfig:

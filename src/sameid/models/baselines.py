@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .conditioning import LOCK_MODES, ReferenceConditionedDenoiser, ReferenceInputs
+from .conditioning import LOCK_MODES, UNET_DECODER_MODULES, ReferenceConditionedDenoiser, ReferenceInputs
 
 CONFIG_NAME = "denoiser.json"  # names the kind, which is how sameid.models.denoisers.load_denoiser picks the class
 DECODER_WEIGHTS = "unet_decoder.safetensors"
@@ -34,7 +34,6 @@ IP_ADAPTER_WEIGHTS = "ip_adapter.safetensors"
 CONTROLNET_FOLDER = "controlnet"
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"  # the image encoder of 003 A.3
 # The modules of a UNet2DConditionModel that form its decoder (the part 001 §5.2 trains unless LockD / LockB).
-UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")
 
 
 def _check_lock(lock: str) -> None:

@@ -15,6 +15,8 @@ import torch
 # Trainable sets of 001 §5.2: "full" trains the retrieval encoder, the cross-attentions and the U-Net decoder;
 # LockD freezes the decoder; LockB freezes the decoder and the retrieval encoder (only the cross-attentions learn).
 LOCK_MODES = ("full", "lockd", "lockb")
+# The U-Net decoder that "full" trains: its top-level modules after the mid block.
+UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")
 
 
 @dataclass

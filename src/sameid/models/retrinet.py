@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import MissingModelError, SameIdError
 from .attention import RetrievalCrossAttention
-from .conditioning import LOCK_MODES, ReferenceConditionedDenoiser, ReferenceInputs
+from .conditioning import LOCK_MODES, UNET_DECODER_MODULES, ReferenceConditionedDenoiser, ReferenceInputs
 
 SUPPORTED_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 SUPPORTED_MID_BLOCK = "UNetMidBlock2DCrossAttn"
@@ -54,7 +54,7 @@ _UNSUPPORTED_UNET_OPTIONS = (
     ("cross_attention_norm", None), ("num_attention_heads", None),
 )
 # The U-Net decoder: what the "full" lock mode trains besides RetriNet (001 §5.2).
-UNET_DECODER_PREFIXES = ("up_blocks.", "conv_norm_out.", "conv_out.")
+UNET_DECODER_PREFIXES = tuple(f"{name}." for name in UNET_DECODER_MODULES)
 RETRINET_SUBFOLDER = "retrinet"
 DECODER_WEIGHTS = "unet_decoder.safetensors"
 DENOISER_INFO = "denoiser.json"
