@@ -6,7 +6,8 @@
 ``"swd(div,sim)"`` with equation 1's value, the product of means and the Cauchy-Schwarz bound
 (:mod:`sameid.evaluate.swd`); ``ci95`` holds percentile bootstrap 95% intervals of each mean and each SWD,
 resampling generations with replacement. The scatter plots follow RetriBooru's (``/work/shared/papers/
-001_1c9e709f25ebb599.txt`` section 5, "scatter plots on the right"): one point per generation, div on x, sim on y.
+001_1c9e709f25ebb599.txt`` section 5, "scatter plots on the right"): one point per generation, div on x, sim on y,
+with the diagonal on which the two are balanced.
 
 ``report.html`` also shows, per model, the ``k`` best and ``k`` worst generations by one per-generation score
 (:func:`example_score`: div x sim of the scatter plot's pair, the term SWD averages, so the examples show what
@@ -117,6 +118,18 @@ def write_scatter(rows: pd.DataFrame, div: str, sim: str, path: Path, title: str
     figure = Figure(figsize=(4.5, 4), dpi=100)
     axes = figure.subplots()
     axes.scatter(rows[div], rows[sim], s=10, alpha=0.6)
+    # The papers read these plots against the diagonal (div = sim: balanced); both axes share one range so the
+    # diagonal is always in view and distances from it are not distorted.
+    values = np.concatenate([rows[div].to_numpy(float), rows[sim].to_numpy(float)])
+    values = values[np.isfinite(values)]
+    low = min(0.0, float(values.min())) if len(values) else 0.0
+    high = float(values.max()) if len(values) else 1.0
+    high = high + 0.05 * max(high - low, 1e-6)
+    axes.set_xlim(low, high)
+    axes.set_ylim(low, high)
+    axes.set_aspect("equal")
+    axes.axline((low, low), slope=1.0, color="grey", linewidth=0.8, linestyle="--", label="div = sim")
+    axes.legend(loc="lower right", fontsize=7, frameon=False)
     axes.set_xlabel(f"{div} (div)")
     axes.set_ylabel(f"{sim} (sim)")
     axes.set_title(title, fontsize=9)
