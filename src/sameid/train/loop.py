@@ -87,6 +87,9 @@ class Trainer:
         self.config = config
         self.run_dir = config.run_dir
         self.progress = sys.stderr.isatty() if progress is None else progress
+        from ..pairs.manifest import load_manifest
+
+        manifest = load_manifest(config.dataset)  # a bad dataset dir fails before the run dir is touched
         self._prepare_run_dir(resume)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
@@ -129,10 +132,13 @@ class Trainer:
         if config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
 
-        self.dataset = PairsDataset(config.dataset, PairsConfig(
+        self.dataset = PairsDataset(manifest, PairsConfig(
             mode=config.mode, task=config.task, n_references=config.n_references, resolution=config.resolution,
             prompt_drop=config.prompt_drop, shortfall=config.shortfall, seed=config.seed,
             curriculum=config.curriculum, source_order=tuple(config.curriculum_source_order)))
+        # Written only now that the base model and the data have loaded: a run dir holding config.yaml is a run.
+        if self.accelerator.is_main_process:
+            config.save(self.run_dir / "config.yaml")
         self.holdout = self._hold_out(config.holdout_identities)
         if not len(self.dataset):
             raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
@@ -176,7 +182,6 @@ class Trainer:
                 raise SameIdError(f"--resume: the config differs from the run's {config_path} in "
                                   f"{', '.join(changed)}; an exact resume needs the same settings")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.config.save(config_path)
 
     def _hold_out(self, count: int) -> list[str]:
         """Keep ``count`` identities out of training, chosen by seed; listed in holdout.json."""
