@@ -75,7 +75,7 @@ def test_audit_same_mode_leaks_every_pair_and_fails_on_request(dataset):
 @pytest.mark.parametrize("args, message", [
     (("--pairs", "nowhere.parquet"), "no such file"),
     (("--embedder", "clip"), "face:<face embedder>"),
-    (("--mode", "other"), "unknown --mode"),
+    (("--mode", "other"), "unknown reference mode"),
 ])
 def test_audit_bad_input_gets_one_clear_line(dataset, args, message):
     result = invoke("audit", dataset, *args)

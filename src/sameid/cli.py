@@ -165,13 +165,6 @@ def _pairs_config(mode: str, task: str, n_references: int, shortfall: str, seed:
                   prompt_drop: float, curriculum: str | None, near_duplicate_bits: int):
     from .pairs import PairsConfig
 
-    if mode not in ("identity", "same"):
-        raise SameIdError(f"unknown --mode {mode!r}; choose identity (references are other images of the "
-                          "identity) or same (the reference is an augmented copy of the target: the leaking baseline)")
-    if shortfall not in ("repeat", "refuse"):
-        raise SameIdError(f"unknown --shortfall {shortfall!r}; choose repeat or refuse")
-    if n_references < 1:
-        raise SameIdError(f"--n-references must be at least 1, got {n_references}")
     return PairsConfig(mode=mode, task=task, n_references=n_references, shortfall=shortfall, seed=seed,
                        resolution=resolution, prompt_drop=prompt_drop, curriculum=curriculum,
                        near_duplicate_bits=near_duplicate_bits)

@@ -22,7 +22,7 @@ from ..images import load_image
 from ..records import TrainingExample
 from .concepts import DEFAULT_MAX_HEAD_FRACTION, DEFAULT_MIN_CLOTHES_FRACTION, ConceptCrop, concept_crop
 from .manifest import DatasetManifest, load_manifest
-from .sampler import DEFAULT_NEAR_DUPLICATE_BITS, ReferenceSampler
+from .sampler import DEFAULT_NEAR_DUPLICATE_BITS, MODES, SHORTFALLS, ReferenceSampler
 
 TASKS = ("reconstruction", "composition", "multitask")
 PADDING_VALUE = 255  # figure datasets have white backgrounds; the valid-area mask keeps padding out of the loss
@@ -52,6 +52,15 @@ class PairsConfig:
     source_order: tuple[str, ...] = ()
 
     def __post_init__(self):
+        # Checked here as well as in ReferenceSampler, so a bad setting fails before any data is read.
+        if self.mode not in MODES:
+            raise SameIdError(f"unknown reference mode {self.mode!r}; choose one of: {', '.join(MODES)} "
+                              "(identity: other images of the identity; same: an augmented copy of the target, "
+                              "the leaking baseline)")
+        if self.shortfall not in SHORTFALLS:
+            raise SameIdError(f"unknown shortfall policy {self.shortfall!r}; choose one of: {', '.join(SHORTFALLS)}")
+        if self.n_references < 1:
+            raise SameIdError(f"n_references must be at least 1, got {self.n_references}")
         if self.task not in TASKS:
             raise SameIdError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if self.resolution < 8 or self.resolution % 8:
