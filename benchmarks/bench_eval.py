@@ -1,6 +1,6 @@
 """Time ``sameid eval``'s evaluator (clip_i + clip_t) on RetriBooru's protocol shape against two yardsticks.
 
-The protocol (``/work/shared/papers/003_e9e011bd8e92c781.txt`` section 3.1): ``--subjects`` subjects x
+The protocol (RetriBooru, arXiv 2312.02521, section 3.1): ``--subjects`` subjects x
 ``--prompts`` prompts x ``--seeds`` seeds x ``--samples`` samples per seed (50 x 5 x 5 x 4 = 5,000 generations),
 ``--references`` reference images per subject, laid out by :func:`sameid.evaluate.protocol.protocol_grid`. Every
 generation and reference is a distinct ``--image-size`` px PNG written to a temporary folder; each subject has its

@@ -1,4 +1,4 @@
-"""Time ``sameid.build.cluster.dbscan_cosine`` against scikit-learn's brute-force cosine DBSCAN, same data, same run.
+"""Time ``sameid.dataset.cluster.dbscan_cosine`` against scikit-learn's brute-force cosine DBSCAN, same data, same run.
 
 The data are ``--n`` random unit vectors of ``--dim`` dimensions (face-embedding sized), of which
 ``--planted-fraction`` are planted in tight clusters (mean size ``--cluster-size``, within-cluster cosine distance
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     from sklearn.cluster import DBSCAN
     from sklearn.metrics import adjusted_rand_score
 
-    from sameid.build.cluster import DEFAULT_EPS, DEFAULT_MIN_SAMPLES, ENGINES, dbscan_cosine
+    from sameid.dataset.cluster import DEFAULT_EPS, DEFAULT_MIN_SAMPLES, ENGINES, dbscan_cosine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="number of embeddings")

@@ -24,7 +24,7 @@ training loop does not have. The loader arm runs after both:
 
 Datasets:
 
-- **demo**: the bundled sample (``sameid.demo.sample.make_sample`` then ``sameid.build.pipeline.build_dataset``):
+- **demo**: the bundled sample (``sameid.demo.sample.make_sample`` then ``sameid.dataset.pipeline.build_dataset``):
   198 images of about 192x256 px (126 PNG, 72 JPEG), 48 identities of 4 or 5 images with planted near-duplicates
   (never each other's reference), so 2 to 4 eligible references per target: with N=4, 180 of the 198 targets
   repeat a reference (``shortfall="repeat"``), about 4 decodes and 4 to 5 letterboxes per example. Its images are
@@ -66,7 +66,7 @@ from sameid.pairs.dataset import PairsConfig, PairsDataset, collate_examples  # 
 
 def build_demo(root: Path) -> Path:
     """The bundled sample, built (as tests/conftest.py does); returns the dataset dir."""
-    from sameid.build.pipeline import BuildConfig, build_dataset
+    from sameid.dataset.pipeline import BuildConfig, build_dataset
     from sameid.demo.sample import make_sample
 
     sample = make_sample(root / "collection")

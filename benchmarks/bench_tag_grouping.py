@@ -7,7 +7,7 @@ ratings (8% questionable/explicit), an md5, and a VQA answer drawn from colour p
 
 Timed, for each size (default 100,000 and 1,000,000 rows):
 
-(a) ``in_memory``: :func:`sameid.build.filters.apply_tag_filters` + :func:`sameid.build.outfits.group_by_outfit`
+(a) ``in_memory``: :func:`sameid.dataset.filters.apply_tag_filters` + :func:`sameid.dataset.outfits.group_by_outfit`
     on a pyarrow table already in memory (the source table's columns plus ``answer``);
 (b) ``end_to_end``: :func:`sameid.sources.danbooru.read_danbooru` of the JSONL file, then (a); the answers
     are attached to the kept rows by id, as the build does after the VQA stage. The time of each step of the
@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sameid.build.filters import DEFAULT_UNWANTED_TAGS, FilterConfig, apply_tag_filters, load_vocabulary
-from sameid.build.outfits import group_by_outfit, normalize_answer
+from sameid.dataset.filters import DEFAULT_UNWANTED_TAGS, FilterConfig, apply_tag_filters, load_vocabulary
+from sameid.dataset.outfits import group_by_outfit, normalize_answer
 from sameid.sources.danbooru import danbooru_captions, read_danbooru
 
 COLOURS = ["black", "white", "red", "blue", "pink", "purple", "green", "yellow", "orange", "brown", "grey",

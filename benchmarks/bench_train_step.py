@@ -1,7 +1,7 @@
 """Time one training step and measure peak memory of RetriNet, ControlNet and the IP-Adapter-style baseline.
 
 Issue 5's benchmark: the three reference-conditioned denoisers of :mod:`sameid.models` (RetriNet,
-``001_1c9e709f25ebb599.txt`` §5; the baselines of ``003_e9e011bd8e92c781.txt`` §3.1 / A.3) at EQUAL
+RetriBooru, arXiv 2312.02521, §5; the baselines of RetriBooru, arXiv 2312.02521, §3.1 / A.3) at EQUAL
 configuration: the same U-Net (same config, same seed, same random weights), the same batch, the same N references
 and the same resolution, in one run. Target: a RetriNet step <= 1.3x a ControlNet step.
 

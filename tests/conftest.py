@@ -32,7 +32,7 @@ def sample_digest_before_build(sample):
 
 @pytest.fixture(scope="session")
 def built_sample(sample, sample_digest_before_build, tmp_path_factory):
-    from sameid.build.pipeline import BuildConfig, build_dataset
+    from sameid.dataset.pipeline import BuildConfig, build_dataset
 
     out = tmp_path_factory.mktemp("built") / "dataset"
     config = BuildConfig(source=str(sample.metadata), out=str(out), image_root=str(sample.image_root), workers=2,

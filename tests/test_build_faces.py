@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from sameid.build.pipeline import BuildConfig, build_dataset
+from sameid.dataset.pipeline import BuildConfig, build_dataset
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sameid.build.pipeline import BuildConfig, build_dataset
+from sameid.dataset.pipeline import BuildConfig, build_dataset
 
 
 def _manifest(path) -> pd.DataFrame:

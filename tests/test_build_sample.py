@@ -110,7 +110,7 @@ def test_source_collection_is_not_modified(sample, sample_digest_before_build, b
 def test_export_to_huggingface_datasets(built_sample, tmp_path):
     import datasets
 
-    from sameid.build.pipeline import export_huggingface
+    from sameid.dataset.pipeline import export_huggingface
 
     target = export_huggingface(built_sample.manifest, built_sample.out, tmp_path / "hf")
     dataset = datasets.load_from_disk(str(target))

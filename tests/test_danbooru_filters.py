@@ -1,4 +1,4 @@
-"""Danbooru source (sources/danbooru.py), its image paths, and the tag filters (build/filters.py)."""
+"""Danbooru source (sources/danbooru.py), its image paths, and the tag filters (dataset/filters.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sameid.build.filters import (
+from sameid.dataset.filters import (
     DEFAULT_UNWANTED_TAGS,
     FilterConfig,
     apply_tag_filters,

@@ -1,4 +1,4 @@
-"""The RetriBooru evaluation grid (003_e9e011bd8e92c781.txt section 3.1) and its coverage check."""
+"""The RetriBooru evaluation grid (RetriBooru, arXiv 2312.02521, section 3.1) and its coverage check."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""SWD (equation 1 of 001_1c9e709f25ebb599.txt section 4): hand-computed values and the balanced-vs-split ordering."""
+"""SWD (equation 1 of RetriBooru, arXiv 2312.02521, section 4): hand-computed values and the balanced-vs-split ordering."""
 
 import math
 

@@ -17,8 +17,8 @@ from sklearn.metrics import adjusted_rand_score
 from sameid.backends import face_dlib
 from sameid.backends.base import FaceEmbedder, HeadDetector
 from sameid.backends.registry import create_backend
-from sameid.build import cluster
-from sameid.build.cluster import (
+from sameid.dataset import cluster
+from sameid.dataset.cluster import (
     CLEAN_MAX_EPS,
     DEFAULT_EPS,
     ENGINES,
@@ -151,7 +151,7 @@ def test_same_person_is_closer_than_different_people(faces):
     within = distance[same & off_diagonal]
     between = distance[~same]
     assert within.max() < between.min()
-    # the clustering defaults sit between the two (see sameid.build.cluster)
+    # the clustering defaults sit between the two (see sameid.dataset.cluster)
     assert within.max() < DEFAULT_EPS < CLEAN_MAX_EPS < between.min()
 
 

@@ -1,4 +1,4 @@
-"""Outfit grouping (build/outfits.py): answer normalisation, hashed group ids, sibling lists."""
+"""Outfit grouping (dataset/outfits.py): answer normalisation, hashed group ids, sibling lists."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sameid.build.outfits import (
+from sameid.dataset.outfits import (
     OUTFIT_QUESTION,
     group_by_outfit,
     group_ids,

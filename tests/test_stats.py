@@ -1,4 +1,4 @@
-"""Dataset statistics, plots and card (``sameid.build.stats``)."""
+"""Dataset statistics, plots and card (``sameid.dataset.stats``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sameid.build.stats import compute_stats, escape_markdown, write_stats
+from sameid.dataset.stats import compute_stats, escape_markdown, write_stats
 from sameid.errors import SchemaError
 from sameid.records import MANIFEST_COLUMNS
 

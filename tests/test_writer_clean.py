@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from sameid.build.clean import NO_DISTINCT_SIBLING, SINGLE_IMAGE, drop_unreferenceable
-from sameid.build.writer import prepare_output_dir
+from sameid.dataset.clean import NO_DISTINCT_SIBLING, SINGLE_IMAGE, drop_unreferenceable
+from sameid.dataset.writer import prepare_output_dir
 from sameid.errors import SameIdError
 
 

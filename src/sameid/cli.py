@@ -88,7 +88,7 @@ def build(
     """Build a same-identity dataset: filter, annotate, group, clean, and write the dataset dir."""
     import os
 
-    from .build.pipeline import BuildConfig, build_dataset
+    from .dataset.pipeline import BuildConfig, build_dataset
     from .demo.sample import is_generated_sample
 
     config = BuildConfig(

@@ -1,4 +1,4 @@
-"""Typed records that cross rooms (see ``shared/DESIGN.md``, "Contracts").
+"""Typed records that cross rooms (see docs/architecture.md, "Contracts").
 
 Tables are the unit of work in sameid (a source yields a pandas DataFrame whose columns are the fields of
 :class:`Record`), because filtering and grouping a million rows is a columnar job; :class:`Record` documents the
@@ -16,7 +16,7 @@ SOURCE_COLUMNS = (
     "width", "height", "head_box", "mask", "identity_hint",
 )
 
-#: Required columns of ``manifest.parquet`` (DESIGN.md, "Dataset dir").
+#: Required columns of ``manifest.parquet`` (docs/architecture.md, "Dataset dir").
 MANIFEST_COLUMNS = (
     "id", "image", "identity", "similar", "caption", "tags", "head_box", "mask", "width", "height", "phash",
 )
@@ -81,8 +81,8 @@ def records_to_table(records):
 
 @dataclass
 class TrainingExample:
-    """One training example for a reference-conditioned model (``003_e9e011bd8e92c781.txt`` §5, A.4; loss masks
-    of ``001_1c9e709f25ebb599.txt`` equation 3). Built by :class:`sameid.pairs.PairsDataset`.
+    """One training example for a reference-conditioned model (RetriBooru, arXiv 2312.02521, §5, A.4; loss masks
+    of RetriBooru, arXiv 2312.02521, equation 3). Built by :class:`sameid.pairs.PairsDataset`.
 
     Pixels are uint8 torch tensors (C, H, W), so DataLoader workers stay cheap; ``sameid.pairs.normalize_pixels``
     maps them to [-1, 1] on the training device. ``target`` is resized to fit the training resolution and padded;
@@ -127,3 +127,30 @@ def read_json_lines(path) -> list[dict]:
             except json.JSONDecodeError as error:
                 raise SchemaError(f"{path}:{number}: not valid JSON ({error.msg}); fix or remove the line") from None
     return rows
+
+
+#: The file in a dataset dir that records the settings the dataset was built with (``sameid build`` writes it;
+#: later stages read thresholds such as ``near_duplicate_bits`` from it instead of assuming a default).
+DATASET_SETTINGS_FILE = "build_settings.json"
+
+
+def read_dataset_settings(dataset_dir) -> dict[str, Any]:
+    """The settings a dataset dir was built with (``build_settings.json``), or ``{}`` for a dir built before
+    sameid recorded them (callers then fall back to the defaults). A present but unreadable file is an error
+    that names the file."""
+    import json
+    from pathlib import Path
+
+    from .errors import SameIdError
+
+    path = Path(dataset_dir) / DATASET_SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SameIdError(f"{path}: not readable JSON ({exc}); rebuild the dataset with `sameid build` "
+                          "or delete the file to use the default settings") from None
+    if not isinstance(settings, dict):
+        raise SameIdError(f"{path}: expected a JSON object of setting: value")
+    return settings

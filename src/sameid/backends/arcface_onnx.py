@@ -1,6 +1,6 @@
 """ArcFace-style face identity embeddings from an ONNX file (insightface ``w600k_r50.onnx``, ``glintr100.onnx``, ...).
 
-Identity grouping by face embeddings follows ``/work/shared/papers/002_e634d74ff01c3667.txt`` (Method Summary:
+Identity grouping by face embeddings follows Hybrid Generative Fusion, arXiv 2508.10672, (Method Summary:
 face embeddings of each identity folder clustered with DBSCAN). ArcFace networks expect a face aligned by a
 similarity transform onto a fixed 5-point template in a 112x112 crop. The template is defined for eye centres, nose
 tip and mouth corners; the landmarks here come from dlib's 5-point predictor (two corners of each eye and the base of

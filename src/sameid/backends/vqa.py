@@ -1,6 +1,6 @@
 """Visual question answering with a transformers vision-language model loaded by hub id or local folder.
 
-RetriBooru (``/work/shared/papers/003_…``, appendix A.1 "Clustering clothes") asks InstructBLIP (Vicuna-7B) to
+RetriBooru (arXiv 2312.02521, appendix A.1 "Clustering clothes") asks InstructBLIP (Vicuna-7B) to
 "List top two colors of the character's cloths" and groups images by the answers; its VQA score (appendix A.2)
 asks descriptive questions about generations. Any model of the two transformers families below can play that
 part, chosen by spec ``transformers:<id or path>``:

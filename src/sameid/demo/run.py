@@ -2,10 +2,10 @@
 
 Offline by default: a random tiny diffusion model (``--tiny`` of ``sameid train``) learns for a few hundred steps
 on 2 CPU cores, and the evaluation uses only models that ship inside pip packages (the offline VQA answerer with
-MiniLM text embeddings for the VQA score of ``003_e9e011bd8e92c781.txt`` A.2, the diversity side of SWD, and
+MiniLM text embeddings for the VQA score of RetriBooru, arXiv 2312.02521, A.2, the diversity side of SWD, and
 EfficientNet-Lite0 ImageNet features for reference similarity, the similarity side). With ``pretrained`` (a Stable
 Diffusion 1.5 id or folder) and ``clip`` (a CLIP id or folder) the same flow trains and evaluates real models
-(CLIP-I, CLIP-T and their SWD, ``001_1c9e709f25ebb599.txt`` §4), on a machine that has them.
+(CLIP-I, CLIP-T and their SWD, RetriBooru, arXiv 2312.02521, §4), on a machine that has them.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
     import shutil
 
     from ..backends.offline_vqa import OFFLINE_QUESTIONS
-    from ..build.pipeline import BuildConfig, build_dataset
+    from ..dataset.pipeline import BuildConfig, build_dataset
     from ..errors import SameIdError
     from ..evaluate.evaluator import EvalConfig, evaluate_generations
     from ..evaluate.manifest import read_generations

@@ -1,7 +1,6 @@
 """The bundled sample collection: a small Danbooru-style collection, drawn on demand, with its ground truth.
 
-It stands in for Danbooru 2019 Figures, the source RetriBooru is built from (``shared/papers/
-003_e9e011bd8e92c781.txt``, section 3 "RetriBooru Dataset" and appendix A.1), so that the whole flow (filter,
+It stands in for Danbooru 2019 Figures, the source RetriBooru is built from (RetriBooru, arXiv 2312.02521, section 3 "RetriBooru Dataset" and appendix A.1), so that the whole flow (filter,
 annotate, group by the answer to "List top two colors of the character's clothes", write) can run and be checked
 on any machine, offline, without shipping images in git. Everything is generated from a seed with PIL:
 

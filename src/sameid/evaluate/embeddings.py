@@ -1,6 +1,6 @@
 """Embedding each distinct image and text once per run, and once ever per model: a content-hash keyed cache.
 
-A protocol like RetriBooru's (``/work/shared/papers/003_e9e011bd8e92c781.txt`` section 3.1: 5000 generations per
+A protocol like RetriBooru's (arXiv 2312.02521, section 3.1: 5000 generations per
 model against a few references and 5 prompts) repeats every reference and prompt hundreds of times, and several
 models share them. :class:`EmbeddingStore` keys every input by the SHA-256 of its content (file bytes for images,
 UTF-8 for texts), embeds only keys it has not seen, in batches, and keeps the vectors in an on-disk cache, one

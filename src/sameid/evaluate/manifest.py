@@ -1,4 +1,4 @@
-"""The generations manifest (``/work/shared/DESIGN.md``, Contracts): one row per generated image.
+"""The generations manifest (docs/architecture.md, Contracts): one row per generated image.
 
 Columns: ``image`` (path), ``references`` (list of paths), ``prompt`` (str), ``subject`` (str), ``model`` (str),
 ``seed`` (int, may be null). Files are JSON lines (``.jsonl``) or parquet. Relative paths are resolved against the

@@ -2,9 +2,9 @@
 
 - ``clip_i``: mean over the references of cos(CLIP(generation), CLIP(reference)); identity preservation.
 - ``clip_t``: cos(CLIP(generation), CLIP(prompt)) on the 0-1 cosine scale that RetriBooru
-  (``/work/shared/papers/003_e9e011bd8e92c781.txt`` section 3.1, CLIP-T about 0.18-0.26) and its SWD table
-  (``001_1c9e709f25ebb599.txt`` section 4) use. torchmetrics' ``CLIPScore`` is ``max(100 * cos, 0)`` (PairHuman,
-  ``000_0f2cfc8660a1b044.txt``, reports CLIP-T 26.25 on that scale): it is the column ``clip_score``.
+  (arXiv 2312.02521, section 3.1, CLIP-T about 0.18-0.26) and its SWD table
+  (RetriBooru, arXiv 2312.02521, section 4) use. torchmetrics' ``CLIPScore`` is ``max(100 * cos, 0)`` (PairHuman,
+  arXiv 2511.16712, reports CLIP-T 26.25 on that scale): it is the column ``clip_score``.
 - ``dino``: as ``clip_i`` with DINO class tokens (DreamBooth's DINO score).
 - ``face``: mean over the references in which a face is found of cos(face(generation), face(reference)) with an
   identity face embedder (PairHuman's face similarity); NaN when the generation or every reference has no face.

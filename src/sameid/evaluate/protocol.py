@@ -1,4 +1,4 @@
-"""The evaluation grid of RetriBooru's benchmark, ``/work/shared/papers/003_e9e011bd8e92c781.txt`` section 3.1.
+"""The evaluation grid of RetriBooru's benchmark, RetriBooru, arXiv 2312.02521, section 3.1.
 
 "For each character-prompt pair, we generate images ... with 5 random seeds and 4 samples per seed" (40 in-domain
 and 10 out-domain characters, 5 prompts: 5000 images per model). :func:`protocol_grid` lays out that grid for one

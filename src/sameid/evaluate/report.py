@@ -1,12 +1,11 @@
-"""The evaluation output (``/work/shared/DESIGN.md``, Contracts): ``per_image.parquet``, ``summary.json``,
+"""The evaluation output (docs/architecture.md, Contracts): ``per_image.parquet``, ``summary.json``,
 ``report.html`` and a sim-vs-div scatter plot per model (``plots/<model>.png``).
 
 ``summary.json``: ``{"metrics": [...], "bootstrap": {...}, "models": {model: {"n", "means", "swd", "ci95"}}}``;
 ``means`` per metric (plus ``clip_score`` and ``face_detection_rate`` when measured); ``swd`` keyed
 ``"swd(div,sim)"`` with equation 1's value, the product of means and the Cauchy-Schwarz bound
 (:mod:`sameid.evaluate.swd`); ``ci95`` holds percentile bootstrap 95% intervals of each mean and each SWD,
-resampling generations with replacement. The scatter plots follow RetriBooru's (``/work/shared/papers/
-001_1c9e709f25ebb599.txt`` section 5, "scatter plots on the right"): one point per generation, div on x, sim on y,
+resampling generations with replacement. The scatter plots follow RetriBooru's (arXiv 2312.02521, section 5, "scatter plots on the right"): one point per generation, div on x, sim on y,
 with the diagonal on which the two are balanced.
 
 ``report.html`` also shows, per model, the ``k`` best and ``k`` worst generations by one per-generation score

@@ -1,4 +1,4 @@
-"""Similarity Weighted Diversity (SWD), ``/work/shared/papers/001_1c9e709f25ebb599.txt`` section 4, equation 1.
+"""Similarity Weighted Diversity (SWD), RetriBooru, arXiv 2312.02521, section 4, equation 1.
 
 For a model ``f`` that turns references ``r`` and parameters ``theta_r`` (prompt, seed, ...) into a generation
 ``g``, and a pair of per-generation measurements ``div(r, g)`` (diversity: CLIP-T, a VQA score) and ``sim(r, g)``

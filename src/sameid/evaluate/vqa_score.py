@@ -1,6 +1,6 @@
 """The VQA score: how differently a VQA model describes a generation and its reference, a diversity measurement.
 
-``/work/shared/papers/003_e9e011bd8e92c781.txt`` appendix A.2 (and ``001_1c9e709f25ebb599.txt`` section 4,
+RetriBooru, arXiv 2312.02521, appendix A.2 (and RetriBooru, arXiv 2312.02521, section 4,
 "Measuring implicit diversity"): ask a VQA model (InstructBLIP Vicuna-7B in the paper) descriptive questions about
 each generated image and each reference (facial expression, hairstyle, gesture, clothing), embed the answers with a
 text encoder (CLIP's in the paper) and compare the generation's answers with the reference's by cosine.

@@ -1,4 +1,4 @@
-"""Generation (``003_e9e011bd8e92c781.txt`` §3.1, A.3; ``001_1c9e709f25ebb599.txt`` §5): a diffusers pipeline for
+"""Generation (RetriBooru, arXiv 2312.02521, §3.1, A.3; RetriBooru, arXiv 2312.02521, §5): a diffusers pipeline for
 reference-conditioned denoisers (:mod:`.pipeline_retrinet`), validation images during training
 (:mod:`.validation`), and generation from a finished run into the generations manifest that ``sameid eval`` reads
 (:mod:`.run`). Importing this package needs torch and diffusers (the ``ml`` extra).

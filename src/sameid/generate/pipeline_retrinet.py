@@ -1,7 +1,7 @@
 """Generation with a reference-conditioned denoiser: a diffusers pipeline over references, concepts and a prompt.
 
 The denoiser is any :class:`~sameid.models.conditioning.ReferenceConditionedDenoiser`: RetriNet
-(``001_1c9e709f25ebb599.txt`` §5), or the ControlNet and IP-Adapter-style baselines (``003_e9e011bd8e92c781.txt``
+(RetriBooru, arXiv 2312.02521, §5), or the ControlNet and IP-Adapter-style baselines (RetriBooru, arXiv 2312.02521
 §3.1, A.3). References are prepared exactly as in training (:mod:`sameid.pairs.dataset`): letterboxed onto a
 white square, pixels in [-1, 1], latents the VAE posterior's mode times the scaling factor, each reference's
 concept caption ("face", "clothes", "figure"; ``003`` A.4) encoded by the text encoder.

@@ -1,10 +1,10 @@
 """Generating from a finished training run: load it, then write the generations manifest that ``sameid eval`` reads.
 
-The protocol is RetriBooru's (``003_e9e011bd8e92c781.txt`` §3.1): subjects x prompts x seeds x samples per seed
+The protocol is RetriBooru's (arXiv 2312.02521, §3.1): subjects x prompts x seeds x samples per seed
 (there: 50 characters, 5 prompts, 5 seeds, 4 samples per seed, at 384 px, guidance scale 7 (A.3)), with
-reference images prepared "the same way as training our tasks" (``001_1c9e709f25ebb599.txt`` §5.2): whole
+reference images prepared "the same way as training our tasks" (RetriBooru, arXiv 2312.02521, §5.2): whole
 figures captioned "figure" for reconstruction, face and clothes crops for composition (A.4). The output is the
-generations manifest of ``shared/DESIGN.md`` (Contracts): one row per image with ``image``, ``references``,
+generations manifest of docs/architecture.md (Contracts): one row per image with ``image``, ``references``,
 ``prompt``, ``subject``, ``model`` and ``seed``; the references are the files on disk, which is what the
 evaluation compares generations with.
 
@@ -147,7 +147,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                       negative_prompt: str | None = None, model_name: str | None = None,
                       device: str | None = None, dtype=None, progress: bool | None = None) -> Path:
     """Generate subjects x ``prompts`` x ``seeds`` x ``samples_per_seed`` images with the run in ``run_dir`` and
-    write ``out_dir/generations.jsonl`` (DESIGN.md's generations manifest); returns its path.
+    write ``out_dir/generations.jsonl`` (docs/architecture.md's generations manifest); returns its path.
 
     ``identities``: the subjects, identities of ``dataset_dir`` (default: the run's held-out identities when
     ``run_dir/holdout.json`` lists any, else every identity; ``"all"``: every identity). Each subject's references

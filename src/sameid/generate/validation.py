@@ -1,6 +1,6 @@
 """Validation generations during training: a fixed handful of training targets, generated from their references.
 
-What a run shows at each validation step (``001_1c9e709f25ebb599.txt`` §5.2 trains RetriNet and inspects its
+What a run shows at each validation step (RetriBooru, arXiv 2312.02521, §5.2 trains RetriNet and inspects its
 generations as it goes): for the first ``validation_examples`` examples of the run's dataset as planned for epoch
 0 (the same references and concept crops at every step), the denoiser generates from those references with the
 validation prompts (or the target's own caption) and a fixed seed, so successive steps differ only by the

@@ -1,7 +1,7 @@
 """Denoisers conditioned on reference images (RetriNet, baselines) and the diffusion parts they share.
 
 ``conditioning`` holds the interface every denoiser implements, ``components`` the base model (U-Net, VAE, text
-encoder, scheduler), ``attention`` and ``retrinet`` RetriNet (``001_1c9e709f25ebb599.txt`` §5). Importing this
+encoder, scheduler), ``attention`` and ``retrinet`` RetriNet (RetriBooru, arXiv 2312.02521, §5). Importing this
 package needs torch and diffusers (the ``ml`` extra).
 """
 

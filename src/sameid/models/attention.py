@@ -1,6 +1,6 @@
 """Retrieval cross-attention: a U-Net encoder feature map reads the retrieval features of all N references.
 
-RetriNet (``001_1c9e709f25ebb599.txt`` §5.1, Fig. 4; ``003_e9e011bd8e92c781.txt`` A.4) connects its retrieval
+RetriNet (RetriBooru, arXiv 2312.02521, §5.1, Fig. 4; RetriBooru, arXiv 2312.02521, A.4) connects its retrieval
 encoder to the U-Net with cross-attention "right before zero-convolution layers": the U-Net encoder's hidden
 states are the queries, the retrieval encoder's output (of every reference) the keys and values, "with proper
 reshaping and layer normalization", and the result, through the zero convolution, is added to what the U-Net

@@ -1,9 +1,9 @@
 """The two benchmarked baselines of RetriBooru: ControlNet and IP-Adapter-style decoupled cross-attention.
 
-``003_e9e011bd8e92c781.txt`` §3.1 and appendix A.3 fine-tune both on the same data in two settings: ``-a`` (the
+RetriBooru, arXiv 2312.02521, §3.1 and appendix A.3 fine-tune both on the same data in two settings: ``-a`` (the
 reference is another transform of the target image) and ``-b`` (a different image of the same identity); the
 setting is a property of the training pairs (``sameid.pairs`` mode ``same`` / ``identity``), not of the model.
-§3.1 describes what sets them apart and what RetriNet (``001_1c9e709f25ebb599.txt`` §5.1) changes:
+§3.1 describes what sets them apart and what RetriNet (RetriBooru, arXiv 2312.02521, §5.1) changes:
 
 - ControlNet "learns pixel-wise control and exploits spatial structures on purpose, passing conditioning to the
   U-Net via zero convolutions". The reference is a pixel-aligned condition, which is why ControlNet-b, whose

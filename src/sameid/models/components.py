@@ -2,7 +2,7 @@
 
 A base model is a Stable Diffusion-layout folder or hub id (subfolders ``unet``, ``vae``, ``text_encoder``,
 ``tokenizer``, ``scheduler``), for example Stable Diffusion 1.5, on which RetriNet and the baselines are trained
-(``001_1c9e709f25ebb599.txt`` §5.2: "SD encoder, decoder, and retrieval encoder blocks are initialized with
+(RetriBooru, arXiv 2312.02521, §5.2: "SD encoder, decoder, and retrieval encoder blocks are initialized with
 corresponding blocks in SD v1.5 weights"). ``load_components(tiny=True)`` builds a random tiny configuration of
 the same layout instead, so tests, the demo and benchmarks run the real code path on a CPU in milliseconds.
 

@@ -1,9 +1,9 @@
 """What every reference-conditioned denoiser takes and how it says what it trains.
 
-RetriNet (``001_1c9e709f25ebb599.txt`` §5), the ControlNet baseline and the IP-Adapter-style baseline
-(``003_e9e011bd8e92c781.txt`` A.3) are variants of one thing: a U-Net noise prediction conditioned on the prompt
+RetriNet (RetriBooru, arXiv 2312.02521, §5), the ControlNet baseline and the IP-Adapter-style baseline
+(RetriBooru, arXiv 2312.02521, A.3) are variants of one thing: a U-Net noise prediction conditioned on the prompt
 and on N reference images with their concept captions. They share this interface so one training loop, one
-pipeline and one benchmark serve them all, variants chosen by configuration (DESIGN.md: no per-variant scripts).
+pipeline and one benchmark serve them all, variants chosen by configuration (docs/architecture.md: no per-variant scripts).
 """
 
 from __future__ import annotations

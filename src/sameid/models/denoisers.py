@@ -1,7 +1,7 @@
 """One name per reference-conditioned denoiser, so training, generation and benchmarks choose a variant by config.
 
-``retrinet`` (``001_1c9e709f25ebb599.txt`` §5), ``controlnet`` and ``ip-adapter`` (the baselines of
-``003_e9e011bd8e92c781.txt`` A.3). Every saved denoiser folder carries ``denoiser.json`` naming its kind, which is
+``retrinet`` (RetriBooru, arXiv 2312.02521, §5), ``controlnet`` and ``ip-adapter`` (the baselines of
+RetriBooru, arXiv 2312.02521, A.3). Every saved denoiser folder carries ``denoiser.json`` naming its kind, which is
 how :func:`load_denoiser` knows what to build.
 """
 

@@ -1,6 +1,6 @@
 """RetriNet: a retrieval encoder over N references, read by the U-Net through one cross-attention per layer.
 
-``001_1c9e709f25ebb599.txt`` §5.1 and Fig. 4, ``003_e9e011bd8e92c781.txt`` A.4. RetriNet is ControlNet with
+RetriBooru, arXiv 2312.02521, §5.1 and Fig. 4, RetriBooru, arXiv 2312.02521, A.4. RetriNet is ControlNet with
 cross-attention instead of pixel-aligned addition:
 
 * The *retrieval encoder* is a copy of the U-Net's encoder (``conv_in``, time embedding, down blocks, mid block),

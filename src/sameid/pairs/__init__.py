@@ -1,4 +1,4 @@
-"""Leakage-free training examples from a dataset dir (``003_e9e011bd8e92c781.txt`` §3.1, §5 and appendix A.4).
+"""Leakage-free training examples from a dataset dir (RetriBooru, arXiv 2312.02521, §3.1, §5 and appendix A.4).
 
 A reference shows the same identity as the target, but it is never the target: :mod:`.sampler` draws references,
 :mod:`.concepts` crops them to "face", "clothes" or "figure", :mod:`.dataset` turns them into

@@ -1,4 +1,4 @@
-"""Leakage audit of training pairs (``003_e9e011bd8e92c781.txt`` §3.1: the -a setting leaks the target into its
+"""Leakage audit of training pairs (RetriBooru, arXiv 2312.02521, §3.1: the -a setting leaks the target into its
 reference; -b must not).
 
 A pair leaks when a reference is the target, is listed as its near-duplicate, has a perceptual hash within

@@ -1,4 +1,4 @@
-"""Concept crops of a reference image: "face", "clothes" or "figure" (``003_e9e011bd8e92c781.txt`` §5, A.4).
+"""Concept crops of a reference image: "face", "clothes" or "figure" (RetriBooru, arXiv 2312.02521, §5, A.4).
 
 "face" is the head box. "clothes" is the region below the head box's lower horizontal border (the paper crops out
 everything above it). The paper keeps the whole image, captioned "figure", when the head box covers most of the

@@ -1,5 +1,5 @@
 """A contact sheet of training pairs: each row a target beside its references, each reference labelled with its
-concept ("face", "clothes", "figure"; ``003_e9e011bd8e92c781.txt`` §5, Fig. 1), for a human to check the pairs.
+concept ("face", "clothes", "figure"; RetriBooru, arXiv 2312.02521, §5, Fig. 1), for a human to check the pairs.
 """
 
 from __future__ import annotations

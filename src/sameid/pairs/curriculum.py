@@ -1,4 +1,4 @@
-"""Curriculum ordering of identities, easy to hard (``002_e634d74ff01c3667.txt``, curriculum-based training).
+"""Curriculum ordering of identities, easy to hard (Hybrid Generative Fusion, arXiv 2508.10672, curriculum-based training).
 
 The paper orders low-variance identities (synthetic, consistent) before high-variance ones (cleaned real data).
 Here difficulty is measurable offline: the mean pairwise perceptual-hash distance of an identity's images (a

@@ -1,4 +1,4 @@
-"""Training examples as a torch Dataset (``003_e9e011bd8e92c781.txt`` §3.1, §5, A.4; ``001_1c9e709f25ebb599.txt``
+"""Training examples as a torch Dataset (RetriBooru, arXiv 2312.02521, §3.1, §5, A.4; RetriBooru, arXiv 2312.02521
 equation 3 for the loss masks).
 
 Each item is planned from a seed, the epoch and the target alone (:meth:`PairsDataset.plan`), never from worker

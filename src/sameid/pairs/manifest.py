@@ -1,6 +1,6 @@
 """Reading and validating a dataset dir's ``manifest.parquet``: the one place the pairs stage learns its input.
 
-The contract is ``shared/DESIGN.md``, "Dataset dir" (columns in :data:`sameid.records.MANIFEST_COLUMNS`). The
+The contract is docs/architecture.md, "Dataset dir" (columns in :data:`sameid.records.MANIFEST_COLUMNS`). The
 rows are turned once into plain Python lists so that sampling an example is a few list look-ups, cheap enough
 for every DataLoader worker to do per item.
 """

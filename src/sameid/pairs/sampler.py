@@ -1,4 +1,4 @@
-"""Reference sampling: the paper's -a and -b settings (``003_e9e011bd8e92c781.txt`` §3.1, §5).
+"""Reference sampling: the paper's -a and -b settings (RetriBooru, arXiv 2312.02521, §3.1, §5).
 
 ``same`` (-a, the baseline the paper argues against) uses the target itself as its reference, under a different
 augmentation. ``identity`` (-b) draws references from the target's ``similar`` list: same identity, but never the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..build.clean import DEFAULT_NEAR_DUPLICATE_BITS  # the same threshold as `sameid build`
+from ..dataset.clean import DEFAULT_NEAR_DUPLICATE_BITS  # the same threshold as `sameid build`
 from ..errors import SameIdError
 from ..images import hamming_distance
 from .manifest import DatasetManifest

@@ -1,13 +1,13 @@
 """Danbooru-style metadata (JSON lines) as a source table, and the image paths of its rows.
 
-RetriBooru (``shared/papers/003_…``, section 3 and appendix A.1) is built from Danbooru 2019 Figures, whose
+RetriBooru (arXiv 2312.02521, section 3 and appendix A.1) is built from Danbooru 2019 Figures, whose
 metadata carries Danbooru's own post fields. One JSON object per line, with these keys:
 
 - required: ``id`` (int or str), ``file_ext``, ``tag_string_general``, ``tag_string_character``,
   ``tag_string_artist`` (each either Danbooru's space-separated string or a JSON list of tags; the two forms may
   be mixed across rows);
 - optional: ``md5``, ``rating``, ``image_width``, ``image_height``, and the precomputed annotations of
-  ``shared/DESIGN.md`` ("Contracts"): ``head_box`` [x0, y0, x1, y1] in pixels and ``mask`` (a path relative to
+  docs/architecture.md ("Contracts"): ``head_box`` [x0, y0, x1, y1] in pixels and ``mask`` (a path relative to
   the image root). Other keys are ignored.
 
 :func:`read_danbooru` reads a clean, uniformly typed file with ``pyarrow.json`` and ``pyarrow.compute`` (a

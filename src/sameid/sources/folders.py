@@ -1,7 +1,7 @@
 """One folder per identity (typical for photos of people): ``root/<identity>/<image>``.
 
 The folder name is the identity label as given; the builder cleans each folder by clustering face embeddings
-(``sameid.build.cluster``, after 002) because such labels are noisy.
+(``sameid.dataset.cluster``, after 002) because such labels are noisy.
 """
 
 from __future__ import annotations

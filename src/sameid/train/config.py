@@ -1,7 +1,7 @@
 """One training run, one config file (``config.yaml`` in the run dir), one loop for every variant.
 
-The variants are those of ``001_1c9e709f25ebb599.txt`` §5.2 (trainable sets full / LockD / LockB, prompt drop
-rate, tasks) and the baselines of ``003_e9e011bd8e92c781.txt`` A.3 (ControlNet, IP-Adapter-style, each in mode
+The variants are those of RetriBooru, arXiv 2312.02521, §5.2 (trainable sets full / LockD / LockB, prompt drop
+rate, tasks) and the baselines of RetriBooru, arXiv 2312.02521, A.3 (ControlNet, IP-Adapter-style, each in mode
 ``same`` (-a) or ``identity`` (-b)): a field here, never another script.
 """
 

@@ -1,4 +1,4 @@
-"""One accelerate loop for RetriNet and its baselines (``001_1c9e709f25ebb599.txt`` §5.2; ``003_e9e011bd8e92c781.txt``
+"""One accelerate loop for RetriNet and its baselines (RetriBooru, arXiv 2312.02521, §5.2; RetriBooru, arXiv 2312.02521
 A.3–A.4): the variant, the trainable set and the data mode are configuration (:class:`.config.TrainConfig`).
 
 Exact resume: everything random in a step is drawn from a generator seeded by (seed, micro-batch index) and the

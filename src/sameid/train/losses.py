@@ -1,4 +1,4 @@
-"""The masked, face-weighted diffusion loss (``001_1c9e709f25ebb599.txt`` §5, equation 3).
+"""The masked, face-weighted diffusion loss (RetriBooru, arXiv 2312.02521, §5, equation 3).
 
 L' = L(eps * M_tgt, eps_theta * M_tgt) + lambda * L(eps * M_face, eps_theta * M_face), with L the MSE. M_tgt is
 the valid area of the (padded) target, M_face its head box; the paper keeps lambda small (A.4) because an equal

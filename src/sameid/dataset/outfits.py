@@ -1,6 +1,6 @@
 """Outfit identities: same character, same artist, same answer to one question about the clothes' colours.
 
-RetriBooru (``shared/papers/003_…``, appendix A.1, "Clustering clothes") groups posts by (character, artist),
+RetriBooru (arXiv 2312.02521, appendix A.1, "Clustering clothes") groups posts by (character, artist),
 asks a VQA model "List top two colors of the character's cloths" for each post, and puts two posts of a group
 together when their answers match. The match is strict and order-sensitive: "black and pink" and "pink and
 black" are different outfits. The paper's Algorithm 1 compares answers pairwise within each group; here the

@@ -1,6 +1,6 @@
 """Grouping face embeddings into identities, and cleaning an identity folder of the faces that are not its person.
 
-After ``/work/shared/papers/002_e634d74ff01c3667.txt`` (Method Summary and "Mixture-of-Experts (MoE) for Data
+After Hybrid Generative Fusion, arXiv 2508.10672, (Method Summary and "Mixture-of-Experts (MoE) for Data
 Validation": face embeddings of each identity folder clustered with DBSCAN, and images outside the folder's main
 cluster treated as label noise). The paper gives no eps; here each folder gets its own: the smallest eps on a grid
 at which the main cluster holds ``main_fraction`` of the folder, never above ``max_eps`` so that a second person

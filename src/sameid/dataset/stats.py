@@ -1,6 +1,6 @@
 """Statistics, plots and the dataset card of a built same-identity dataset.
 
-The figures follow RetriBooru (``shared/papers/003_e9e011bd8e92c781.txt``, section 3 and Figure 2): the
+The figures follow RetriBooru (RetriBooru, arXiv 2312.02521, section 3 and Figure 2): the
 distribution of the number of same-identity samples per sample (every kept sample should have at least one
 reference image in its ``similar`` entry), the top-15 characters and the top-30 most frequent cloth tags. To
 these we add what a user of the dataset needs to trust it: how many inputs were rejected and why, how many rows
@@ -448,7 +448,7 @@ def _source_text(source: Any) -> str:
 def _render_card(stats: Mapping[str, Any], plots: Mapping[str, Any], build_config: Mapping[str, Any]) -> str:
     import jinja2
 
-    template_text = resources.files("sameid.build").joinpath("templates", CARD_TEMPLATE).read_text("utf-8")
+    template_text = resources.files("sameid.dataset").joinpath("templates", CARD_TEMPLATE).read_text("utf-8")
     env = jinja2.Environment(
         autoescape=False,  # Markdown, not HTML: data is escaped explicitly with the `md` filter
         undefined=jinja2.StrictUndefined,

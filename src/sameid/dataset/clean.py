@@ -1,6 +1,6 @@
 """Cleaning after grouping: near-duplicates and identities too small to give a reference.
 
-RetriBooru (``003_e9e011bd8e92c781.txt`` §3) keeps only samples with at least one other image of the same
+RetriBooru (RetriBooru, arXiv 2312.02521, §3) keeps only samples with at least one other image of the same
 identity in ``similar``. A near-duplicate (re-encode, resize, small edit) of the target is not a *different*
 image: it would leak the target into the reference, so near-duplicates within an identity are marked
 (``near_duplicates``) for the pair sampler to refuse, and an image whose only siblings are its own

@@ -1,7 +1,7 @@
 """``sameid build``: a tagged or labelled image collection in, a same-identity dataset dir out.
 
-The flow (``shared/DESIGN.md``; RetriBooru ``003_e9e011bd8e92c781.txt`` §3 and appendix A.1; face grouping and
-cleaning after ``002_e634d74ff01c3667.txt``)::
+The flow (docs/architecture.md; RetriBooru RetriBooru, arXiv 2312.02521, §3 and appendix A.1; face grouping and
+cleaning after Hybrid Generative Fusion, arXiv 2508.10672)::
 
     read source -> tag filters -> resolve paths -> annotate (per image, resumable shards)
                 -> group (tags: character|artist|outfit answer ; faces: embedding clusters)
@@ -143,7 +143,7 @@ class BuildResult:
 
 def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool = False,
                   progress: bool = True) -> BuildResult:
-    """Build the dataset dir described in ``shared/DESIGN.md`` ("Contracts") from ``config.source``."""
+    """Build the dataset dir described in docs/architecture.md ("Contracts") from ``config.source``."""
     config = config.resolved()
     out = Path(config.out).resolve()
     hf_target = None if config.export_hf is None else Path(config.export_hf).resolve()

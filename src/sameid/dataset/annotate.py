@@ -1,6 +1,6 @@
 """The per-image stage of the builder: read pixels, annotate head box and figure mask, answer the outfit question
-or embed the face (RetriBooru, ``003_e9e011bd8e92c781.txt`` appendix A.1 "Vision annotations" and "Clustering
-clothes"; face embeddings after ``002_e634d74ff01c3667.txt``).
+or embed the face (RetriBooru, RetriBooru, arXiv 2312.02521, appendix A.1 "Vision annotations" and "Clustering
+clothes"; face embeddings after Hybrid Generative Fusion, arXiv 2508.10672).
 
 These are plain functions of (rows, config) so the same code runs in-process, in a worker pool, or on Ray Data.
 Backends are built once per process from their spec strings. Nothing here raises for one bad image: a row that

@@ -1,9 +1,9 @@
 """Tag filters: the first, cheap stage of a build, on the whole source table at once.
 
-RetriBooru (``shared/papers/003_…``, appendix A.1, "Filtering") removes posts with unwanted tags such as
+RetriBooru (arXiv 2312.02521, appendix A.1, "Filtering") removes posts with unwanted tags such as
 ``monochrome`` and ``sketch``, posts with more than one character tag, and posts without any of its clothing
 tags (Danbooru's clothing tags minus shoes and accessories); the outfit grouping that follows
-(:mod:`sameid.build.outfits`) needs one character and a visible outfit. sameid also refuses questionable and
+(:mod:`sameid.dataset.outfits`) needs one character and a visible outfit. sameid also refuses questionable and
 explicit ratings (the paper's source, Danbooru 2019 Figures, was already safe-for-work).
 
 Everything is columnar (pyarrow kernels on the flattened tags, numpy on the per-row results, slices on all

@@ -1,0 +1,66 @@
+"""The one way sameid writes a file: to a unique temporary name in the same directory, then ``os.replace``.
+
+A reader never sees half a file, a killed run leaves the previous version in place, and two processes writing the
+same path never share a temporary name (``tempfile.mkstemp``), so concurrent writers cannot remove each other's
+work. Every stage writes through :func:`write_atomic` or one of its typed forms; a leftover temporary file of a
+killed writer starts with ``.`` and contains ``.tmp`` (:func:`is_temporary`), so directory listings can skip it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TEMPORARY_MARK = ".tmp"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file left by an interrupted :func:`write_atomic`."""
+    return name.startswith(".") and TEMPORARY_MARK in name
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any], *, suffix: str = "") -> Path:
+    """Call ``write(tmp)`` to fill a unique temporary file beside ``path``, then move it onto ``path``.
+
+    ``suffix`` ends the temporary name (some writers pick the format by extension, e.g. ``".png"``). On any
+    failure the temporary file is removed and ``path`` is untouched. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_MARK + suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, sort_keys: bool = True) -> Path:
+    """JSON with two-space indent and a final newline; values JSON does not know are written with ``str``."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=str, ensure_ascii=False) + "\n"
+    return write_text_atomic(path, text)
+
+
+def write_parquet_atomic(path: str | os.PathLike, data, schema=None) -> Path:
+    """A pandas DataFrame or pyarrow Table as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, schema=schema, preserve_index=False)
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
