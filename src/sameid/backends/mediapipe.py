@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import MissingModelError, SameIdError
+from ..verbosity import native_stderr_silenced
 from .base import Detection, HeadDetector, Segmenter, grow_box
 
 _INSTALL_HINT = (
@@ -45,10 +46,17 @@ class _SharedGraph:
     def __init__(self, graph: Any):
         self.graph = graph
         self.lock = threading.Lock()
+        self.started = False
 
     def process(self, rgb: np.ndarray) -> Any:
         with self.lock:
-            return self.graph.process(rgb)
+            if self.started:
+                return self.graph.process(rgb)
+            # The first call starts TensorFlow Lite and absl, which print to the native stderr.
+            with native_stderr_silenced():
+                result = self.graph.process(rgb)
+            self.started = True
+            return result
 
     def close(self) -> None:
         with self.lock:
@@ -71,7 +79,9 @@ def _shared_graph(key: tuple, build) -> _SharedGraph:
     with _graphs_lock:
         shared = _graphs.get(key)
         if shared is None:
-            shared = _graphs[key] = _SharedGraph(build())
+            with native_stderr_silenced():
+                graph = build()
+            shared = _graphs[key] = _SharedGraph(graph)
         return shared
 
 
