@@ -32,8 +32,18 @@ def _version(value: bool):
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Results and errors only: no progress bars, no "
+                                        "log lines from sameid or the libraries it drives.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Everything: sameid's debug log and every "
+                                          "third-party log line, native ones included.")] = False,
 ):
-    """sameid: build same-identity datasets (more stages follow)."""
+    """sameid: same-identity datasets, leakage-free pairs, training, generation and evaluation."""
+    from .verbosity import set_verbosity
+
+    if quiet and verbose:
+        typer.secho("error: --quiet and --verbose exclude each other; give one", fg="red", err=True)
+        raise typer.Exit(2)
+    set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
 
 
 def user_errors(command):
