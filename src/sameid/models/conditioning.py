@@ -63,6 +63,20 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     # Whether forward reads ReferenceInputs.latents (RetriNet) or only pixels (ControlNet, IP-Adapter).
     uses_reference_latents: bool = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained`` of a folder written by ``save_pretrained`` (a run's ``model/``, a saved
+        pipeline's ``denoiser/``); a folder without ``denoiser.json`` raises MissingModelError."""
+        from pathlib import Path
+
+        from ..errors import MissingModelError
+
+        config = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "", DENOISER_CONFIG)
+        if not config.is_file():
+            raise MissingModelError(f"no {cls.__name__} at {pretrained_model_name_or_path}: {config.name} is "
+                                    "missing (pass a folder written by save_pretrained, e.g. a training run's model/)")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     @property
     def decoder_trained(self) -> bool:
         """Whether the U-Net decoder differs from the base model's (trained by lock "full", or loaded so)."""
