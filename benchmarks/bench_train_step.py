@@ -6,9 +6,10 @@ configuration: the same U-Net (same config, same seed, same random weights), the
 and the same resolution, in one run. Target: a RetriNet step <= 1.3x a ControlNet step.
 
 What one **denoiser step** is (timed per arm; what :meth:`sameid.train.loop.Trainer.loss` and its loop do after
-the frozen encoders): sample noise and timesteps, ``DDPMScheduler.add_noise``, the denoiser's forward under
-autocast (``--precision bf16``) or in float32, :func:`sameid.train.losses.masked_diffusion_loss` (equation 3,
-lambda 0.1), backward, ``clip_grad_norm_`` (1.0) and ``AdamW.step`` + ``zero_grad`` on the trainable set of lock
+the frozen encoders): the training loop's own :func:`sameid.train.loop.denoising_loss` (sample noise and
+timesteps from a CPU generator, ``DDPMScheduler.add_noise``, the denoiser's forward under autocast (``--precision
+bf16``) or in float32, :func:`sameid.train.losses.masked_diffusion_loss` (equation 3, lambda 0.1)), then
+backward, ``clip_grad_norm_`` (1.0) and ``AdamW.step`` + ``zero_grad`` on the trainable set of lock
 ``full`` (RetriNet: retrieval encoder + retrieval cross-attentions + U-Net decoder; ControlNet: the ControlNet +
 the U-Net decoder; IP-Adapter: image projection + ``to_k_ip``/``to_v_ip`` + the U-Net decoder). Weights stay in
 float32 as the loop keeps them. The denoiser's inputs (target latents, reference latents and pixels, prompt and
@@ -213,7 +214,8 @@ def build_frozen_encoders(shape: Shape, folder: Path):
 def build_denoiser(arm: str, unet, shape: Shape):
     import torch
 
-    from sameid.models.baselines import ControlNetDenoiser, IPAdapterDenoiser
+    from sameid.models.controlnet_denoiser import ControlNetDenoiser
+    from sameid.models.ip_adapter_denoiser import IPAdapterDenoiser
     from sameid.models.retrinet import RetriNetDenoiser
 
     torch.manual_seed(1)  # the new layers (ControlNet's condition embedding, the image projection) start random
@@ -354,7 +356,7 @@ def init_device(device):
 def run_model_arm(arm: str, shape: Shape, count: int, device) -> dict:
     import torch
 
-    from sameid.train.losses import masked_diffusion_loss
+    from sameid.train.loop import denoising_loss
 
     weight_dtype = torch.bfloat16 if shape.precision == "bf16" else torch.float32
     start = time.perf_counter()
@@ -369,17 +371,12 @@ def run_model_arm(arm: str, shape: Shape, count: int, device) -> dict:
     scheduler = noise_scheduler()
     batch = make_batch(shape, shape.batch_size, count, device, weight_dtype)
     build_s = time.perf_counter() - start
-    generator = torch.Generator(device=device).manual_seed(7)
+    generator = torch.Generator().manual_seed(7)  # the loop's step generator is a CPU one
 
     def step() -> float:
-        latents = batch["latents"]
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, 1000, (latents.shape[0],), generator=generator, device=device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        with autocast_context(device, shape.precision):
-            prediction = denoiser(noisy, timesteps, batch["prompt_embeds"], batch["references"])
-        loss = masked_diffusion_loss(prediction.float(), noise, batch["valid_mask"], batch["face_mask"],
-                                     FACE_LOSS_WEIGHT)
+        loss = denoising_loss(denoiser, scheduler, batch["latents"], batch["prompt_embeds"], batch["references"],
+                              batch["valid_mask"], batch["face_mask"], generator, FACE_LOSS_WEIGHT,
+                              autocast=lambda: autocast_context(device, shape.precision))
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         optimizer.step()
@@ -412,6 +409,7 @@ def run_encode_arm(shape: Shape, count: int, device) -> dict:
     import torch
 
     from sameid.models.components import DiffusionComponents, encode_prompts
+    from sameid.references import encode_reference_latents
 
     weight_dtype = torch.bfloat16 if shape.precision == "bf16" else torch.float32
     start = time.perf_counter()
@@ -423,7 +421,7 @@ def run_encode_arm(shape: Shape, count: int, device) -> dict:
     generator = torch.Generator().manual_seed(5)
     pixels = shape.resolution
     targets = (torch.rand(shape.batch_size, 3, pixels, pixels, generator=generator) * 2 - 1).to(device, weight_dtype)
-    references = (torch.rand(shape.batch_size * count, 3, pixels, pixels, generator=generator) * 2 - 1).to(
+    references = (torch.rand(shape.batch_size, count, 3, pixels, pixels, generator=generator) * 2 - 1).to(
         device, weight_dtype)
     prompts = [f"a photo of subject_{i:02d} wearing a red hat on the beach" for i in range(shape.batch_size)]
     scaling = vae.config.scaling_factor
@@ -433,7 +431,7 @@ def run_encode_arm(shape: Shape, count: int, device) -> dict:
     @torch.no_grad()
     def step() -> None:
         vae.encode(targets).latent_dist.sample(sample_generator) * scaling
-        vae.encode(references).latent_dist.mode() * scaling
+        encode_reference_latents(vae, references)  # what the loop runs for a model that reads latents
         encode_prompts(components, prompts)
 
     probe = MemoryProbe(device)

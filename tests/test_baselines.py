@@ -1,4 +1,4 @@
-"""ControlNet and IP-Adapter baselines (sameid.models.baselines) on a tiny random U-Net and CLIP vision tower."""
+"""ControlNet and IP-Adapter baselines (sameid.models.controlnet_denoiser, .ip_adapter_denoiser) on a tiny random U-Net and CLIP vision tower."""
 
 from __future__ import annotations
 
@@ -12,15 +12,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from sameid.errors import MissingModelError  # noqa: E402
-from sameid.models.baselines import (  # noqa: E402
-    CONFIG_NAME,
-    DECODER_WEIGHTS,
-    IP_ADAPTER_WEIGHTS,
-    ControlNetDenoiser,
-    IPAdapterDenoiser,
-)
-from sameid.models.conditioning import LOCK_MODES, ReferenceInputs  # noqa: E402
+from sameid.errors import MissingModelError, SameIdError  # noqa: E402
+from sameid.models.conditioning import DENOISER_CONFIG, LOCK_MODES, ReferenceInputs  # noqa: E402
+from sameid.models.controlnet_denoiser import ControlNetDenoiser  # noqa: E402
+from sameid.models.ip_adapter_denoiser import IP_ADAPTER_WEIGHTS, IPAdapterDenoiser  # noqa: E402
 
 BATCH, LATENT, PIXELS, TEXT_TOKENS, DIM = 2, 16, 128, 5, 32  # ControlNet's condition is 8 x the latent size
 
@@ -159,15 +154,14 @@ def test_save_and_load_round_trip(kind, lock, base_unet, image_encoder, tmp_path
     model = build(kind, copy.deepcopy(base_unet), image_encoder)
     perturb(model.set_trainable(lock))
     model.save_pretrained(tmp_path)
-    assert (tmp_path / CONFIG_NAME).is_file()
-    assert (tmp_path / DECODER_WEIGHTS).is_file() == (lock == "full")
+    assert (tmp_path / DENOISER_CONFIG).is_file()
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     if kind == "controlnet":
-        assert (tmp_path / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
-        loaded = ControlNetDenoiser.from_pretrained(tmp_path, copy.deepcopy(base_unet))
+        loaded = ControlNetDenoiser.from_pretrained(tmp_path)  # U-Net and ControlNet from the folder alone
     else:
         assert (tmp_path / IP_ADAPTER_WEIGHTS).is_file()
-        loaded = IPAdapterDenoiser.from_pretrained(tmp_path, copy.deepcopy(base_unet),
-                                                   image_encoder=model.image_encoder)
+        loaded = IPAdapterDenoiser.from_pretrained(tmp_path)  # the image encoder too
+    assert loaded.decoder_trained == (lock == "full")
     noisy, timesteps, prompt, references = inputs(3)
     with torch.no_grad():
         original = model(noisy, timesteps, prompt, references)
@@ -284,7 +278,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(kind, base_unet, image_
 
 def test_lock_mode_and_missing_image_encoder_errors(base_unet, tmp_path):
     model = ControlNetDenoiser.from_unet(copy.deepcopy(base_unet))
-    with pytest.raises(ValueError, match="lock mode"):
+    with pytest.raises(SameIdError, match="lock mode"):
         model.set_trainable("frozen")
     with pytest.raises(MissingModelError, match="image encoder"):
         IPAdapterDenoiser.from_unet(copy.deepcopy(base_unet), str(tmp_path / "no-such-clip"))

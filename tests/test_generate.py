@@ -1,4 +1,4 @@
-"""Generation (sameid.generate): the reference pipeline, validation images, and a run's generations manifest."""
+"""Generation (sameid.pipelines, sameid.generate): the reference pipeline, validation images, and a run's generations manifest."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from PIL import Image  # noqa: E402
 
 from sameid.errors import SameIdError  # noqa: E402
 from sameid.evaluate.manifest import read_generations  # noqa: E402
-from sameid.generate import ReferencePipeline, generate_manifest, load_run, validation_images  # noqa: E402
+from sameid.generate import generate_manifest, load_run  # noqa: E402
 from sameid.models.components import load_components, save_components  # noqa: E402
 from sameid.models.retrinet import RetriNetDenoiser  # noqa: E402
-from sameid.pairs.dataset import PairsConfig, PairsDataset, letterbox_array, normalize_pixels  # noqa: E402
+from sameid.pairs.dataset import PairsConfig, PairsDataset  # noqa: E402
+from sameid.pipelines import ReferencePipeline, validation_images  # noqa: E402
+from sameid.references import letterbox_array, normalize_pixels  # noqa: E402
 from sameid.train.config import TrainConfig  # noqa: E402
 
 STEPS = 2
@@ -133,7 +135,8 @@ def test_references_of_any_size_and_count(pipeline, identity_a):
 def test_baselines_generate_through_the_same_pipeline(kind, identity_a):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from sameid.models.baselines import ControlNetDenoiser, IPAdapterDenoiser
+    from sameid.models.controlnet_denoiser import ControlNetDenoiser
+    from sameid.models.ip_adapter_denoiser import IPAdapterDenoiser
 
     own = load_components(tiny=True, seed=0)  # IP-Adapter swaps the U-Net's attention processors in place
     torch.manual_seed(0)

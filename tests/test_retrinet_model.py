@@ -148,11 +148,11 @@ def test_save_and_load_round_trip(base, text, tmp_path, lock):
         expected = denoiser(noisy, timesteps, text, references)
     denoiser.save_pretrained(tmp_path / "run")
 
-    assert (tmp_path / "run" / "retrinet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert (tmp_path / "run" / "unet_decoder.safetensors").is_file() == (lock == "full")
-    assert json.loads((tmp_path / "run" / "denoiser.json").read_text())["kind"] == "retrinet"
-    fresh_unet = copy.deepcopy(base.unet)
-    loaded = RetriNetDenoiser.from_pretrained(tmp_path / "run", fresh_unet)
+    assert (tmp_path / "run" / "diffusion_pytorch_model.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "denoiser.json").read_text())
+    assert saved["_class_name"] == "RetriNetDenoiser" and saved["decoder_trained"] == (lock == "full")
+    loaded = RetriNetDenoiser.from_pretrained(tmp_path / "run")  # the U-Net comes from the folder
+    assert loaded.decoder_trained == (lock == "full")
     assert loaded.retrinet.config.retrieval_head_dim == 16
     assert loaded.retrinet.down_retrieval_attentions[0].heads == 2
     with torch.no_grad():
@@ -163,8 +163,8 @@ def test_save_and_load_round_trip(base, text, tmp_path, lock):
 
 
 def test_from_pretrained_names_a_missing_run(base, tmp_path):
-    with pytest.raises(MissingModelError, match="no RetriNet at"):
-        RetriNetDenoiser.from_pretrained(tmp_path / "nothing", copy.deepcopy(base.unet))
+    with pytest.raises(MissingModelError, match="no RetriNetDenoiser at"):
+        RetriNetDenoiser.from_pretrained(tmp_path / "nothing")
 
 
 def test_one_and_three_references(base, text):

@@ -71,12 +71,11 @@ def test_retrinet_trains_saves_and_reloads(dataset, tmp_path):
     assert TrainConfig.load(tmp_path / "run" / "config.yaml") == config
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*")), "no tensorboard log"
 
-    base = load_components(tmp_path / "run" / "base")
-    denoiser = load_denoiser(result.model_dir, base.unet)
-    assert denoiser.kind == "retrinet"
+    denoiser = load_denoiser(result.model_dir)  # the model folder holds its U-Net
+    assert denoiser.kind == "retrinet" and denoiser.decoder_trained
     # the decoder was trained (lock "full"), so the reloaded U-Net differs from the untrained base
     fresh = load_components(tmp_path / "run" / "base")
-    changed = [name for name, p in base.unet.named_parameters() if name.startswith("up_blocks")
+    changed = [name for name, p in denoiser.unet.named_parameters() if name.startswith("up_blocks")
                and not torch.equal(p, dict(fresh.unet.named_parameters())[name])]
     assert changed
 
@@ -96,14 +95,13 @@ def test_resume_repeats_the_uninterrupted_losses(dataset, tmp_path):
 
 @pytest.mark.parametrize("model, lock", [("controlnet", "full"), ("ip-adapter", "lockd"), ("retrinet", "lockb")])
 def test_every_variant_runs_in_the_same_loop(dataset, tmp_path, model, lock):
-    from sameid.models.components import load_components
     from sameid.models.denoisers import load_denoiser
     from sameid.train.loop import train
 
     result = train(tiny_config(dataset, tmp_path / "run", model=model, lock=lock, mode="same", max_train_steps=1,
                                gradient_accumulation_steps=1), progress=False)
     assert len(result.losses) == 1 and torch.isfinite(torch.tensor(result.losses[0]))
-    reloaded = load_denoiser(result.model_dir, load_components(tmp_path / "run" / "base").unet)
+    reloaded = load_denoiser(result.model_dir)
     assert reloaded.kind == model
 
 

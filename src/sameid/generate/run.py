@@ -41,8 +41,9 @@ _COMPOSITION_CONCEPTS = ("face", "clothes")
 def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=None):
     """``(components, denoiser, config)`` of the training run in ``run_dir``, ready for generation (eval mode).
 
-    Reads ``run_dir/config.yaml``; the base model from ``config.pretrained``, or ``run_dir/base`` (where a tiny
-    run saves its random base); the trained denoiser from ``run_dir/model``. ``device`` defaults to cuda when
+    Reads ``run_dir/config.yaml``; the VAE, text encoder, tokenizer and scheduler of the base model from
+    ``config.pretrained``, or ``run_dir/base`` (where a tiny run saves its random base); the trained denoiser, with
+    its own U-Net (``components.unet`` is set to it), from ``run_dir/model``. ``device`` defaults to cuda when
     available; ``dtype`` (torch dtype or name) defaults to float32. An incomplete run dir raises SameIdError
     naming the missing file; without ``model/`` it says training has not finished and names the latest checkpoint.
     """
@@ -75,17 +76,14 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
             raise SameIdError(f"{base} is missing: a tiny run saves its random base model there, and the config "
                               f"names no pretrained base")
         components = load_components(base, dtype=resolved)
-    options = {}
-    if config.model == "ip-adapter":
-        # The frozen image encoder: the one the config names, or the random one a tiny run saved with its base.
-        tiny_encoder = run_dir / BASE_DIR / "image_encoder"
-        options["image_encoder"] = config.image_encoder or (str(tiny_encoder) if tiny_encoder.is_dir() else None)
-    denoiser = load_denoiser(model_dir, components.unet, **options)
-    # The base is already in ``resolved`` (loaded so); the denoiser's own modules are cast with it. A diffusers
-    # model warns about any dtype argument to .to(), hence device only for the VAE and text encoder.
+    # The denoiser holds its U-Net (and, for ip-adapter, its image encoder): the base's U-Net is replaced by it.
+    denoiser = load_denoiser(model_dir, torch_dtype=resolved)
+    components.unet = denoiser.unet
+    # The base is already in ``resolved`` (loaded so), the denoiser too. A diffusers model warns about any dtype
+    # argument to .to(), hence device only.
     components.vae.to(device=device)
     components.text_encoder.to(device=device)
-    denoiser.to(device=device, **({"dtype": resolved} if resolved is not None else {}))
+    denoiser.to(device=device)
     denoiser.eval()
     return components, denoiser, config
 
@@ -122,19 +120,18 @@ def _default_concepts(task: str, count: int) -> list[str]:
 
 def _reference_images(manifest, rows: list[int], requested: list[str]) -> tuple[list[Image.Image], list[str]]:
     """Each reference cropped as its concept says (falling back to "figure" as training does), with the concept."""
+    import numpy as np
+
     from ..images import load_image
     from ..pairs.concepts import concept_crop
+    from ..references import crop_clipped
 
     images, concepts = [], []
     for row, concept in zip(rows, requested):
         crop = concept_crop(concept, manifest.head_boxes[row], manifest.widths[row], manifest.heights[row])
-        image = load_image(manifest.image_paths[row])[0]
-        # The crop was planned on the manifest's size; clip it in case the file on disk differs.
-        x0, y0, x1, y1 = crop.box
-        x1, y1 = min(x1, image.width), min(y1, image.height)
-        if x1 > x0 and y1 > y0 and (x0, y0, x1, y1) != (0, 0, image.width, image.height):
-            image = image.crop((x0, y0, x1, y1))
-        images.append(image)
+        # The crop was planned on the manifest's size; crop_clipped clips it to the file on disk, as training does.
+        pixels = crop_clipped(np.asarray(load_image(manifest.image_paths[row])[0].convert("RGB")), crop.box)
+        images.append(Image.fromarray(np.ascontiguousarray(pixels)))
         concepts.append(crop.concept)
     return images, concepts
 
@@ -166,8 +163,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
 
     from ..evaluate.manifest import write_generations
     from ..pairs.manifest import load_manifest
-    from .pipeline_retrinet import ReferencePipeline
-    from .validation import safe_file_name
+    from ..pipelines import ReferencePipeline, safe_file_name
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     manifest_path = out_dir / GENERATIONS_FILE

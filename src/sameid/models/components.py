@@ -219,7 +219,6 @@ def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch
     The text encoder is frozen in every model sameid trains, so no graph is kept. An empty prompt gives the
     unconditional embedding that prompt drop and classifier-free guidance use.
     """
-    tokens = components.tokenizer(list(prompts), padding="max_length", truncation=True,
-                                  max_length=components.tokenizer.model_max_length, return_tensors="pt")
-    encoder = components.text_encoder
-    return encoder(tokens.input_ids.to(encoder.device))[0]
+    from ..references import encode_texts
+
+    return encode_texts(components.text_encoder, components.tokenizer, prompts)

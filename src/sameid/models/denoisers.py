@@ -1,8 +1,8 @@
 """One name per reference-conditioned denoiser, so training, generation and benchmarks choose a variant by config.
 
 ``retrinet`` (RetriBooru, arXiv 2312.02521, §5), ``controlnet`` and ``ip-adapter`` (the baselines of
-RetriBooru, arXiv 2312.02521, A.3). Every saved denoiser folder carries ``denoiser.json`` naming its kind, which is
-how :func:`load_denoiser` knows what to build.
+RetriBooru, arXiv 2312.02521, A.3). Every saved denoiser folder is a diffusers model folder whose config
+(``denoiser.json``) names its class, which is how :func:`load_denoiser` knows what to build.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 
 from ..errors import MissingModelError, SameIdError
-from .conditioning import ReferenceConditionedDenoiser
+from .conditioning import DENOISER_CONFIG, ReferenceConditionedDenoiser
 
-DENOISER_INFO = "denoiser.json"
 KINDS = ("retrinet", "controlnet", "ip-adapter")
 
 
 def _classes() -> dict[str, type]:
-    from .baselines import ControlNetDenoiser, IPAdapterDenoiser
+    from .controlnet_denoiser import ControlNetDenoiser
+    from .ip_adapter_denoiser import IPAdapterDenoiser
     from .retrinet import RetriNetDenoiser
 
     return {"retrinet": RetriNetDenoiser, "controlnet": ControlNetDenoiser, "ip-adapter": IPAdapterDenoiser}
@@ -55,20 +55,19 @@ def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False) 
 
 
 def denoiser_kind(directory: str | Path) -> str:
-    path = Path(directory) / DENOISER_INFO
+    """The kind of the denoiser saved in ``directory`` (from the class its ``denoiser.json`` names)."""
+    path = Path(directory) / DENOISER_CONFIG
     if not path.is_file():
         raise MissingModelError(f"{path} not found: {directory} is not a denoiser written by save_pretrained "
                                 "(a training run's model/ folder)")
-    kind = json.loads(path.read_text()).get("kind")
-    if kind not in KINDS:
-        raise SameIdError(f"{path} names kind {kind!r}; known: {', '.join(KINDS)}")
-    return kind
+    class_name = json.loads(path.read_text()).get("_class_name")
+    kinds = {cls.__name__: kind for kind, cls in _classes().items()}
+    if class_name not in kinds:
+        raise SameIdError(f"{path} names class {class_name!r}; known: {', '.join(kinds)}")
+    return kinds[class_name]
 
 
-def load_denoiser(directory: str | Path, unet, *, image_encoder=None) -> ReferenceConditionedDenoiser:
-    """The denoiser saved in ``directory`` around ``unet`` (a saved U-Net decoder is loaded into it in place)."""
-    kind = denoiser_kind(directory)
-    cls = _classes()[kind]
-    if kind == "ip-adapter":
-        return cls.from_pretrained(directory, unet, image_encoder=image_encoder)
-    return cls.from_pretrained(directory, unet)
+def load_denoiser(directory: str | Path, *, torch_dtype=None) -> ReferenceConditionedDenoiser:
+    """The denoiser saved in ``directory`` (``save_pretrained``), with its own U-Net; ``torch_dtype`` casts it."""
+    cls = _classes()[denoiser_kind(directory)]
+    return cls.from_pretrained(directory, **({"torch_dtype": torch_dtype} if torch_dtype is not None else {}))

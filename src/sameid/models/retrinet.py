@@ -26,9 +26,6 @@ plainly.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -37,9 +34,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import get_down_block, get_mid_block
 from torch import nn
 
-from ..errors import MissingModelError, SameIdError
+from ..errors import SameIdError
 from .attention import RetrievalCrossAttention
-from .conditioning import LOCK_MODES, UNET_DECODER_MODULES, ReferenceConditionedDenoiser, ReferenceInputs
+from .conditioning import ReferenceConditionedDenoiser, ReferenceInputs, check_lock, model_config
 
 SUPPORTED_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 SUPPORTED_MID_BLOCK = "UNetMidBlock2DCrossAttn"
@@ -53,11 +50,6 @@ _UNSUPPORTED_UNET_OPTIONS = (
     ("class_embeddings_concat", False), ("resnet_skip_time_act", False), ("resnet_out_scale_factor", 1.0),
     ("cross_attention_norm", None), ("num_attention_heads", None),
 )
-# The U-Net decoder: what the "full" lock mode trains besides RetriNet (001 §5.2).
-UNET_DECODER_PREFIXES = tuple(f"{name}." for name in UNET_DECODER_MODULES)
-RETRINET_SUBFOLDER = "retrinet"
-DECODER_WEIGHTS = "unet_decoder.safetensors"
-DENOISER_INFO = "denoiser.json"
 
 
 def check_supported_unet(unet) -> None:
@@ -310,9 +302,18 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
 
     kind = "retrinet"
     uses_reference_latents = True
+    ignore_for_config = ["unet", "retrinet"]
 
-    def __init__(self, unet, retrinet: RetriNetModel):
+    def __init__(self, unet: UNet2DConditionModel | None = None, retrinet: RetriNetModel | None = None, *,
+                 unet_config: dict | None = None, retrinet_config: dict | None = None, decoder_trained: bool = False):
+        """``unet`` and ``retrinet`` as modules, or (how ``from_pretrained`` builds it) their configs."""
         super().__init__()
+        if unet is None:
+            if unet_config is None:
+                raise SameIdError("RetriNetDenoiser needs a unet or a unet_config")
+            unet = UNet2DConditionModel.from_config(unet_config)
+        if retrinet is None:
+            retrinet = RetriNetModel.from_config(retrinet_config) if retrinet_config else RetriNetModel.from_unet(unet)
         check_supported_unet(unet)
         expected = _encoder_config(unet)
         mismatched = [name for name, value in expected.items()
@@ -321,9 +322,8 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
             raise SameIdError(f"this RetriNet was built for another U-Net (differs in {', '.join(mismatched)})")
         self.unet = unet
         self.retrinet = retrinet
-        # Whether the U-Net decoder differs from the base model's (trained here or loaded): save_pretrained
-        # writes it then, and only then.
-        self.decoder_changed = False
+        self.register_to_config(unet_config=model_config(unet), retrinet_config=model_config(retrinet),
+                                decoder_trained=bool(decoder_trained))
 
     @classmethod
     def from_unet(cls, unet, **retrinet_options) -> RetriNetDenoiser:
@@ -376,9 +376,6 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
             sample = unet.conv_act(unet.conv_norm_out(sample))
         return unet.conv_out(sample)
 
-    def unet_decoder_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.unet.named_parameters() if name.startswith(UNET_DECODER_PREFIXES)]
-
     def set_trainable(self, lock: str = "full") -> list[nn.Parameter]:
         """Train exactly ``lock``'s set (001 §5.2) and freeze the rest; returns the trainable parameters.
 
@@ -386,15 +383,14 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
         conv_out); ``lockd``: retrieval encoder + cross-attentions; ``lockb``: cross-attentions only. The U-Net
         encoder, mid block and time embedding are frozen in every mode (Fig. 4).
         """
-        if lock not in LOCK_MODES:
-            raise SameIdError(f"unknown lock mode {lock!r}: use one of {', '.join(LOCK_MODES)}")
+        check_lock(lock)
         self.requires_grad_(False)
         trainable = self.retrinet.retrieval_attention_parameters()
         if lock in ("full", "lockd"):
             trainable = self.retrinet.retrieval_encoder_parameters() + trainable
         if lock == "full":
             trainable += self.unet_decoder_parameters()
-            self.decoder_changed = True
+            self.decoder_trained = True
         for parameter in trainable:
             parameter.requires_grad_(True)
         return trainable
@@ -407,50 +403,6 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
     def disable_gradient_checkpointing(self) -> None:
         self.unet.disable_gradient_checkpointing()
         self.retrinet.disable_gradient_checkpointing()
-
-    def save_pretrained(self, directory) -> None:
-        """``directory/retrinet`` (RetriNetModel, safetensors), plus ``directory/unet_decoder.safetensors`` when
-        the decoder was trained or loaded, plus ``directory/denoiser.json`` naming the kind."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.retrinet.save_pretrained(directory / RETRINET_SUBFOLDER, safe_serialization=True)
-        decoder_file = directory / DECODER_WEIGHTS
-        if self.decoder_changed:
-            state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.unet.state_dict().items()
-                     if name.startswith(UNET_DECODER_PREFIXES)}
-            save_file(state, str(decoder_file))
-        elif decoder_file.exists():
-            decoder_file.unlink()  # a stale decoder from an earlier save would be loaded with this RetriNet
-        (directory / DENOISER_INFO).write_text(
-            json.dumps({"kind": self.kind, "unet_decoder": self.decoder_changed}, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, directory, unet, *, torch_dtype=None) -> RetriNetDenoiser:
-        """The denoiser saved in ``directory`` on top of ``unet`` (the base model's U-Net).
-
-        A saved decoder is loaded into ``unet`` in place (no second copy of the U-Net is made).
-        """
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not (directory / RETRINET_SUBFOLDER / "config.json").is_file():
-            raise MissingModelError(f"no RetriNet at {directory / RETRINET_SUBFOLDER}: pass a directory written "
-                                    "by RetriNetDenoiser.save_pretrained (a training run's checkpoint)")
-        options = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-        retrinet = RetriNetModel.from_pretrained(directory / RETRINET_SUBFOLDER, **options)
-        denoiser = cls(unet, retrinet.to(device=unet.device))
-        decoder_file = directory / DECODER_WEIGHTS
-        if decoder_file.is_file():
-            state = load_file(str(decoder_file))
-            expected = {name for name in unet.state_dict() if name.startswith(UNET_DECODER_PREFIXES)}
-            if set(state) != expected:
-                raise SameIdError(f"{decoder_file} does not fit this U-Net's decoder "
-                                  f"({len(set(state) ^ expected)} parameter names differ)")
-            unet.load_state_dict(state, strict=False)
-            denoiser.decoder_changed = True
-        return denoiser
 
 
 def _normalised(value):

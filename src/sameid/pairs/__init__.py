@@ -5,8 +5,9 @@ A reference shows the same identity as the target, but it is never the target: :
 :class:`sameid.records.TrainingExample` for a torch DataLoader, :mod:`.audit` checks a set of pairs for leakage.
 """
 
+from ..references import normalize_pixels
 from .concepts import ConceptCrop, concept_crop
-from .dataset import PairsConfig, PairsDataset, collate_examples, normalize_pixels, sample_pairs
+from .dataset import PairsConfig, PairsDataset, collate_examples, sample_pairs
 from .manifest import DatasetManifest, load_manifest
 from .sampler import ReferenceSampler
 

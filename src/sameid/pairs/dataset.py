@@ -20,12 +20,12 @@ import torch
 from ..errors import SameIdError
 from ..images import load_image
 from ..records import TrainingExample
+from ..references import letterbox_into, reference_pixels
 from .concepts import DEFAULT_MAX_HEAD_FRACTION, DEFAULT_MIN_CLOTHES_FRACTION, ConceptCrop, concept_crop
 from .manifest import DatasetManifest, load_manifest
 from .sampler import DEFAULT_NEAR_DUPLICATE_BITS, MODES, SHORTFALLS, ReferenceSampler
 
 TASKS = ("reconstruction", "composition", "multitask")
-PADDING_VALUE = 255  # figure datasets have white backgrounds; the valid-area mask keeps padding out of the loss
 # Reference augmentation of the -a setting: a random crop keeping this fraction of each side, then a mirror.
 _SAME_MODE_MIN_SIDE = 0.8
 
@@ -163,7 +163,7 @@ class PairsDataset(torch.utils.data.Dataset):
         # Assembled in numpy and wrapped once: small torch ops cost milliseconds each under intra-op threading.
         # Pixels are resized straight into the channel-first arrays (no (R, R, 3) canvas, no transposed copy).
         target = np.empty((3, resolution, resolution), dtype=np.uint8)
-        valid_box, scale = _letterbox_into(target_image, target)
+        valid_box, scale = letterbox_into(target_image, target)
         valid_mask = box_mask_array(valid_box, resolution)
         head = manifest.head_boxes[row]
         face_box = (0, 0, 0, 0) if head is None else _map_box(head, scale, valid_box)
@@ -180,10 +180,8 @@ class PairsDataset(torch.utils.data.Dataset):
                 references[i], reference_masks[i] = references[made[key]], reference_masks[made[key]]
                 continue
             made[key] = i
-            piece = _crop_clipped(image_of(ref), crop_box.box)
-            if augmentation:
-                piece = _augment(piece, *augmentation)
-            (x0, y0, x1, y1), _ = _letterbox_into(piece, references[i])
+            transform = (lambda piece, a=augmentation: _augment(piece, *a)) if augmentation else None
+            x0, y0, x1, y1 = reference_pixels(image_of(ref), crop_box.box, references[i], transform)
             reference_masks[i, :, y0:y1, x0:x1] = 1
         caption = manifest.captions[row]
         return TrainingExample(
@@ -227,65 +225,6 @@ def sample_pairs(dataset: str | os.PathLike | DatasetManifest, config: PairsConf
     return PairsDataset(dataset, config, **overrides).pairs_frame(epochs)
 
 
-def letterbox_array(image: np.ndarray, resolution: int) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
-    """Resize an (H, W, 3) uint8 ``image`` so its longer side is ``resolution``; centre it on a white square canvas.
-
-    Returns the uint8 (R, R, 3) array, the valid box (x0, y0, x1, y1) of the image on the canvas (x1, y1
-    exclusive), and the scale from source pixels to canvas pixels.
-    """
-    import cv2
-
-    height, width = image.shape[:2]
-    scale = resolution / max(width, height)
-    new_w, new_h = max(1, min(resolution, round(width * scale))), max(1, min(resolution, round(height * scale)))
-    x0, y0 = (resolution - new_w) // 2, (resolution - new_h) // 2
-    canvas = np.full((resolution, resolution, 3), PADDING_VALUE, dtype=np.uint8)
-    if (new_w, new_h) != (width, height):
-        # Area averaging when shrinking avoids aliasing; bilinear when enlarging.
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=interpolation)
-    canvas[y0:y0 + new_h, x0:x0 + new_w] = image
-    return canvas, (x0, y0, x0 + new_w, y0 + new_h), scale
-
-
-def _letterbox_into(image: np.ndarray, out: np.ndarray) -> tuple[tuple[int, int, int, int], float]:
-    """:func:`letterbox_array` written channel-first into ``out``, a uint8 (3, R, R) array: the same pixels.
-
-    Each byte of ``out`` is written once, by OpenCV: when enlarging, the image's channels are split and each is
-    resized straight into its window of ``out``; when shrinking, the image is resized and the (smaller) result
-    split into the windows. Either way the temporary is the smaller side and there is no (R, R, 3) canvas to
-    fill, copy and transpose: writing fresh output memory is most of the cost at 384 px. Resizing the channels
-    one by one gives the same values as resizing them together. Returns the valid box and the scale, as
-    :func:`letterbox_array` does.
-    """
-    import cv2
-
-    resolution = out.shape[-1]
-    height, width = image.shape[:2]
-    scale = resolution / max(width, height)
-    new_w, new_h = max(1, min(resolution, round(width * scale))), max(1, min(resolution, round(height * scale)))
-    x0, y0 = (resolution - new_w) // 2, (resolution - new_h) // 2
-    x1, y1 = x0 + new_w, y0 + new_h
-    out[:, :y0] = PADDING_VALUE
-    out[:, y1:] = PADDING_VALUE
-    out[:, y0:y1, :x0] = PADDING_VALUE
-    out[:, y0:y1, x1:] = PADDING_VALUE
-    windows = [out[channel, y0:y1, x0:x1] for channel in range(3)]
-    if (new_w, new_h) == (width, height):
-        planes = cv2.split(image, mv=windows)
-    elif scale > 1:
-        planes = [cv2.resize(plane, (new_w, new_h), dst=window, interpolation=cv2.INTER_LINEAR)
-                  for plane, window in zip(cv2.split(image), windows)]
-    else:
-        # Area averaging when shrinking avoids aliasing (as in letterbox_array).
-        resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=cv2.INTER_AREA)
-        planes = cv2.split(resized, mv=windows)
-    for window, plane in zip(windows, planes):
-        if plane is not window:  # OpenCV allocated a new array instead of writing into the window
-            window[...] = plane
-    return (x0, y0, x1, y1), scale
-
-
 def box_mask_array(box: tuple[int, int, int, int], resolution: int) -> np.ndarray:
     """A uint8 (1, R, R) mask that is 1 exactly on ``box`` (x1, y1 exclusive)."""
     mask = np.zeros((1, resolution, resolution), dtype=np.uint8)
@@ -303,16 +242,6 @@ def _map_box(box, scale: float, valid_box: tuple[int, int, int, int]) -> tuple[i
     right = min(vx1, int(np.ceil(vx0 + x1 * scale)))
     bottom = min(vy1, int(np.ceil(vy0 + y1 * scale)))
     return (left, top, max(left, right), max(top, bottom))
-
-
-def _crop_clipped(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    # The plan used the manifest's width and height; clip in case the file on disk disagrees.
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = box
-    x1, y1 = min(x1, width), min(y1, height)
-    if x1 <= x0 or y1 <= y0:
-        return image
-    return image[y0:y1, x0:x1]
 
 
 def _augment(image: np.ndarray, fractions: tuple[float, float, float, float], mirror: bool) -> np.ndarray:
@@ -337,8 +266,3 @@ def collate_examples(examples: list[TrainingExample]) -> dict:
                  "full_caption", "task", "mode"):
         batch[name] = [getattr(e, name) for e in examples]
     return batch
-
-
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels in [0, 255] to float in [-1, 1] (the range of a Stable Diffusion VAE)."""
-    return pixels.float() / 127.5 - 1.0

@@ -10,6 +10,7 @@ write gigabytes per checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import SameIdError
-from ..pairs.dataset import PairsConfig, PairsDataset, collate_examples, normalize_pixels
+from ..pairs.dataset import PairsConfig, PairsDataset, collate_examples
+from ..references import ReferenceInputs, normalize_pixels, reference_inputs
 from .config import TrainConfig
 from .losses import masked_diffusion_loss
 
@@ -66,6 +68,27 @@ def step_generator(seed: int, micro_batch: int) -> torch.Generator:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"))
     return checkpoints[-1] if checkpoints else None
+
+
+def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor,
+                   references: ReferenceInputs, valid_mask: torch.Tensor, face_mask: torch.Tensor,
+                   generator: torch.Generator, face_loss_weight: float, autocast=contextlib.nullcontext):
+    """One training step's loss after the frozen encoders (what :meth:`Trainer.loss` runs and the training-step
+    benchmark times): noise and timesteps from ``generator`` (a CPU generator), ``scheduler.add_noise``, the
+    denoiser's forward under ``autocast()``, the masked loss (RetriBooru, arXiv 2312.02521, equation 3)."""
+    device = latents.device
+    latents = latents.float()
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=generator).to(device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        objective = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        objective = noise
+    with autocast():
+        prediction = denoiser(noisy, timesteps, prompt_embeds, references)
+    return masked_diffusion_loss(prediction.float(), objective, valid_mask, face_mask, face_loss_weight)
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -240,47 +263,23 @@ class Trainer:
                 handle.write(json.dumps({"step": self.global_step, "loss": self.losses[-1]}) + "\n")
 
     # -- one micro-batch -----------------------------------------------------------------------------------------
-    def _concept_embeds(self, concepts: list[list[str]]) -> torch.Tensor:
-        from ..models.components import encode_prompts
-
-        missing = sorted({c for row in concepts for c in row} - set(self._concept_cache))
-        if missing:
-            with torch.no_grad():
-                encoded = encode_prompts(self.components, missing)
-            self._concept_cache.update(zip(missing, encoded))
-        return torch.stack([torch.stack([self._concept_cache[c] for c in row]) for row in concepts])
-
     def loss(self, batch: dict, generator: torch.Generator):
         from ..models.components import encode_prompts
-        from ..models.conditioning import ReferenceInputs
 
         components, device = self.components, self.accelerator.device
-        vae, scheduler = components.vae, components.noise_scheduler
-        scaling = vae.config.scaling_factor
+        vae = components.vae
         with torch.no_grad():
             target = normalize_pixels(batch["target"].to(device)).to(self.weight_dtype)
-            latents = vae.encode(target).latent_dist.sample(generator) * scaling
-            references = normalize_pixels(batch["references"].to(device)).to(self.weight_dtype)
-            b, n = references.shape[:2]
-            reference_latents = None
-            if self.accelerator.unwrap_model(self.denoiser).uses_reference_latents:
-                reference_latents = vae.encode(references.flatten(0, 1)).latent_dist.mode() * scaling
-                reference_latents = reference_latents.unflatten(0, (b, n))
+            latents = vae.encode(target).latent_dist.sample(generator) * vae.config.scaling_factor
             prompt_embeds = encode_prompts(components, batch["caption"]).to(device)
-            concept_embeds = self._concept_embeds(batch["reference_concepts"]).to(device)
-        latents = latents.float()
-        noise = torch.randn(latents.shape, generator=generator).to(device)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        if scheduler.config.prediction_type == "v_prediction":
-            objective = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            objective = noise
-        inputs = ReferenceInputs(pixels=references, latents=reference_latents, concept_embeds=concept_embeds)
-        with self.accelerator.autocast():
-            prediction = self.denoiser(noisy, timesteps, prompt_embeds, inputs)
-        return masked_diffusion_loss(prediction.float(), objective, batch["valid_mask"].to(device),
-                                     batch["face_mask"].to(device), self.config.face_loss_weight)
+            references = reference_inputs(
+                batch["references"].to(device), batch["reference_concepts"], vae=vae,
+                text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                with_latents=self.accelerator.unwrap_model(self.denoiser).uses_reference_latents, device=device,
+                dtype=self.weight_dtype, concept_cache=self._concept_cache)
+        return denoising_loss(self.denoiser, components.noise_scheduler, latents, prompt_embeds, references,
+                              batch["valid_mask"].to(device), batch["face_mask"].to(device), generator,
+                              self.config.face_loss_weight, autocast=self.accelerator.autocast)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -368,7 +367,7 @@ class Trainer:
         """Generate for the first ``validation_examples`` targets; PNGs under validation/ and to tensorboard."""
         if not self.accelerator.is_main_process or self.config.validation_examples < 1:
             return
-        from ..generate.validation import validation_images
+        from ..pipelines.validation import validation_images
 
         denoiser = self.accelerator.unwrap_model(self.denoiser)
         denoiser.eval()

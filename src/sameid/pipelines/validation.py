@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .pipeline_retrinet import ReferencePipeline
+from .pipeline_reference import ReferencePipeline
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -2,9 +2,9 @@
 
 The denoiser is any :class:`~sameid.models.conditioning.ReferenceConditionedDenoiser`: RetriNet
 (RetriBooru, arXiv 2312.02521, §5), or the ControlNet and IP-Adapter-style baselines (RetriBooru, arXiv 2312.02521
-§3.1, A.3). References are prepared exactly as in training (:mod:`sameid.pairs.dataset`): letterboxed onto a
-white square, pixels in [-1, 1], latents the VAE posterior's mode times the scaling factor, each reference's
-concept caption ("face", "clothes", "figure"; ``003`` A.4) encoded by the text encoder.
+§3.1, A.3). References are prepared exactly as in training, by :mod:`sameid.references`: letterboxed onto a white square,
+pixels in [-1, 1], latents the VAE posterior's mode times the scaling factor, each reference's concept caption
+("face", "clothes", "figure"; ``003`` A.4) encoded by the text encoder.
 
 Guidance follows 003 A.3 (classifier-free guidance, scale 7): the guidance acts on the text only. The
 unconditional branch has the empty (or negative) prompt and the *same* references as the conditional branch, so
@@ -12,13 +12,21 @@ unconditional branch has the empty (or negative) prompt and the *same* reference
 references' identity enters (0: the plain U-Net, the references ignored). This is what training teaches: prompt
 drop (001 §5.2) removes the caption but keeps the references, so the model knows "references without a prompt"
 as its unconditional case.
+
+Saving: ``save_pretrained(dir)`` writes a diffusers pipeline folder (every component, the denoiser with its own
+U-Net) plus ``pipeline_reference.py``, a two-line module that imports this class, named in ``model_index.json``
+as diffusers names a custom pipeline class (``["pipeline_reference", "ReferencePipeline"]``). So
+``ReferencePipeline.from_pretrained(dir)`` loads it, and so does ``DiffusionPipeline.from_pretrained(dir,
+trust_remote_code=True)`` (diffusers runs a pipeline folder's code file only when told to trust it).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +36,16 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..atomic import write_text_atomic
 from ..models.components import encode_prompts
-from ..models.conditioning import ReferenceInputs
-from ..pairs.dataset import PADDING_VALUE, letterbox_array, normalize_pixels
+from ..references import DEFAULT_CONCEPT, ReferenceInputs, reference_batch, reference_inputs
 
-DEFAULT_CONCEPT = "figure"
+# How a saved pipeline names its class for DiffusionPipeline.from_pretrained: a module file in the folder.
+PIPELINE_MODULE = "pipeline_reference"
+_PIPELINE_MODULE_SOURCE = (
+    '"""The pipeline class of this folder: sameid\'s ReferencePipeline (needs sameid installed)."""\n\n'
+    "from sameid.pipelines.pipeline_reference import ReferencePipeline\n\n"
+    '__all__ = ["ReferencePipeline"]\n')
 
 
 @dataclass
@@ -81,7 +94,7 @@ class ReferencePipeline(DiffusionPipeline):
         return cls(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
                    denoiser=denoiser, scheduler=scheduler)
 
-    # A plain torch.nn.Module (the denoiser) has no .device / .dtype, which DiffusionPipeline's own properties read.
+    # Computation follows the denoiser (and its U-Net's dtype), wherever the VAE and text encoder sit.
     @property
     def device(self) -> torch.device:
         return _module_device_dtype(self.denoiser)[0]
@@ -109,6 +122,26 @@ class ReferencePipeline(DiffusionPipeline):
             module.to(**moves)
         return self
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' save, then ``pipeline_reference.py`` and its name in ``model_index.json`` (see the module
+        doc), so ``DiffusionPipeline.from_pretrained`` finds this class."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        folder = Path(save_directory)
+        write_text_atomic(folder / f"{PIPELINE_MODULE}.py", _PIPELINE_MODULE_SOURCE)
+        index = json.loads((folder / "model_index.json").read_text())
+        index["_class_name"] = [PIPELINE_MODULE, type(self).__name__]
+        write_text_atomic(folder / "model_index.json", json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' ``load_config``; a folder that names this class through its module file (``save_pretrained``)
+        is read as naming it directly, so ``ReferencePipeline.from_pretrained`` runs no code from the folder."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if config.get("_class_name") == [PIPELINE_MODULE, cls.__name__]:
+            config["_class_name"] = cls.__name__
+        return loaded
+
     @property
     def default_resolution(self) -> tuple[int, int]:
         """(height, width) the U-Net's ``sample_size`` implies: 64 x 8 = 512 px for Stable Diffusion 1.5."""
@@ -121,12 +154,6 @@ class ReferencePipeline(DiffusionPipeline):
         return int(size[0]) * self.vae_scale_factor, int(size[1]) * self.vae_scale_factor
 
     # -- references ----------------------------------------------------------------------------------------------
-    def encode_concepts(self, concepts: Sequence[Sequence[str]]) -> torch.Tensor:
-        """(B, N, L, D) text-encoder states of each reference's concept caption; each distinct caption once."""
-        distinct = sorted({concept for row in concepts for concept in row})
-        encoded = dict(zip(distinct, encode_prompts(self, distinct)))
-        return torch.stack([torch.stack([encoded[concept] for concept in row]) for row in concepts])
-
     @torch.no_grad()
     def prepare_references(self, references: Sequence[Sequence[Image.Image]],
                            concepts: Sequence[Sequence[str]] | None = None, resolution: int | None = None
@@ -142,8 +169,6 @@ class ReferencePipeline(DiffusionPipeline):
         if isinstance(references, Image.Image) or not references or any(
                 isinstance(row, Image.Image) for row in references):
             raise ValueError("references: give one list of PIL images per prompt, e.g. [[image_a, image_b]]")
-        if any(len(row) == 0 for row in references):
-            raise ValueError("references: every prompt needs at least one reference image")
         if concepts is None:
             concepts = [[DEFAULT_CONCEPT] * len(row) for row in references]
         if len(concepts) != len(references) or any(
@@ -151,30 +176,14 @@ class ReferencePipeline(DiffusionPipeline):
             raise ValueError("concepts: give one list of captions per prompt, one caption per reference image "
                              f"(references have {[len(row) for row in references]} images per prompt)")
         resolution = int(resolution or max(self.default_resolution))
-        batch, count = len(references), max(len(row) for row in references)
-
-        pixels = np.full((batch, count, 3, resolution, resolution), PADDING_VALUE, dtype=np.uint8)
-        valid = torch.zeros(batch, count, dtype=torch.bool)
-        padded_concepts = []
-        for b, (images, captions) in enumerate(zip(references, concepts)):
-            for n, image in enumerate(images):
-                canvas, _, _ = letterbox_array(np.asarray(image.convert("RGB")), resolution)
-                pixels[b, n] = canvas.transpose(2, 0, 1)
-            valid[b, :len(images)] = True
-            # A padded slot still needs a caption tensor; it is masked out, so which one does not matter.
-            padded_concepts.append(list(captions) + [captions[0]] * (count - len(captions)))
-
-        device, dtype = self.device, self.dtype
-        normalized = normalize_pixels(torch.from_numpy(pixels))
-        latents = None
-        if self.denoiser.uses_reference_latents:
-            vae_device, vae_dtype = _module_device_dtype(self.vae)
-            latents = self.vae.encode(normalized.flatten(0, 1).to(vae_device, vae_dtype)).latent_dist.mode()
-            latents = (latents * self.vae.config.scaling_factor).unflatten(0, (batch, count)).to(device, dtype)
-        return ReferenceInputs(
-            pixels=normalized.to(device, dtype), latents=latents,
-            concept_embeds=self.encode_concepts(padded_concepts).to(device, dtype),
-            valid=None if bool(valid.all()) else valid.to(device))
+        pixels, valid = reference_batch(references, resolution)
+        count = pixels.shape[1]
+        # A padded slot still needs a caption tensor; it is masked out, so which one does not matter.
+        padded_concepts = [list(captions) + [captions[0]] * (count - len(captions)) for captions in concepts]
+        return reference_inputs(
+            torch.from_numpy(pixels), padded_concepts, vae=self.vae, text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer, with_latents=self.denoiser.uses_reference_latents, device=self.device,
+            dtype=self.dtype, valid=torch.from_numpy(valid))
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()

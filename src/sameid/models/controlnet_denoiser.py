@@ -1,0 +1,141 @@
+"""The ControlNet baseline of RetriBooru (arXiv 2312.02521, §3.1 and appendix A.3).
+
+RetriBooru fine-tunes ControlNet and an IP-Adapter-style model (:mod:`.ip_adapter_denoiser`) on the same data in
+two settings: ``-a`` (the reference is another transform of the target image) and ``-b`` (a different image of
+the same identity); the setting is a property of the training pairs (``sameid.pairs`` mode ``same`` /
+``identity``), not of the model. §3.1: ControlNet "learns pixel-wise control and exploits spatial structures on
+purpose, passing conditioning to the U-Net via zero convolutions". The reference is a pixel-aligned condition,
+which is why ControlNet-b, whose reference is not aligned with the target, falls back on the text.
+
+Built from diffusers' own ``ControlNetModel`` around an unmodified ``UNet2DConditionModel`` forward; implements
+:class:`~sameid.models.conditioning.ReferenceConditionedDenoiser`, so one loop trains RetriNet and both baselines.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+# diffusers' pipeline loader finds a component's load method through the base classes its module exposes.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+
+from ..errors import SameIdError
+from .conditioning import (
+    ReferenceConditionedDenoiser,
+    ReferenceInputs,
+    check_lock,
+    decoder_modules,
+    enable_parameters,
+    like_unet,
+    model_config,
+    per_row,
+    valid_pairs,
+)
+
+
+class ControlNetDenoiser(ReferenceConditionedDenoiser):
+    """A U-Net with a ``diffusers.ControlNetModel`` whose condition is the reference image (003 §3.1, A.3).
+
+    The ControlNet is a trainable copy of the U-Net encoder joined to it by zero convolutions; it reads the noisy
+    latents, the prompt's ``encoder_hidden_states`` and, through its conditioning embedding, the reference pixels.
+    The condition is pixel-aligned with the target: its embedding downsamples by ``condition_downsampling`` (8 for
+    the default ``(16, 32, 96, 256)`` channels), so the condition must be ``8 x`` the latent size, i.e. the target's
+    pixel size. References of another size are resized to it (bilinear, antialiased). ControlNet expects the
+    condition in [0, 1] (diffusers' training script and pipeline feed unnormalised ``ToTensor`` pixels), so the
+    [-1, 1] reference pixels are mapped to [0, 1].
+
+    With N references, the ControlNet runs on every real reference (padded slots are skipped) and its residuals are
+    averaged over each example's real references; an example with none gets no residual (the plain U-Net).
+    ``reference_scale`` is ControlNet's ``conditioning_scale``; 0 returns exactly the plain U-Net's output.
+    """
+
+    kind = "controlnet"
+    ignore_for_config = ["unet", "controlnet"]
+
+    def __init__(self, unet: UNet2DConditionModel | None = None, controlnet: ControlNetModel | None = None, *,
+                 unet_config: dict | None = None, controlnet_config: dict | None = None,
+                 decoder_trained: bool = False):
+        """``unet`` and ``controlnet`` as modules, or (how ``from_pretrained`` builds it) their configs."""
+        super().__init__()
+        if unet is None:
+            if unet_config is None:
+                raise SameIdError("ControlNetDenoiser needs a unet or a unet_config")
+            unet = UNet2DConditionModel.from_config(unet_config)
+        if controlnet is None:
+            if controlnet_config is None:
+                raise SameIdError("ControlNetDenoiser needs a controlnet or a controlnet_config")
+            controlnet = ControlNetModel.from_config(controlnet_config)
+        self.unet = unet
+        self.controlnet = controlnet
+        self.register_to_config(unet_config=model_config(unet), controlnet_config=model_config(controlnet),
+                                decoder_trained=bool(decoder_trained))
+
+    @classmethod
+    def from_unet(cls, unet, **controlnet_kwargs) -> ControlNetDenoiser:
+        """A ControlNet initialised from ``unet``'s encoder, with zero convolutions and an RGB conditioning input."""
+        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3, **controlnet_kwargs)
+        return cls(unet, like_unet(controlnet, unet))
+
+    @property
+    def condition_downsampling(self) -> int:
+        return 2 ** (len(self.controlnet.config.conditioning_embedding_out_channels) - 1)
+
+    def condition(self, pixels: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
+        """(M, 3, H, W) reference pixels in [-1, 1] -> ControlNet's condition: [0, 1], ``factor x latent_size``."""
+        size = tuple(side * self.condition_downsampling for side in latent_size)
+        condition = (pixels.to(self.controlnet.dtype) + 1.0) / 2.0
+        if tuple(condition.shape[-2:]) != size:
+            condition = F.interpolate(condition, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return condition.clamp(0.0, 1.0)
+
+    def forward(self, noisy_latents, timesteps, encoder_hidden_states, references: ReferenceInputs,
+                reference_scale: float = 1.0) -> torch.Tensor:
+        if reference_scale == 0:
+            return self.unet(noisy_latents, timesteps, encoder_hidden_states).sample
+        rows, slots, counts = valid_pairs(references)
+        batch = noisy_latents.shape[0]
+        down_residuals = mid_residual = None
+        if rows.numel():
+            down, mid = self.controlnet(
+                noisy_latents[rows], per_row(timesteps, rows), encoder_hidden_states[rows],
+                controlnet_cond=self.condition(references.pixels[rows, slots], noisy_latents.shape[-2:]),
+                conditioning_scale=float(reference_scale), return_dict=False)
+            # Mean over each example's real references: index_add sums them in slot order, so padding changes nothing.
+            weights = (1.0 / counts.clamp(min=1).to(mid.dtype))[rows]
+
+            def average(residual: torch.Tensor) -> torch.Tensor:
+                weighted = residual * weights.view(-1, *([1] * (residual.ndim - 1)))
+                return weighted.new_zeros((batch, *residual.shape[1:])).index_add(0, rows, weighted)
+
+            down_residuals = [average(residual) for residual in down]
+            mid_residual = average(mid)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states,
+                         down_block_additional_residuals=down_residuals,
+                         mid_block_additional_residual=mid_residual).sample
+
+    def set_trainable(self, lock: str = "full") -> list[torch.nn.Parameter]:
+        """Trainable sets (001 §5.2 mapped onto ControlNet): ``full`` = the ControlNet + the U-Net decoder;
+        ``lockd`` = the ControlNet; ``lockb`` = only the zero convolutions (``controlnet_down_blocks``,
+        ``controlnet_mid_block`` and the conditioning embedding's zero-initialised ``conv_out``, without which a
+        frozen zero ``conv_out`` would shut the reference out). The U-Net encoder is always frozen."""
+        check_lock(lock)
+        self.requires_grad_(False)
+        if lock == "full":
+            modules = [self.controlnet, *decoder_modules(self.unet)]
+        elif lock == "lockd":
+            modules = [self.controlnet]
+        else:
+            modules = [self.controlnet.controlnet_down_blocks, self.controlnet.controlnet_mid_block,
+                       self.controlnet.controlnet_cond_embedding.conv_out]
+        if lock == "full":
+            self.decoder_trained = True
+        return enable_parameters(modules)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+        self.controlnet.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.unet.disable_gradient_checkpointing()
+        self.controlnet.disable_gradient_checkpointing()
