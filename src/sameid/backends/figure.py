@@ -1,14 +1,17 @@
-"""Offline figure backends for drawings: a GrabCut figure segmenter and a head box from the mask's geometry.
+"""Offline figure backends for drawings: two figure segmenters and a head box from the mask's geometry.
 
 RetriBooru annotates every image with a figure mask (IS-Net) and a head box (YOLOv5), both trained on Danbooru
 (RetriBooru, arXiv 2312.02521, appendix A.1 "Vision annotations"). Those weights are not shipped with
-sameid; these two backends need none and work on single figures drawn on a plain, light or softly patterned
+sameid; these backends need none and work on single figures drawn on a plain, light or softly patterned
 background (Danbooru 2019 Figures crops, the bundled sample):
 
-- :class:`GrabCutSegmenter` (``grabcut``): OpenCV GrabCut initialised with the image border as background (a
-  band a few pixels wide is certain background, the rectangle inside it probable figure, except pixels of the
-  border's own colours, which start as probable background), a few iterations, then the largest connected
-  figure component.
+- :class:`BorderColorSegmenter` (``border-colors``, the build's default for drawings): the figure is what differs
+  in colour from the image border and is not reached from the border through background (a flood fill), at a
+  working size of 512 px; about 13 CPU-ms an image (``benchmarks/bench_masks.py``).
+- :class:`GrabCutSegmenter` (``grabcut``, the careful option): OpenCV GrabCut initialised with the image border
+  as background (a band a few pixels wide is certain background, the rectangle inside it probable figure, except
+  pixels of the border's own colours, which start as probable background), a few iterations, then the largest
+  connected figure component.
 - :class:`MaskTopHeadDetector` (``mask-top``): a geometric heuristic for a single standing figure, the head is
   the top of the figure mask down to where the silhouette narrows at the neck (or, when it never narrows, the
   top sixth of the figure). A learned anime head detector can be plugged in instead through the ``transformers``
