@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance
 
 from sameid.backends import Annotations, create_backend
 from sameid.backends.colors import COLOR_NAMES, color_name, name_colors, normalize_color_word
-from sameid.backends.figure import GrabCutSegmenter, MaskTopHeadDetector
+from sameid.backends.figure import BorderColorSegmenter, GrabCutSegmenter, MaskTopHeadDetector
 from sameid.backends.pixel_vqa import PixelColorVQA, is_clothing_color_question
 from sameid.demo.sample import ARTISTS, GARMENT_RGB, make_sample
 from sameid.errors import SameIdError
@@ -40,8 +40,8 @@ def _good_rows(sample, characters=None) -> list[dict]:
     return rows
 
 
-def _run_backends(rows) -> pd.DataFrame:
-    segmenter, detector, vqa = GrabCutSegmenter(), MaskTopHeadDetector(), PixelColorVQA()
+def _run_backends(rows, segmenter=None) -> pd.DataFrame:
+    segmenter, detector, vqa = segmenter or GrabCutSegmenter(), MaskTopHeadDetector(), PixelColorVQA()
     results = []
     for row in rows:
         image, _ = load_image(row["path"])
@@ -80,6 +80,33 @@ def _box_iou(a, b) -> float:
 @pytest.fixture(scope="module")
 def results(sample) -> pd.DataFrame:
     return _run_backends(_good_rows(sample))
+
+
+@pytest.fixture(scope="module")
+def fast_results(sample) -> pd.DataFrame:
+    return _run_backends(_good_rows(sample), BorderColorSegmenter())
+
+
+def test_grouping_with_the_fast_segmenter_recovers_the_identities(fast_results):
+    precision, recall = _pairwise(fast_results)
+    print(f"border-colors: pairwise precision {precision:.4f} recall {recall:.4f} over {len(fast_results)} images")
+    assert precision >= 0.99
+    assert recall >= 0.9
+    assert (fast_results["answer"] == fast_results["outfit"].map(_design_answer)).mean() >= 0.97
+
+
+def test_fast_masks_and_head_boxes_match_the_sample(sample, fast_results):
+    annotated = fast_results[fast_results["mask"].notna()]
+    ious = [mask_iou(load_mask(sample.image_root / row.mask), row.found_mask) for row in annotated.itertuples()]
+    boxes = [_box_iou(row.found_box, row.head_box) for row in annotated.itertuples()]
+    print(f"border-colors: mask IoU mean {np.mean(ious):.3f} min {np.min(ious):.3f}; head box IoU mean "
+          f"{np.mean(boxes):.3f} min {np.min(boxes):.3f}")
+    assert np.mean(ious) >= 0.9 and np.min(ious) >= 0.8
+    assert np.mean(boxes) >= 0.75 and np.min(boxes) >= 0.4
+
+
+def mask_iou(truth: np.ndarray, found: np.ndarray) -> float:
+    return float((truth & found).sum() / (truth | found).sum())
 
 
 def test_grouping_by_answer_recovers_the_identities(results):
@@ -177,6 +204,7 @@ def test_only_clothing_colour_questions_are_answered(results):
 def test_blank_or_empty_inputs_give_nothing_rather_than_errors():
     blank = Image.new("RGB", (64, 96), (240, 240, 240))
     assert not GrabCutSegmenter().segment(blank).any()
+    assert not BorderColorSegmenter().segment(blank).any()
     assert MaskTopHeadDetector().detect(blank) == []
     assert MaskTopHeadDetector().detect_in_mask(np.zeros((50, 40), dtype=bool)) == []
     assert PixelColorVQA().answer(blank, QUESTION) == ""

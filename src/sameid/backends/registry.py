@@ -19,6 +19,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     },
     "segmenter": {
         "mediapipe-selfie": "sameid.backends.mediapipe:MediaPipeSelfieSegmenter",
+        "border-colors": "sameid.backends.figure:BorderColorSegmenter",
         "grabcut": "sameid.backends.figure:GrabCutSegmenter",
     },
     "face_embedder": {

@@ -36,7 +36,7 @@ class AnnotateConfig:
 
     grouping: str = "tags"
     head_detector: str | None = "mask-top"
-    segmenter: str | None = "grabcut"
+    segmenter: str | None = "border-colors"
     vqa: str | None = "pixel-colors"
     face_embedder: str | None = None
     question: str = "List top two colors of the character's clothes"

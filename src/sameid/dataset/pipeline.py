@@ -41,7 +41,7 @@ ENGINES = ("local", "ray")
 
 #: Default backends per grouping: drawn figures (Danbooru) vs photos of people.
 DEFAULT_BACKENDS = {
-    "tags": {"head_detector": "mask-top", "segmenter": "grabcut", "vqa": "pixel-colors", "face_embedder": None},
+    "tags": {"head_detector": "mask-top", "segmenter": "border-colors", "vqa": "pixel-colors", "face_embedder": None},
     "faces": {"head_detector": "mediapipe", "segmenter": "mediapipe-selfie", "vqa": None, "face_embedder": "dlib"},
 }
 
