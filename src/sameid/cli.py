@@ -73,7 +73,7 @@ def build(
     grouping: Annotated[str | None, typer.Option(help="tags: same character, artist and outfit answer "
                                                       "(default for Danbooru); faces: face-embedding clusters.")] = None,
     head_detector: Annotated[str | None, typer.Option(help="mask-top | dlib | mediapipe | transformers:<id or path> | none.")] = None,
-    segmenter: Annotated[str | None, typer.Option(help="grabcut | mediapipe-selfie | none.")] = None,
+    segmenter: Annotated[str | None, typer.Option(help="Figure masks: border-colors (fast default for drawings) | grabcut (careful, slower) | mediapipe-selfie (photos) | none.")] = None,
     vqa: Annotated[str | None, typer.Option(help="Outfit question answerer: pixel-colors (offline) | "
                                                  "transformers:<id or path> (e.g. an InstructBLIP model).")] = None,
     face_embedder: Annotated[str | None, typer.Option(help="dlib (offline) | arcface-onnx:<path.onnx>.")] = None,
