@@ -1,11 +1,14 @@
 """`sameid build` with `faces` grouping on real photos shipped with packages (scikit-image, matplotlib)."""
 
+import json
+
 import matplotlib.cbook
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
 from sameid.dataset.pipeline import BuildConfig, build_dataset
+from sameid.records import read_dataset_settings
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -67,3 +70,39 @@ def test_unlabelled_photos_are_grouped_by_face_clusters(people, tmp_path, method
     person = manifest["id"].str.split("_").str[0].where(manifest["id"] != "astronaut_wrong.jpg", "hopper")
     assert manifest.groupby("identity").apply(lambda g: person[g.index].nunique()).eq(1).all()
     assert manifest["identity"].nunique() == 2 and len(manifest) == 11
+
+
+def _faceless_subject(folder, seed: int, count: int = 3) -> None:
+    """A labelled subject without a face (an object, a pet's back): distinct random patterns."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((160, 160), Image.NEAREST).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("label_check", ["auto", "faces", "trust"])
+def test_given_labels_without_faces_are_trusted_where_no_face_is_found(people, tmp_path, label_check):
+    import shutil
+
+    root = tmp_path / "subjects"
+    shutil.copytree(people, root)
+    _faceless_subject(root / "teapot", seed=1)
+    config = BuildConfig(source=str(root), out=str(tmp_path / "ds"), workers=1, near_duplicate_bits=0,
+                         label_check=label_check)
+    result = build_dataset(config, progress=False)
+    manifest, reasons = result.manifest, dict(zip(result.rejected["id"], result.rejected["reason"]))
+    checks = manifest.groupby("identity")["label_check"].agg(set).to_dict()
+    if label_check == "faces":
+        assert {f"teapot/{i}.png" for i in range(3)} <= {k for k, v in reasons.items() if v == "no face found"}
+        assert checks == {"astronaut": {"faces"}, "hopper": {"faces"}}
+    elif label_check == "auto":
+        assert checks == {"astronaut": {"faces"}, "hopper": {"faces"}, "teapot": {"trusted"}}
+        assert reasons["astronaut/wrong.jpg"] == "identity outlier" and reasons["hopper/sky.jpg"] == "no face found"
+        assert (manifest["identity"] == "teapot").sum() == 3
+    else:
+        assert set(manifest["label_check"]) == {"trusted"} and (manifest["identity"] == "teapot").sum() == 3
+        assert "astronaut/wrong.jpg" in set(manifest["id"])  # trusted as given, mislabelled or not
+    stats = json.loads((tmp_path / "ds" / "stats.json").read_text())
+    assert stats["label_checks"] == manifest["label_check"].value_counts().to_dict()
+    assert read_dataset_settings(tmp_path / "ds")["label_check"] == label_check

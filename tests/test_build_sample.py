@@ -90,7 +90,7 @@ def test_manifest_contract(built_sample):
         assert row.head_box is None or len(row.head_box) == 4
         assert len(row.phash) == 16
     assert set(manifest["vqa_backend"]) == {"pixel-colors"}
-    for name in ("stats.json", "dataset_card.md", "rejected.parquet"):
+    for name in ("stats.json", "README.md", "rejected.parquet"):
         assert (built_sample.out / name).is_file()
 
 

@@ -65,3 +65,42 @@ def test_identity_folders(tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(SameIdError, match="not found"):
         read_source(tmp_path / "nothing-here")
+
+
+def test_imagefolder_split_folders_are_splits_and_metadata_is_not_an_image(tmp_path):
+    # without metadata: train/<identity>/<image>, as datasets labels it; detected as folders, read as imagefolder
+    _image(tmp_path / "plain" / "train" / "cat" / "1.png")
+    _image(tmp_path / "plain" / "train" / "dog" / "1.png")
+    _image(tmp_path / "plain" / "test" / "cat" / "2.png")
+    source = read_source(tmp_path / "plain")
+    rows = [(r["id"], r["identity_hint"]) for r in source.table.to_pylist()]
+    assert rows == [("test/cat/2.png", "cat"), ("train/cat/1.png", "cat"), ("train/dog/1.png", "dog")]
+    assert source.rejected.empty and source.format == "imagefolder"
+    # with a metadata file per split: file_name relative to the split, identity from the metadata
+    for split, names in (("train", ["a.png", "b.png"]), ("test", ["c.png"])):
+        for name in names:
+            _image(tmp_path / "meta" / split / name)
+        lines = [json.dumps({"file_name": name, "identity": "ada"}) for name in names]
+        (tmp_path / "meta" / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    source = read_source(tmp_path / "meta")
+    rows = [(r["id"], r["identity_hint"]) for r in source.table.to_pylist()]
+    assert rows == [("test/c.png", "ada"), ("train/a.png", "ada"), ("train/b.png", "ada")]
+    assert source.rejected.empty
+    assert source.table.to_pylist()[0]["image"] == str((tmp_path / "meta" / "test" / "c.png").resolve())
+
+
+def test_identity_folders_skip_metadata_files(tmp_path):
+    _image(tmp_path / "ada" / "1.jpg")
+    (tmp_path / "ada" / "metadata.csv").write_text("file_name\n1.jpg\n")
+    source = read_source(tmp_path)
+    assert [r["id"] for r in source.table.to_pylist()] == ["ada/1.jpg"] and source.rejected.empty
+
+
+def test_empty_imagefolder_metadata_is_a_clear_error(tmp_path):
+    (tmp_path / "metadata.jsonl").write_text("\n")
+    with pytest.raises(SameIdError, match=r"metadata.jsonl: no metadata rows"):
+        read_source(tmp_path)
+    (tmp_path / "metadata.jsonl").unlink()
+    (tmp_path / "metadata.csv").write_text("")
+    with pytest.raises(SameIdError, match=r"metadata.csv: no metadata rows"):
+        read_source(tmp_path)

@@ -110,7 +110,7 @@ def test_empty_manifest_gives_zeros(empty, tmp_path):
     assert stats["top_characters"] == [] and stats["rejected"]["by_reason"] == {}
     assert json.loads((tmp_path / "stats.json").read_text()) == stats
     assert not list((tmp_path / "plots").glob("*.png"))
-    card = (tmp_path / "dataset_card.md").read_text()
+    card = (tmp_path / "README.md").read_text()
     assert "Not drawn: no images in the manifest." in card
     assert "No input was rejected." in card
 
@@ -136,7 +136,7 @@ def test_files_exist_and_plots_are_real_images(manifest, rejected, tmp_path):
             assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 10
     assert not list(tmp_path.rglob("*.tmp")), "temporary files left behind"
 
-    card = (tmp_path / "dataset_card.md").read_text(encoding="utf-8")
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\n")
     header = card.split("---\n")[1]
     assert 'license: "unknown"' in header and '- "n<1K"' in header
@@ -158,7 +158,7 @@ def test_absent_characters_skip_the_plot_with_a_note_and_remove_a_stale_one(mani
     assert not (tmp_path / "plots" / "top_characters.png").exists()
     assert not (tmp_path / "plots" / "top_cloth_tags.png").exists()
     assert (tmp_path / "plots" / "similar_per_sample.png").exists()
-    card = (tmp_path / "dataset_card.md").read_text()
+    card = (tmp_path / "README.md").read_text()
     assert "Not drawn: the manifest has no `character` values" in card
     assert "Not drawn: the manifest has no `cloth_tags` values" in card
     assert "Source: generated sample." in card
@@ -176,7 +176,7 @@ def test_tags_with_markdown_or_html_are_escaped(manifest, tmp_path):
     stats = write_stats(tmp_path, manifest, rejected)
     assert {t["name"] for t in stats["top_cloth_tags"]} == set(nasty)  # stats keep the raw names
 
-    card = (tmp_path / "dataset_card.md").read_text(encoding="utf-8")
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
     assert "<script>" not in card and "<b>" not in card
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in card
     lines = card.splitlines()
@@ -199,5 +199,5 @@ def test_stats_json_is_byte_identical_for_equal_inputs(manifest, rejected, tmp_p
     shuffled = manifest.sample(frac=1.0, random_state=3).reset_index(drop=True)
     write_stats(second, shuffled, rejected.iloc[::-1], build_config={"source": "danbooru"})
     assert (first / "stats.json").read_bytes() == (second / "stats.json").read_bytes()
-    assert (first / "dataset_card.md").read_bytes() == (second / "dataset_card.md").read_bytes()
+    assert (first / "README.md").read_bytes() == (second / "README.md").read_bytes()
     assert (first / "plots" / "top_cloth_tags.png").read_bytes() == (second / "plots" / "top_cloth_tags.png").read_bytes()

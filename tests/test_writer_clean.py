@@ -40,3 +40,36 @@ def test_near_duplicates_are_marked_and_unreferenceable_rows_rejected():
     assert kept["near_duplicates"].tolist() == [["a2"], ["a1"], []]
     reasons = dict(zip(rejected["id"], rejected["reason"]))
     assert reasons == {"b1": NO_DISTINCT_SIBLING, "b2": NO_DISTINCT_SIBLING, "c1": SINGLE_IMAGE}
+
+
+def test_overwrite_is_staged_beside_the_earlier_build_and_swapped_in(tmp_path):
+    from sameid.dataset.writer import plan_output, staging_dir
+
+    out = tmp_path / "ds"
+    plan_output(out, {"a": 1}, resume=False, overwrite=False).start()
+    (out / "manifest.parquet").write_text("old")
+    plan = plan_output(out, {"a": 2}, resume=False, overwrite=True)
+    assert plan.staged and plan.build_dir == staging_dir(out) and not plan.build_dir.exists()
+    plan.start()
+    (plan.build_dir / "manifest.parquet").write_text("new, half done")
+    assert (out / "manifest.parquet").read_text() == "old"  # untouched until the new build is complete
+    with pytest.raises(SameIdError, match="a changed"):
+        plan_output(out, {"a": 3}, resume=True, overwrite=False)
+    resumed = plan_output(out, {"a": 2}, resume=True, overwrite=False)
+    assert resumed.build_dir == staging_dir(out)
+    resumed.start()
+    resumed.finish()
+    assert (out / "manifest.parquet").read_text() == "new, half done"
+    assert not staging_dir(out).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_a_readme_a_build_did_not_write_is_not_overwritten(tmp_path):
+    from sameid.dataset.writer import plan_output
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "README.md").write_text("# my notes\n")
+    with pytest.raises(SameIdError, match="did not write"):
+        plan_output(out, {}, resume=False, overwrite=True)
+    (out / "README.md").write_text("---\ntags:\n- sameid\n---\n")
+    assert plan_output(out, {}, resume=False, overwrite=True).staged

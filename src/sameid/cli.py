@@ -66,7 +66,7 @@ def build(
     source: Annotated[Path, typer.Argument(help="Danbooru-style metadata .jsonl, a Hugging Face imagefolder "
                                                 "(with metadata.jsonl), or a folder with one sub-folder per identity.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset dir to write (manifest.parquet, "
-                                                          "rejected.parquet, stats.json, dataset_card.md, plots/, masks/).")],
+                                                          "rejected.parquet, stats.json, README.md, build_settings.json, plots/, masks/).")],
     source_format: Annotated[str | None, typer.Option(help="danbooru | imagefolder | folders (default: detected).")] = None,
     image_root: Annotated[Path | None, typer.Option(help="Danbooru: folder holding <md5>.<ext> or <id>.<ext> "
                                                          "(default: the metadata file's folder).")] = None,
@@ -86,6 +86,8 @@ def build(
     face_eps: Annotated[float | None, typer.Option(help="Cosine-distance radius for face clustering "
                                                         "(default tuned for the embedder).")] = None,
     face_clustering: Annotated[str, typer.Option(help="dbscan | hdbscan, for photos without identity labels.")] = "dbscan",
+    label_check: Annotated[str, typer.Option(help="Given identity labels (faces grouping): auto (check a label's images "
+                                                  "by their faces where faces are found, trust it otherwise) | faces | trust.")] = "auto",
     keep_monochrome: Annotated[bool, typer.Option(help="Keep images without colour (tags grouping drops them).")] = False,
     engine: Annotated[str, typer.Option(help="local (process pool) | ray (Ray Data).")] = "local",
     workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPU count).")] = None,
@@ -108,6 +110,7 @@ def build(
         unwanted_tags=unwanted_tag or None,
         clothing_vocabulary=None if clothing_vocabulary is None else str(clothing_vocabulary),
         near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, face_clustering=face_clustering,
+        label_check=label_check,
         reject_monochrome=not keep_monochrome,
         engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
         export_hf=None if export_hf is None else str(export_hf),
@@ -122,7 +125,7 @@ def _print_build_summary(result) -> None:
                f"identities; rejected {len(result.rejected)} (reasons in rejected.parquet)")
     typer.echo(f"dataset: {result.out}")
     typer.echo(f"  manifest: {result.out / 'manifest.parquet'}")
-    typer.echo(f"  card:     {result.out / 'dataset_card.md'}")
+    typer.echo(f"  card:     {result.out / 'README.md'} (datasets.load_dataset reads the manifest from it)")
     if result.hf_dataset is not None:
         typer.echo(f"  datasets: {result.hf_dataset} (datasets.load_from_disk)")
 

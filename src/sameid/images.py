@@ -119,11 +119,10 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> n
 
 def save_mask(mask: np.ndarray, path: str | os.PathLike) -> None:
     """Write a boolean mask as an 8-bit PNG atomically (a killed run never leaves half a mask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    from .atomic import write_atomic
+
+    image = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"), suffix=".png")
 
 
 def perceptual_hash(image: Image.Image) -> str:

@@ -22,6 +22,12 @@ from ..errors import ImageError
 from ..images import DEFAULT_MAX_PIXELS, is_monochrome, load_image, load_mask, perceptual_hash, save_mask
 
 MONOCHROME = "monochrome image"
+HEAD_BOX_OUTSIDE = "head box outside the image"
+
+#: How far (pixels, or this fraction of the side if larger) a given head box may reach past the image's edge and
+#: still be clipped to it rather than rejected: rounding and an off-by-one in someone's export are not errors.
+HEAD_BOX_TOLERANCE_PX = 2.0
+HEAD_BOX_TOLERANCE_FRACTION = 0.02
 
 #: Columns of an annotation row (one per input image), the unit the resumable shards store.
 ANNOTATION_COLUMNS = (
@@ -67,6 +73,31 @@ def _rejected(row_id: str, reason: str, detail: str) -> dict:
     return result
 
 
+def check_head_box(box, width: int, height: int) -> tuple[list[float] | None, str]:
+    """A given head box (x0, y0, x1, y1 in pixels) clipped to a ``width`` x ``height`` image, or None with why not.
+
+    Each side may reach past the image by :data:`HEAD_BOX_TOLERANCE_PX` pixels or
+    :data:`HEAD_BOX_TOLERANCE_FRACTION` of the image side, whichever is larger; further out, or empty after
+    clipping, or not x0 < x1 and y0 < y1, the box describes another image (or another size of it) and is refused.
+    """
+    try:
+        x0, y0, x1, y1 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        return None, f"head box {box!r} is not 4 numbers x0, y0, x1, y1"
+    shown = f"[{x0:g}, {y0:g}, {x1:g}, {y1:g}]"
+    if not all(np.isfinite(v) for v in (x0, y0, x1, y1)) or not (x0 < x1 and y0 < y1):
+        return None, f"given head box {shown} is not x0 < x1 and y0 < y1"
+    tx = max(HEAD_BOX_TOLERANCE_PX, HEAD_BOX_TOLERANCE_FRACTION * width)
+    ty = max(HEAD_BOX_TOLERANCE_PX, HEAD_BOX_TOLERANCE_FRACTION * height)
+    if x0 < -tx or y0 < -ty or x1 > width + tx or y1 > height + ty:
+        return None, f"given head box {shown} reaches outside the {width}x{height} image"
+    clipped = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width),
+               min(max(y1, 0.0), height)]
+    if clipped[2] - clipped[0] < 1 or clipped[3] - clipped[1] < 1:
+        return None, f"given head box {shown} is empty inside the {width}x{height} image"
+    return clipped, ""
+
+
 def _annotate_pixels(row: dict, config: AnnotateConfig):
     """Everything but VQA for one row; returns (result, image, mask) with image None when rejected."""
     row_id = str(row["id"])
@@ -80,6 +111,13 @@ def _annotate_pixels(row: dict, config: AnnotateConfig):
     result.update(width=image.width, height=image.height, phash=perceptual_hash(image))
     if config.grouping == "tags" and config.reject_monochrome and is_monochrome(image):
         return _rejected(row_id, MONOCHROME, "no pixel carries colour; clothing colours cannot be read"), None, None
+    given_box = None
+    if row.get("head_box") is not None:
+        # A wrong given box is refused, not replaced by a detector's: it says the row's metadata does not
+        # describe this image, so its other fields (identity, tags, mask) are suspect too.
+        given_box, why = check_head_box(row["head_box"], image.width, image.height)
+        if given_box is None:
+            return _rejected(row_id, HEAD_BOX_OUTSIDE, why), None, None
 
     mask = None
     if row.get("mask"):
@@ -98,8 +136,8 @@ def _annotate_pixels(row: dict, config: AnnotateConfig):
             mask = None
             result["notes"].append("segmenter found no figure")
 
-    if row.get("head_box") is not None:
-        result.update(head_box=[float(v) for v in row["head_box"]], head_box_source="given")
+    if given_box is not None:
+        result.update(head_box=given_box, head_box_source="given")
     elif config.head_detector:
         detector = create_backend("head_detector", config.head_detector)
         # A detector that reads the figure mask (mask-top) reuses the mask already at hand.

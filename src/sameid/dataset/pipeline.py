@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -27,17 +29,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..atomic import write_json_atomic, write_parquet_atomic
 from ..errors import SameIdError
-from ..images import MISSING
-from ..records import MANIFEST_COLUMNS
+from ..records import DATASET_SETTINGS_FILE, MANIFEST_COLUMNS
 from ..sources import read_source
 from .annotate import ANNOTATION_COLUMNS, AnnotateConfig, annotate_rows
 from .clean import DEFAULT_NEAR_DUPLICATE_BITS, drop_unreferenceable
 from .filters import FilterConfig, apply_tag_filters
-from .writer import prepare_output_dir, write_parquet_atomic
+from .writer import OutputPlan, plan_output
 
 GROUPINGS = ("tags", "faces")
 ENGINES = ("local", "ray")
+#: How given identity labels are checked with ``faces`` grouping: ``faces`` cleans every label's images by face
+#: clustering (an image without a face is rejected); ``trust`` keeps labels as given; ``auto`` checks a label's
+#: images by their faces when faces are found in at least :data:`FACE_LABEL_FRACTION` of them (people) and
+#: trusts it otherwise (characters, pets, objects: subjects without a face the embedder knows).
+LABEL_CHECKS = ("auto", "faces", "trust")
+FACE_LABEL_FRACTION = 0.5
 
 #: Default backends per grouping: drawn figures (Danbooru) vs photos of people.
 DEFAULT_BACKENDS = {
@@ -77,6 +85,7 @@ class BuildConfig:
     face_main_fraction: float = 0.6
     face_clustering: str = "dbscan"
     min_samples: int = 2
+    label_check: str = "auto"
     reject_monochrome: bool = True
     shard_size: int = 32
     # How to run, not what to build: excluded from the resume check.
@@ -98,6 +107,8 @@ class BuildConfig:
             raise SameIdError(f"unknown grouping {config.grouping!r}; choose one of {', '.join(GROUPINGS)}")
         if config.face_clustering not in ("dbscan", "hdbscan"):
             raise SameIdError(f"unknown face clustering {config.face_clustering!r}; choose dbscan or hdbscan")
+        if config.label_check not in LABEL_CHECKS:
+            raise SameIdError(f"unknown label check {config.label_check!r}; choose one of {', '.join(LABEL_CHECKS)}")
         if config.engine not in ENGINES:
             raise SameIdError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
         for name, default in DEFAULT_BACKENDS[config.grouping].items():
@@ -143,31 +154,57 @@ class BuildResult:
 
 def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool = False,
                   progress: bool = True) -> BuildResult:
-    """Build the dataset dir described in docs/architecture.md ("Contracts") from ``config.source``."""
+    """Build the dataset dir described in docs/architecture.md ("Contracts") from ``config.source``.
+
+    The source is read, filtered and checked before anything is written, and a build that replaces an earlier
+    dataset (``overwrite``) is made beside it and swapped in at the end (:mod:`.writer`): a bad input or a
+    failed build leaves the earlier dataset as it was.
+    """
     config = config.resolved()
     out = Path(config.out).resolve()
     hf_target = None if config.export_hf is None else Path(config.export_hf).resolve()
     if hf_target is not None and hf_target.exists() and any(hf_target.iterdir()):
         raise SameIdError(f"{hf_target} is not empty; choose another --export-hf folder")
-    work = prepare_output_dir(out, config.content_dict(), resume=resume, overwrite=overwrite)
+    plan = plan_output(out, config.content_dict(), resume=resume, overwrite=overwrite)
 
     source = read_source(config.source, config.source_format)
     rejected = [_rejected_frame(source.rejected, "source")]
     table, duplicates = _drop_duplicate_ids(source.table)
     rejected.append(duplicates)
-
+    if table.num_rows == 0:
+        raise SameIdError(f"{config.source}: no rows to build from{_counted(source.rejected, ' (rejected: ', ')')}; "
+                          "check that it is the right file")
     kept, filtered_out = apply_tag_filters(table, _filter_config(config))
-    rejected.append(_rejected_frame(filtered_out.select(["id", "reason", "detail"]).to_pandas(), "filter"))
+    filtered = filtered_out.select(["id", "reason", "detail"]).to_pandas()
+    rejected.append(_rejected_frame(filtered, "filter"))
+    if kept.num_rows == 0:
+        raise SameIdError(f"{config.source}: every one of its {table.num_rows} rows is filtered out "
+                          f"{_counted(filtered, '(', ')')}; see docs/build.md, Filters (--unwanted-tag, "
+                          "--clothing-vocabulary)")
     if config.source_format == "danbooru":
         from ..sources.danbooru import resolve_danbooru_images
 
         kept = resolve_danbooru_images(kept, config.image_root)
+    _check_some_image_exists(kept, config)
 
+    try:
+        return _build(config, plan, kept, table, rejected, hf_target, progress)
+    except OSError as exc:
+        where = exc.filename or plan.build_dir
+        kept_note = f"; the earlier dataset in {out} is unchanged" if plan.staged else ""
+        raise SameIdError(f"cannot write the dataset: {where}: {exc.strerror or exc}{kept_note}; "
+                          "free space or choose a writable --out") from None
+
+
+def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Table, rejected: list[pd.DataFrame],
+           hf_target: Path | None, progress: bool) -> BuildResult:
+    out, build_dir = plan.out, plan.build_dir
+    work = plan.start()
     annotate_config = AnnotateConfig(
         grouping=config.grouping, head_detector=config.head_detector, segmenter=config.segmenter,
         vqa=config.vqa if config.grouping == "tags" else None,
         face_embedder=config.face_embedder if config.grouping == "faces" else None,
-        dataset_dir=str(out), reject_monochrome=config.reject_monochrome,
+        dataset_dir=str(build_dir), reject_monochrome=config.reject_monochrome,
     )
     annotations = _annotate(kept, annotate_config, config, work, progress=progress)
 
@@ -175,10 +212,12 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     rows = kept.drop_columns(["head_box", "mask", "width", "height"]).to_pandas()
     rows = rows.merge(annotations, on="id", how="left", validate="one_to_one")
     bad = rows["status"] != "ok"
-    if bad.all() and (rows["reason"] == MISSING).any():
-        first = rows.loc[rows["reason"] == MISSING, "image"].iloc[0]
-        raise SameIdError(f"no usable image among {len(rows)} rows, {(rows['reason'] == MISSING).sum()} files "
-                          f"not found (first: {first}); check --image-root")
+    if bad.all():
+        reasons = rows["reason"].value_counts()
+        first = rows["image"].iloc[0]
+        hint = "; check --image-root" if config.source_format == "danbooru" else ""
+        raise SameIdError(f"no usable image among {len(rows)} rows of {config.source} "
+                          f"({', '.join(f'{reason}: {n}' for reason, n in reasons.items())}; first: {first}){hint}")
     rejected.append(_rejected_frame(rows.loc[bad, ["id", "image", "reason", "detail"]], "annotate"))
     rows = rows.loc[~bad].reset_index(drop=True)
 
@@ -193,15 +232,76 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
 
     manifest = _manifest(rows, out)
     rejected_frame = _finish_rejected(rejected, table)
-    write_parquet_atomic(manifest, out / "manifest.parquet")
-    write_parquet_atomic(pa.Table.from_pandas(rejected_frame, schema=REJECTED_SCHEMA, preserve_index=False),
-                         out / "rejected.parquet")
+    write_parquet_atomic(build_dir / "manifest.parquet", manifest)
+    write_parquet_atomic(build_dir / "rejected.parquet",
+                         pa.Table.from_pandas(rejected_frame, schema=REJECTED_SCHEMA, preserve_index=False))
     from .stats import write_stats
 
-    stats = write_stats(out, manifest, rejected_frame, build_config=config.content_dict())
+    settings = dataset_settings(config)
+    stats = write_stats(build_dir, manifest, rejected_frame, build_config=settings)
+    write_json_atomic(build_dir / DATASET_SETTINGS_FILE, settings)
+    plan.finish()
     if hf_target is not None:
         export_huggingface(manifest, out, hf_target)
     return BuildResult(out=out, manifest=manifest, rejected=rejected_frame, stats=stats, hf_dataset=hf_target)
+
+
+def dataset_settings(config: BuildConfig) -> dict:
+    """What ``build_settings.json`` records: every setting that decided the dataset's content, and the version
+    of sameid that built it. Later stages read thresholds from it (``near_duplicate_bits``) instead of
+    assuming the defaults; the dataset card shows it."""
+    from .. import __version__
+
+    filters = _filter_config(config)
+    return {
+        "sameid_version": __version__,
+        "source": {"path": config.source, "kind": config.source_format, "image_root": config.image_root},
+        "is_generated_sample": config.is_generated_sample,
+        "grouping": config.grouping,
+        "near_duplicate_bits": config.near_duplicate_bits,
+        "filters": {
+            "unwanted_tags": sorted(filters.unwanted_tags),
+            "clothing_vocabulary": config.clothing_vocabulary or "bundled (sameid/data/clothing_tags.txt)",
+            "require_single_character": filters.require_single_character,
+            "require_clothing_tag": filters.require_clothing_tag,
+            "require_single_artist": filters.require_single_artist,
+            "allowed_ratings": sorted(filters.allowed_ratings),
+            "reject_monochrome": config.reject_monochrome,
+        },
+        "label_check": config.label_check,
+        "face_clustering": {
+            "method": config.face_clustering, "eps": config.face_eps, "main_fraction": config.face_main_fraction,
+            "min_samples": config.min_samples,
+        },
+        "backends": {kind: getattr(config, kind) for kind in ("head_detector", "segmenter", "vqa", "face_embedder")},
+        "shard_size": config.shard_size,
+    }
+
+
+def _counted(frame: pd.DataFrame, before: str, after: str) -> str:
+    """``before`` + "reason: count, ..." (the three most common reasons) + ``after``, or "" for no rows."""
+    if frame is None or not len(frame) or "reason" not in frame:
+        return ""
+    counts = frame["reason"].fillna("unknown").value_counts()
+    text = ", ".join(f"{reason}: {count}" for reason, count in counts.head(3).items())
+    if len(counts) > 3:
+        text += f", {len(counts) - 3} more reasons"
+    return f"{before}{text}{after}"
+
+
+def _check_some_image_exists(kept: pa.Table, config: BuildConfig) -> None:
+    """At least one row names an existing file (one ``stat`` per row at most; stops at the first found)."""
+    images = kept.column("image").to_pylist()
+    if any(image and os.path.isfile(image) for image in images):
+        return
+    named = [image for image in images if image]
+    if not named:
+        errors = Counter(kept.column("path_error").to_pylist())
+        raise SameIdError(f"{config.source}: no row names a usable image path "
+                          f"({', '.join(f'{e}: {n}' for e, n in errors.most_common(3))})")
+    where = f"--image-root {config.image_root}" if config.source_format == "danbooru" else config.source
+    raise SameIdError(f"none of the {len(named)} images of {config.source} exists (first: {named[0]}); "
+                      f"check {where}")
 
 
 def _filter_config(config: BuildConfig) -> FilterConfig:
@@ -278,7 +378,7 @@ def _annotate(kept: pa.Table, annotate_config: AnnotateConfig, config: BuildConf
 
     with _progress(progress, len(chunks), len(chunks) - len(pending)) as advance:
         for index, results in _run_engine(config, annotate_config, [(i, chunks[i]) for i in pending]):
-            write_parquet_atomic(pa.Table.from_pylist(results, schema=ANNOTATION_SCHEMA), _shard_path(work, index))
+            write_parquet_atomic(_shard_path(work, index), pa.Table.from_pylist(results, schema=ANNOTATION_SCHEMA))
             advance()
     shards = [pq.read_table(_shard_path(work, i), schema=ANNOTATION_SCHEMA) for i in range(len(chunks))]
     table = pa.concat_tables(shards) if shards else ANNOTATION_SCHEMA.empty_table()
@@ -296,10 +396,42 @@ def _run_engine(config: BuildConfig, annotate_config: AnnotateConfig,
             yield index, annotate_rows(chunk, annotate_config)
     else:
         # spawn: backends hold thread pools and native handles that do not survive fork.
-        with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn")) as pool:
+        # Workers die with the build: a killed build (kill -9 included) leaves no worker holding memory.
+        with ProcessPoolExecutor(max_workers=config.workers, mp_context=get_context("spawn"),
+                                 initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(annotate_rows, chunk, annotate_config): index for index, chunk in jobs}
             for future in as_completed(futures):
                 yield futures[future], future.result()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: end this worker process when ``parent_pid`` (the build) dies, however it dies.
+
+    On Linux the kernel sends SIGKILL to the worker when its parent ends (``prctl(PR_SET_PDEATHSIG)``); a
+    daemon thread that checks ``os.getppid()`` every second covers other systems and a parent that died before
+    this ran. A pool's own shutdown is unaffected: it ends its workers before the build ends.
+    """
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sameid-die-with-parent", daemon=True).start()
 
 
 def _annotate_job(item: dict, annotate_config: AnnotateConfig) -> dict:
@@ -358,9 +490,12 @@ def _group_by_outfit(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Same character, same artist, same (normalised, order-sensitive) answer to the outfit question."""
     from .outfits import group_by_outfit
 
+    if rows.empty:
+        return rows.assign(identity=pd.Series(dtype=object)), pd.DataFrame(columns=["id", "reason", "detail"])
     keys = pa.Table.from_pandas(rows[["id", "characters", "artists", "vqa_answer"]], preserve_index=False)
     grouped = group_by_outfit(keys, answer_column="vqa_answer").select(["character", "artist", "outfit", "identity"])
     rows = pd.concat([rows.reset_index(drop=True), grouped.to_pandas()], axis=1)
+    rows["label_check"] = "tags"
     unmatched = rows["outfit"].isna()
     rejected = pd.DataFrame({
         "id": rows.loc[unmatched, "id"], "reason": UNMATCHED_ANSWER,
@@ -371,41 +506,57 @@ def _group_by_outfit(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Folder labels cleaned per folder, or unlabelled images clustered, on face embeddings (002)."""
+    """Given labels checked (``config.label_check``, see :data:`LABEL_CHECKS`) and cleaned per label, or
+    unlabelled images clustered, on face embeddings (002). ``label_check`` of each kept row says which:
+    ``faces``, ``trusted`` or ``clustered``."""
     from . import cluster
 
-    has_face = rows["embedding"].notna()
-    rejected = [pd.DataFrame({"id": rows.loc[~has_face, "id"], "reason": NO_FACE,
-                              "detail": "no face the face embedder could use"})]
-    rows = rows.loc[has_face].reset_index(drop=True)
-    if rows.empty:
-        return rows.assign(identity=pd.Series(dtype=str)), pd.concat(rejected, ignore_index=True)
-    embeddings = np.stack(rows["embedding"].map(lambda v: np.asarray(v, dtype=np.float32)).to_list())
-    identity = pd.Series([None] * len(rows), dtype=object)
+    rows = rows.reset_index(drop=True)
+    has_face = rows["embedding"].notna().to_numpy()
     labelled = rows["identity_hint"].notna().to_numpy()
-    options = {} if config.face_eps is None else {"max_eps": config.face_eps}
+    identity = pd.Series([None] * len(rows), dtype=object)
+    check = pd.Series([None] * len(rows), dtype=object)
+    rejected = []
+    no_face = np.zeros(len(rows), dtype=bool)
+    vectors = {i: np.asarray(v, dtype=np.float32) for i, v in zip(np.nonzero(has_face)[0], rows.loc[has_face, "embedding"])}
     for hint, members in rows.loc[labelled].groupby("identity_hint", sort=True).indices.items():
         positions = np.nonzero(labelled)[0][members]
-        cleaning = cluster.clean_identity_folder(embeddings[positions], main_fraction=config.face_main_fraction,
-                                                 **options)
-        identity.iloc[positions[cleaning.keep]] = hint
-        outliers = positions[~cleaning.keep]
+        faces = positions[has_face[positions]]
+        if config.label_check == "trust" or (
+                config.label_check == "auto" and len(faces) < FACE_LABEL_FRACTION * len(positions)):
+            identity.iloc[positions] = hint
+            check.iloc[positions] = "trusted"
+            continue
+        no_face[positions[~has_face[positions]]] = True
+        if len(faces) == 0:
+            continue
+        options = {} if config.face_eps is None else {"max_eps": config.face_eps}
+        cleaning = cluster.clean_identity_folder(np.stack([vectors[i] for i in faces]),
+                                                 main_fraction=config.face_main_fraction, **options)
+        identity.iloc[faces[cleaning.keep]] = hint
+        check.iloc[faces[cleaning.keep]] = "faces"
+        outliers = faces[~cleaning.keep]
         rejected.append(pd.DataFrame({
             "id": rows.loc[outliers, "id"], "reason": IDENTITY_OUTLIER,
             "detail": f"outside the main face cluster of {hint!r} (eps {cleaning.eps:.3f})",
         }))
-    unlabelled = np.nonzero(~labelled)[0]
+    unlabelled = np.nonzero(~labelled & has_face)[0]
+    no_face |= ~labelled & ~has_face
     if len(unlabelled):
         options = {} if config.face_eps is None else {"eps": config.face_eps}
-        labels = cluster.cluster_faces(embeddings[unlabelled], method=config.face_clustering,
+        labels = cluster.cluster_faces(np.stack([vectors[i] for i in unlabelled]), method=config.face_clustering,
                                        min_samples=config.min_samples, **options)
         for position, label in zip(unlabelled, labels):
             if label >= 0:
                 identity.iloc[position] = f"face-{label:05d}"
+                check.iloc[position] = "clustered"
         noise = unlabelled[labels < 0]
         rejected.append(pd.DataFrame({"id": rows.loc[noise, "id"], "reason": NO_MATCH,
                                       "detail": "no other face close enough to share an identity"}))
+    rejected.insert(0, pd.DataFrame({"id": rows.loc[no_face, "id"], "reason": NO_FACE,
+                                     "detail": "no face the face embedder could use"}))
     rows["identity"] = identity.to_numpy()
+    rows["label_check"] = check.to_numpy()
     rows = rows.loc[rows["identity"].notna()].reset_index(drop=True)
     return rows, pd.concat(rejected, ignore_index=True)
 
@@ -426,14 +577,16 @@ def _manifest(rows: pd.DataFrame, out: Path) -> pd.DataFrame:
         "caption": rows["caption"].fillna("").astype(str),
         "tags": rows["tags"].map(list),
         "head_box": rows["head_box"].map(lambda b: None if b is None else [float(v) for v in b]),
-        "mask": rows["mask"],
+        # Absolute, like `image`: Hugging Face `datasets` opens an Image path as given (relative to the current
+        # directory), so a relative mask would not load from `datasets.load_dataset(<dataset dir>)`.
+        "mask": rows["mask"].map(lambda m: None if m is None or m != m else str(m if Path(m).is_absolute() else out / m)),
         "width": rows["width"].astype("int64"),
         "height": rows["height"].astype("int64"),
         "phash": rows["phash"].astype(str),
         "near_duplicates": rows["near_duplicates"],
     })
     for column in ("character", "artist", "outfit", "cloth_tags", "vqa_answer", "vqa_backend",
-                   "head_box_source", "mask_source", "notes"):
+                   "head_box_source", "mask_source", "label_check", "notes"):
         if column in rows:
             manifest[column] = rows[column].to_numpy()
     assert tuple(manifest.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS

@@ -8,7 +8,7 @@ carry a head box or a mask, near-duplicate pairs and the VQA backends that produ
 
 :func:`compute_stats` is pure and deterministic (no timestamps, ties broken by name) so that two builds of the
 same inputs give byte-identical ``stats.json``. :func:`write_stats` writes ``stats.json``, the plots under
-``plots/`` and ``dataset_card.md`` (rendered from ``templates/dataset_card.md.j2``), each atomically.
+``plots/`` and the dataset card ``README.md`` (rendered from ``templates/dataset_card.md.j2``), each atomically.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,25 +28,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_atomic, write_text_atomic
 from ..errors import SchemaError
 from ..records import MANIFEST_COLUMNS
 
 STATS_FILENAME = "stats.json"
-CARD_FILENAME = "dataset_card.md"
+#: The dataset card is the dataset dir's README.md: Hugging Face ``datasets`` and the Hub read its YAML front matter
+#: (``configs``: the data is ``manifest.parquet``), so ``datasets.load_dataset(<dataset dir>)`` gives the manifest.
+CARD_FILENAME = "README.md"
 PLOTS_DIRNAME = "plots"
 CARD_TEMPLATE = "dataset_card.md.j2"
 
 #: What each manifest column means, shown in the dataset card for the columns a manifest has.
 COLUMN_DESCRIPTIONS: dict[str, str] = {
     "id": "Unique id of the image within the dataset.",
-    "image": "Path of the image file, relative to the dataset directory (or absolute).",
+    "image": "Absolute path of the image file.",
     "identity": "Same-identity group key: images with the same value show the same subject.",
     "similar": "Ids of the other images with the same identity (never the image itself): "
     "the pool of reference images for this image as a target.",
     "caption": "Text prompt describing the image.",
     "tags": "Tags of the image.",
     "head_box": "Head bounding box x0, y0, x1, y1 in pixels, or null when none was found.",
-    "mask": "Path of the single-channel figure mask, relative to the dataset directory, or null.",
+    "mask": "Absolute path of the single-channel figure mask, or null.",
+    "head_box_source": "`given` (from the source) or the head detector that found the head box.",
+    "mask_source": "`given` (from the source) or the segmenter that made the mask.",
+    "label_check": "How the identity was checked: `faces` (a given label cleaned by face clustering), "
+    "`trusted` (a given label kept as given: no faces to check it), `clustered` (no label: face clusters), "
+    "`tags` (character, artist and outfit answer).",
     "width": "Image width in pixels.",
     "height": "Image height in pixels.",
     "phash": "Perceptual hash (hex) of the image, used to find near-duplicates.",
@@ -210,6 +217,7 @@ def compute_stats(
                 near_pairs.add((min(own_id, other_id), max(own_id, other_id)))
 
     vqa_backends = Counter(b for b in (_present_str(v) for v in _column(manifest, "vqa_backend")) if b)
+    label_checks = Counter(c for c in (_present_str(v) for v in _column(manifest, "label_check")) if c)
 
     def fraction(n: int) -> float:
         return round(n / n_images, 6) if n_images else 0.0
@@ -247,31 +255,8 @@ def compute_stats(
         },
         "near_duplicate_pairs": len(near_pairs),
         "vqa_backends": {name: int(count) for name, count in sorted(vqa_backends.items())},
+        "label_checks": {name: int(count) for name, count in sorted(label_checks.items())},
     }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Atomic writes
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory and ``os.replace`` it, so a reader never sees a
-    half-written file and a crash leaves the previous version in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def stats_json(stats: Mapping[str, Any]) -> str:
@@ -298,7 +283,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
     FigureCanvasAgg(fig)
     # No Software/date metadata, so equal data gives equal PNG bytes.
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}))
 
 
 def _plot_histogram(histogram: Mapping[str, int], path: Path, *, title: str, xlabel: str, ylabel: str) -> None:
@@ -485,7 +470,7 @@ def write_stats(
     *,
     build_config: dict | None = None,
 ) -> dict[str, Any]:
-    """Write ``stats.json``, ``plots/*.png`` and ``dataset_card.md`` into ``out_dir``; return the stats.
+    """Write ``stats.json``, ``plots/*.png`` and the card ``README.md`` into ``out_dir``; return the stats.
 
     ``build_config`` is shown verbatim in the card. Keys the card reads: ``name`` (title), ``license`` (the
     Hugging Face license id, default ``unknown``), ``source`` and ``is_generated_sample``: when
@@ -496,6 +481,6 @@ def write_stats(
     build_config = dict(build_config or {})
     stats = compute_stats(manifest, rejected)
     plots = _write_plots(stats, out / PLOTS_DIRNAME)
-    _write_text_atomic(out / STATS_FILENAME, stats_json(stats))
-    _write_text_atomic(out / CARD_FILENAME, _render_card(stats, plots, build_config))
+    write_text_atomic(out / STATS_FILENAME, stats_json(stats))
+    write_text_atomic(out / CARD_FILENAME, _render_card(stats, plots, build_config))
     return stats
