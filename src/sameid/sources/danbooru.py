@@ -34,7 +34,6 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from ..errors import ImageError, SameIdError, SchemaError
-from ..images import OUTSIDE_ROOT, resolve_inside
+from ..images import OUTSIDE_ROOT
 from ..records import source_schema
 
 REQUIRED_FIELDS = ("id", "file_ext", "tag_string_general", "tag_string_character", "tag_string_artist")
@@ -605,71 +604,34 @@ def _chunked(column, kind: pa.DataType) -> pa.ChunkedArray:
 
 # --- image paths ------------------------------------------------------------------------------------------
 
-def _candidates(post_id: str, md5: str | None, ext: str) -> list[str]:
-    """Relative paths a Danbooru image may have, in the order they are tried."""
-    names = []
-    if md5:
-        names.append(f"{md5}.{ext}")
-    names.append(f"{post_id}.{ext}")
-    if post_id.isdigit():
-        # Danbooru2019 "original/0123/1234123.jpg": buckets by id modulo 1000, zero padded to 4 digits.
-        names.append(f"{int(post_id) % 1000:04d}/{post_id}.{ext}")
-    return names
+#: Column :func:`resolve_danbooru_images` adds: for a post whose file is under no layout, the paths tried (the
+#: ``detail`` of its ``missing file`` rejection); null for the others.
+NOT_FOUND_COLUMN = "image_not_found"
 
 
-class _InsideRoot:
-    """Joins relative paths to a root and refuses those that escape it, with the verdict of
-    :func:`sameid.images.resolve_inside` but without resolving every path: a lexically inside path can only
-    escape through a symbolic link, so only paths with a link among their components are fully resolved."""
-
-    def __init__(self, root: Path):
-        self.root = root.resolve()
-        self.prefix = str(self.root)
-        self._directory_is_link: dict[str, bool] = {}
-
-    def join(self, relative: str) -> tuple[str, bool]:
-        """(absolute path, whether it is an existing regular file); raises ImageError(OUTSIDE_ROOT)."""
-        normalized = os.path.normpath(relative)
-        if os.path.isabs(normalized) or normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
-            raise ImageError(OUTSIDE_ROOT, f"{relative!r} is outside {self.prefix}")
-        path = os.path.join(self.prefix, normalized)
-        directory = self.prefix
-        for part in normalized.split(os.sep)[:-1]:
-            directory = os.path.join(directory, part)
-            is_link = self._directory_is_link.get(directory)
-            if is_link is None:
-                is_link = self._directory_is_link[directory] = os.path.islink(directory)
-            if is_link:
-                return self._resolved(relative)
-        try:
-            status = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return path, False
-        if stat.S_ISLNK(status.st_mode):
-            return self._resolved(relative)
-        return path, stat.S_ISREG(status.st_mode)
-
-    def _resolved(self, relative: str) -> tuple[str, bool]:
-        resolved = resolve_inside(self.root, relative)
-        return str(resolved), resolved.is_file()
-
-
-def resolve_danbooru_images(table: pa.Table, image_root: str | os.PathLike) -> pa.Table:
+def resolve_danbooru_images(table: pa.Table, image_root: str | os.PathLike, layout: str = "auto") -> pa.Table:
     """Fill ``image`` (absolute path) and ``caption``, and make ``mask`` absolute, for the rows of a Danbooru
     source table (a row's caption, when not null, is kept; a null one becomes :func:`danbooru_captions` of its
     tags).
 
-    The image is the first existing file among ``<root>/<md5>.<ext>``, ``<root>/<id>.<ext>`` and
-    ``<root>/<id % 1000:04d>/<id>.<ext>`` (the Danbooru2019 layout); when none exists it is the first candidate,
-    so the image loader reports ``"missing file"`` for it. A candidate or mask path that escapes the root (an md5
-    of ``"../x"``, an absolute or symlinked path) is refused: the row gets ``image`` = null and ``path_error`` =
+    The image is found under the folder layouts Danbooru images are published in
+    (:mod:`sameid.sources.danbooru_layouts`: ``flat`` ``<md5>.<ext>`` / ``<id>.<ext>``, ``original``
+    ``[original/]<id % 1000:04d>/<id>.<ext>``, ``512px`` ``[512px/]<id % 1000:04d>/<id>.jpg``, ``cdn``
+    ``<md5[:2]>/<md5[2:4]>/<md5>.<ext>``); ``layout`` pins one, ``"auto"`` tries them all, the one that found
+    most files first. When none holds the file, ``image`` is its path under that layout, so the image loader
+    rejects it as ``"missing file"``, and the added column ``image_not_found`` lists the paths tried (relative to
+    the root); it is null for the other rows. A candidate or mask path that escapes the root (an md5 of
+    ``"../x"``, an absolute or symlinked path) is refused: the row gets ``image`` = null and ``path_error`` =
     ``"path outside image root"`` (metadata that points outside the root is not trusted for any of its paths).
-    Stats files (one ``lstat`` per candidate tried), so call it on the rows left after filtering.
+    Stats files (one ``lstat`` per row once the layout shows), so call it on the rows left after filtering.
     """
+    from .danbooru_layouts import LayoutResolver
+
     root = Path(image_root)
+    resolver = LayoutResolver(root, layout)
     if not root.is_dir():
         raise SameIdError(f"{root}: image root not found (the folder holding the Danbooru images)")
-    inside = _InsideRoot(root)
+    inside = resolver.inside
     ids = table.column("id").to_pylist()
     md5s = table.column("md5").to_pylist() if "md5" in table.column_names else [None] * len(ids)
     exts = table.column("file_ext").to_pylist()
@@ -677,28 +639,31 @@ def resolve_danbooru_images(table: pa.Table, image_root: str | os.PathLike) -> p
     path_errors = table.column("path_error").to_pylist()
     images: list[str | None] = []
     resolved_masks: list[str | None] = []
+    not_found: list[str | None] = []
     for index, (post_id, md5, ext, mask) in enumerate(zip(ids, md5s, exts, masks, strict=True)):
-        image, mask_path = None, None
+        image, mask_path, tried = None, None, []
         try:
-            for position, relative in enumerate(_candidates(post_id, md5, ext)):
-                candidate, exists = inside.join(relative)
-                if position == 0 or exists:
-                    image = candidate
-                if exists:
-                    break
+            image, tried = resolver.find(post_id, md5, ext)
             if mask is not None:
                 mask_path = inside.join(mask)[0]
         except ImageError as exc:
             if exc.reason != OUTSIDE_ROOT:
                 raise
-            image, mask_path = None, None
+            image, mask_path, tried = None, None, []
             path_errors[index] = OUTSIDE_ROOT
         images.append(image)
         resolved_masks.append(mask_path)
+        not_found.append(f"not found under {resolver.describe()}; tried {', '.join(tried)}"
+                         if tried else None)
     table = table.set_column(table.column_names.index("image"), "image", pa.array(images, pa.string()))
     table = table.set_column(table.column_names.index("path_error"), "path_error",
                              pa.array(path_errors, pa.string()))
     table = table.set_column(table.column_names.index("mask"), "mask", pa.array(resolved_masks, pa.string()))
+    not_found_column = pa.array(not_found, pa.string())
+    if NOT_FOUND_COLUMN in table.column_names:
+        table = table.set_column(table.column_names.index(NOT_FOUND_COLUMN), NOT_FOUND_COLUMN, not_found_column)
+    else:
+        table = table.append_column(NOT_FOUND_COLUMN, not_found_column)
     caption = table.column("caption")
     if caption.null_count:
         captions = danbooru_captions(table.column("tags"))
