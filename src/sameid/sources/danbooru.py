@@ -30,6 +30,7 @@ thirty tags make 300 MB of captions). It finds each file under the published fol
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
@@ -122,7 +123,7 @@ def _is_json_document(path: Path) -> bool:
     lines = _first_lines(path)
     if not lines:
         return False
-    first = lines[0].strip()
+    first = lines[0].strip().removeprefix(codecs.BOM_UTF8)
     try:
         json.loads(first)
         return False
@@ -371,8 +372,8 @@ def _parse_record(record) -> dict:
 
 
 def _is_page(value) -> bool:
-    """A JSON array of posts (an API page), as opposed to an array that is not meant as posts."""
-    return isinstance(value, list) and any(isinstance(item, dict) for item in value)
+    """A JSON array of posts (an API page, maybe empty), as opposed to an array that is not meant as posts."""
+    return isinstance(value, list) and (not value or any(isinstance(item, dict) for item in value))
 
 
 def _line_records(path: Path) -> Iterator[tuple[int, str, object]]:
