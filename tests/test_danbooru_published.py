@@ -278,7 +278,7 @@ def test_layout_paths_stay_inside_the_root(tmp_path):
     root.mkdir()
     touch(tmp_path / "secret" / "xx" / "secret.png")
     os.symlink(tmp_path / "secret", root / "ab")
-    rows = [api_post(1, md5="../../secret"), api_post(2, md5="abxx-linked-out")]
+    rows = [api_post(1, md5="../../secret"), api_post(2, md5="abxx-linked-out"), api_post(3, md5="..abcdef")]
     touch(tmp_path / "secret" / "xx" / "abxx-linked-out.png")
     for layout in ("auto", "cdn"):
         for row in resolve_danbooru_images(table_of(tmp_path, rows), root, layout).to_pylist():
@@ -325,8 +325,11 @@ def danbooru2019_folder(sample, root, release, characters=2):
                 target.write_bytes(open(where["image"], "rb").read())
     metadata = root / "metadata" / "2019000000000000.json"
     metadata.parent.mkdir(parents=True)
-    write_lines(metadata, [as_danbooru2019(dict(row, rating={"g": "s"}.get(row["rating"], row["rating"])))
-                           for row in rows])
+    posts = []
+    for row in rows:  # Danbooru2019 has no precomputed head boxes or masks, and rates general posts "s"
+        post = {key: value for key, value in row.items() if key not in ("head_box", "mask")}
+        posts.append(as_danbooru2019(dict(post, rating={"g": "s"}.get(post["rating"], post["rating"]))))
+    write_lines(metadata, posts)
     return metadata, truth.set_index("id").loc[sorted(keep, key=int)]
 
 

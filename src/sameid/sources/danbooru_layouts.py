@@ -34,27 +34,40 @@ def _bucket(post_id: str) -> str | None:
     return f"{int(post_id) % 1000:04d}" if post_id.isascii() and post_id.isdigit() else None
 
 
-def _md5_name(post_id, md5, ext):
+# A pattern: (id, md5 or None, file_ext, bucket or None) -> a path relative to the root, or None when the post
+# has no path under it (no md5, or an id that is not a number).
+Pattern = Callable[[str, "str | None", str, "str | None"], "str | None"]
+
+
+def _md5_name(post_id, md5, ext, bucket):
     return f"{md5}.{ext}" if md5 else None
 
 
-def _id_name(post_id, md5, ext):
+def _id_name(post_id, md5, ext, bucket):
     return f"{post_id}.{ext}"
 
 
-def _bucketed(prefix: str, jpeg: bool) -> Callable[[str, str | None, str], str | None]:
-    def pattern(post_id, md5, ext):
-        bucket = _bucket(post_id)
+def _bucketed(prefix: str, jpeg: bool) -> Pattern:
+    def pattern(post_id, md5, ext, bucket):
         return None if bucket is None else f"{prefix}{bucket}/{post_id}.{'jpg' if jpeg else ext}"
     return pattern
 
 
-def _cdn(post_id, md5, ext):
+def _cdn(post_id, md5, ext, bucket):
     return f"{md5[0:2]}/{md5[2:4]}/{md5}.{ext}" if md5 and len(md5) > 4 else None
 
 
+def _plain(post_id: str, md5: str | None, ext: str) -> bool:
+    """Whether every pattern path of the post is already normal and inside the root (no separator in its
+    fields, no ``..`` among the md5's directory parts): the common case, which needs no lexical check."""
+    for text in (post_id, md5 or "", ext):
+        if "/" in text or os.sep in text or (os.altsep and os.altsep in text) or "\0" in text:
+            return False
+    return not md5 or (md5[0:2] not in ("..", ".") and md5[2:4] not in ("..", "."))
+
+
 #: (layout, pattern) in the order ``auto`` tries them before any file is found.
-PATTERNS: tuple[tuple[str, Callable[[str, str | None, str], str | None]], ...] = (
+PATTERNS: tuple[tuple[str, Pattern], ...] = (
     ("flat", _md5_name),
     ("flat", _id_name),
     ("original", _bucketed("original/", jpeg=False)),
@@ -82,9 +95,10 @@ class InsideRoot:
             raise ImageError(OUTSIDE_ROOT, f"{relative!r} is outside {self.prefix}")
         return normalized
 
-    def join(self, relative: str) -> tuple[str, bool]:
-        """(absolute path, whether it is an existing regular file); raises ImageError(OUTSIDE_ROOT)."""
-        normalized = self.check(relative)
+    def join(self, relative: str, normal: bool = False) -> tuple[str, bool]:
+        """(absolute path, whether it is an existing regular file); raises ImageError(OUTSIDE_ROOT). ``normal``:
+        ``relative`` is known to be normalised and lexically inside (skips :meth:`check`)."""
+        normalized = relative if normal else self.check(relative)
         path = os.path.join(self.prefix, normalized)
         directory = self.prefix
         for part in normalized.split(os.sep)[:-1]:
@@ -96,7 +110,7 @@ class InsideRoot:
                 return self._resolved(relative)
         try:
             status = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the path
             return path, False
         if stat.S_ISLNK(status.st_mode):
             return self._resolved(relative)
@@ -123,21 +137,25 @@ class LayoutResolver:
         """(absolute path of the post's file, []) when found, else (the absolute path under the most-found
         pattern, the relative paths tried, in the order of :data:`PATTERNS`). Raises ImageError(OUTSIDE_ROOT)
         when any of the post's paths leaves the root (metadata that points outside is not trusted at all)."""
-        relative = [pattern(post_id, md5, ext) for pattern in self.patterns]
-        for path in relative:
-            if path is not None:
-                self.inside.check(path)
+        bucket = _bucket(post_id)
+        plain = _plain(post_id, md5, ext)
+        if not plain:
+            for pattern in self.patterns:
+                path = pattern(post_id, md5, ext, bucket)
+                if path is not None:
+                    self.inside.check(path)
         first = None
         for position, index in enumerate(self.order):
-            if relative[index] is None:
+            relative = self.patterns[index](post_id, md5, ext, bucket)
+            if relative is None:
                 continue
-            candidate, exists = self.inside.join(relative[index])
+            candidate, exists = self.inside.join(relative, normal=plain)
             if exists:
                 self._count(position, index)
                 return candidate, []
             first = first or candidate
-        tried = list(dict.fromkeys(path for path in relative if path is not None))
-        return first, tried
+        tried = [pattern(post_id, md5, ext, bucket) for pattern in self.patterns]
+        return first, list(dict.fromkeys(path for path in tried if path is not None))
 
     def _count(self, position: int, index: int) -> None:
         self.found[index] += 1
