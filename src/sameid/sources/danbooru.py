@@ -72,7 +72,8 @@ _BLOCK_SIZE = 16 << 20
 
 
 def read_danbooru(metadata_path: str | os.PathLike, *, on_bad_line: str = "raise"):
-    """Read Danbooru-style JSON lines into a :class:`sameid.sources.SourceTable`.
+    """Read Danbooru metadata (JSON lines or one JSON document, API or Danbooru2019 shape, see the module
+    docstring) into a :class:`sameid.sources.SourceTable`.
 
     ``table`` has the columns of :data:`sameid.records.SOURCE_COLUMNS` followed by ``md5`` and ``file_ext``:
     tags split into lists, ``image`` and ``caption`` null (:func:`resolve_danbooru_images` fills them; the
@@ -82,7 +83,9 @@ def read_danbooru(metadata_path: str | os.PathLike, *, on_bad_line: str = "raise
     head box that is not 4 increasing numbers) raises :class:`SchemaError` naming the file and line number when
     ``on_bad_line="raise"`` (the default); with ``on_bad_line="skip"`` it becomes a row of ``rejected`` (columns
     ``id``, ``image``, ``reason`` = ``"malformed metadata line"``, ``detail`` = ``"line N: ..."``) and reading goes
-    on. A required field that no row has is a :class:`SchemaError` in both modes.
+    on. A post of a page written on one line is ``line N, post K``; a post of an indented document is named by
+    the line it starts on. A required field that no row has, and a JSON syntax error in a JSON document (which
+    nothing after it can be trusted past), are a :class:`SchemaError` in both modes.
     """
     from . import SourceTable
 
