@@ -70,6 +70,8 @@ def build(
     source_format: Annotated[str | None, typer.Option(help="danbooru | imagefolder | folders (default: detected).")] = None,
     image_root: Annotated[Path | None, typer.Option(help="Danbooru: folder holding <md5>.<ext> or <id>.<ext> "
                                                          "(default: the metadata file's folder).")] = None,
+    layout: Annotated[str, typer.Option(help="Danbooru image layout under --image-root: auto | flat | original | "
+                                             "512px | cdn (docs/build.md, \"Danbooru as published\").")] = "auto",
     grouping: Annotated[str | None, typer.Option(help="tags: same character, artist and outfit answer "
                                                       "(default for Danbooru); faces: face-embedding clusters.")] = None,
     head_detector: Annotated[str | None, typer.Option(help="mask-top | dlib | mediapipe | transformers:<id or path> | none.")] = None,
@@ -105,7 +107,7 @@ def build(
 
     config = BuildConfig(
         source=str(source), out=str(out), source_format=source_format,
-        image_root=None if image_root is None else str(image_root), grouping=grouping,
+        image_root=None if image_root is None else str(image_root), layout=layout, grouping=grouping,
         head_detector=head_detector, segmenter=segmenter, vqa=vqa, face_embedder=face_embedder,
         unwanted_tags=unwanted_tag or None,
         clothing_vocabulary=None if clothing_vocabulary is None else str(clothing_vocabulary),

@@ -73,6 +73,7 @@ class BuildConfig:
     out: str
     source_format: str | None = None
     image_root: str | None = None
+    layout: str = "auto"  # Danbooru image layout: auto | flat | original | 512px | cdn
     grouping: str | None = None
     head_detector: str | None = None
     segmenter: str | None = None
@@ -128,6 +129,10 @@ class BuildConfig:
             if spec and spec.partition(":")[0] not in available_backends(kind):
                 raise SameIdError(f"unknown {kind.replace('_', ' ')} backend {spec!r}; choose one of: "
                                   f"{', '.join(available_backends(kind))} (or none)")
+        from ..sources.danbooru_layouts import LAYOUTS
+
+        if config.layout not in LAYOUTS:
+            raise SameIdError(f"unknown Danbooru layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}")
         if config.source_format == "danbooru" and config.image_root is None:
             config.image_root = str(Path(config.source).parent)
         if config.image_root is not None:
@@ -184,7 +189,7 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     if config.source_format == "danbooru":
         from ..sources.danbooru import resolve_danbooru_images
 
-        kept = resolve_danbooru_images(kept, config.image_root)
+        kept = resolve_danbooru_images(kept, config.image_root, config.layout)
     _check_some_image_exists(kept, config)
 
     try:
@@ -211,6 +216,9 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     # The annotation row supersedes the source's own head box, mask and size (it used them when given).
     rows = kept.drop_columns(["head_box", "mask", "width", "height"]).to_pandas()
     rows = rows.merge(annotations, on="id", how="left", validate="one_to_one")
+    if "image_not_found" in rows:  # Danbooru: a file under no layout is rejected with the paths tried
+        tried = rows["image_not_found"].notna() & (rows["reason"] == MISSING)
+        rows.loc[tried, "detail"] = rows.loc[tried, "image_not_found"]
     bad = rows["status"] != "ok"
     if bad.all():
         reasons = rows["reason"].value_counts()

@@ -1,30 +1,41 @@
-"""Danbooru-style metadata (JSON lines) as a source table, and the image paths of its rows.
+"""Danbooru metadata as it is published, as a source table, and the image paths of its rows.
 
 RetriBooru (arXiv 2312.02521, section 3 and appendix A.1) is built from Danbooru 2019 Figures, whose
-metadata carries Danbooru's own post fields. One JSON object per line, with these keys:
+metadata carries Danbooru's own post fields. Posts are read in either of Danbooru's shapes (docs/build.md,
+"Danbooru as published"):
 
-- required: ``id`` (int or str), ``file_ext``, ``tag_string_general``, ``tag_string_character``,
+- the API shape: ``id`` (int or str), ``file_ext``, ``tag_string_general``, ``tag_string_character``,
   ``tag_string_artist`` (each either Danbooru's space-separated string or a JSON list of tags; the two forms may
   be mixed across rows);
-- optional: ``md5``, ``rating``, ``image_width``, ``image_height``, and the precomputed annotations of
-  docs/architecture.md ("Contracts"): ``head_box`` [x0, y0, x1, y1] in pixels and ``mask`` (a path relative to
-  the image root). Other keys are ignored.
+- the Danbooru2019/2021 metadata shape: ``id``, ``file_ext`` and ``tags``, a list of ``{"id", "name",
+  "category"}`` objects whose category (a number or a string of one) says which field a tag belongs to: "0"
+  general, "1" artist, "4" character ("3" copyright and "5" meta are not used);
+- optional in both: ``md5``, ``rating``, ``image_width``, ``image_height`` (integers, or strings of digits as
+  the Danbooru20xx dumps write every number), and the precomputed annotations of docs/architecture.md
+  ("Contracts"): ``head_box`` [x0, y0, x1, y1] in pixels and ``mask`` (a path relative to the image root).
+  Other keys are ignored.
 
-:func:`read_danbooru` reads a clean, uniformly typed file with ``pyarrow.json`` and ``pyarrow.compute`` (a
-million rows in seconds); a file whose fields change type between rows, or that has a malformed line, is read
-again line by line, which is slower but names the line. ``image`` and ``caption`` are left null by the reader:
+The file is JSON lines (one post, or one API page of posts, per line), or one JSON document: an API page saved
+as returned (a JSON array, over one line or many), an indented JSON object, or several of them in a row.
+
+:func:`read_danbooru` reads a clean, uniformly typed JSON-lines file with ``pyarrow.json`` and
+``pyarrow.compute`` (a million rows in seconds); a file whose fields change type between rows, or that has a
+malformed line, is read again line by line, which is slower but names the line; a JSON document is read with
+:mod:`json`, naming the line of a bad post. ``image`` and ``caption`` are left null by the reader:
 :func:`resolve_danbooru_images` fills them after the tag filters, for the rows the filters keep, because
 resolving stats files and building a caption costs nearly as much as splitting the tags (a million posts of
-thirty tags make 300 MB of captions).
+thirty tags make 300 MB of captions). It finds each file under the published folder layouts
+(:mod:`sameid.sources.danbooru_layouts`).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
-import stat
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from ..errors import ImageError, SameIdError, SchemaError
-from ..images import OUTSIDE_ROOT, resolve_inside
+from ..images import OUTSIDE_ROOT
 from ..records import source_schema
 
 REQUIRED_FIELDS = ("id", "file_ext", "tag_string_general", "tag_string_character", "tag_string_artist")
@@ -48,6 +59,12 @@ EXTRA_COLUMNS = ("md5", "file_ext")
 #: ``reason`` of a line that could not be read (``on_bad_line="skip"``).
 MALFORMED_LINE = "malformed metadata line"
 
+#: Danbooru2019/2021 metadata: a post's ``tags`` is a list of ``{"id", "name", "category"}``; the category says
+#: which Danbooru tag field the tag belongs to (copyright "3" and meta "5" are not used).
+TAG_CATEGORIES = {"0": "tag_string_general", "4": "tag_string_character", "1": "tag_string_artist"}
+#: Required fields of a post in the Danbooru2019/2021 metadata shape.
+CATEGORISED_FIELDS = ("id", "file_ext", "tags")
+
 _STRING_FIELDS = ("file_ext", "md5", "rating", "mask")
 _INT_FIELDS = ("image_width", "image_height")
 # pyarrow.json parses blocks in parallel; larger blocks mean fewer chunks to stitch.
@@ -55,7 +72,8 @@ _BLOCK_SIZE = 16 << 20
 
 
 def read_danbooru(metadata_path: str | os.PathLike, *, on_bad_line: str = "raise"):
-    """Read Danbooru-style JSON lines into a :class:`sameid.sources.SourceTable`.
+    """Read Danbooru metadata (JSON lines or one JSON document, API or Danbooru2019 shape, see the module
+    docstring) into a :class:`sameid.sources.SourceTable`.
 
     ``table`` has the columns of :data:`sameid.records.SOURCE_COLUMNS` followed by ``md5`` and ``file_ext``:
     tags split into lists, ``image`` and ``caption`` null (:func:`resolve_danbooru_images` fills them; the
@@ -65,7 +83,9 @@ def read_danbooru(metadata_path: str | os.PathLike, *, on_bad_line: str = "raise
     head box that is not 4 increasing numbers) raises :class:`SchemaError` naming the file and line number when
     ``on_bad_line="raise"`` (the default); with ``on_bad_line="skip"`` it becomes a row of ``rejected`` (columns
     ``id``, ``image``, ``reason`` = ``"malformed metadata line"``, ``detail`` = ``"line N: ..."``) and reading goes
-    on. A required field that no row has is a :class:`SchemaError` in both modes.
+    on. A post of a page written on one line is ``line N, post K``; a post of an indented document is named by
+    the line it starts on. A required field that no row has, and a JSON syntax error in a JSON document (which
+    nothing after it can be trusted past), are a :class:`SchemaError` in both modes.
     """
     from . import SourceTable
 
@@ -73,39 +93,97 @@ def read_danbooru(metadata_path: str | os.PathLike, *, on_bad_line: str = "raise
         raise ValueError(f"on_bad_line must be 'raise' or 'skip', not {on_bad_line!r}")
     path = Path(metadata_path)
     if not path.is_file():
-        raise SameIdError(f"{path}: Danbooru metadata file not found (expected JSON lines, one post per line)")
+        raise SameIdError(f"{path}: Danbooru metadata file not found (expected JSON lines, one post per line, "
+                          "or a JSON array of posts)")
+    if _is_json_document(path):
+        columns, rejected = _read_records(path, _document_records(path), on_bad_line)
+        return SourceTable(_assemble(columns), rejected, "danbooru")
     columns = _read_fast(path)
     rejected = pd.DataFrame(columns=["id", "image", "reason", "detail"])
     if columns is None:
-        columns, rejected = _read_line_by_line(path, on_bad_line)
+        columns, rejected = _read_records(path, _line_records(path), on_bad_line)
     return SourceTable(_assemble(columns), rejected, "danbooru")
+
+
+# --- the file's shape: JSON lines, or one JSON document -------------------------------------------------------
+
+def _first_lines(path: Path, count: int = 2) -> list[bytes]:
+    """The first ``count`` non-blank lines (fewer in a shorter file)."""
+    lines = []
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                lines.append(line)
+                if len(lines) == count:
+                    break
+    return lines
+
+
+def _is_json_document(path: Path) -> bool:
+    """Whether the file is one indented JSON document (an array or object over several lines) rather than JSON
+    lines. A first line that is valid JSON by itself (a post, or an API page on one line) means JSON lines; so
+    does a first line that is a broken post, which the line reader then names."""
+    lines = _first_lines(path)
+    if not lines:
+        return False
+    first = lines[0].strip().removeprefix(codecs.BOM_UTF8)
+    try:
+        json.loads(first)
+        return False
+    except ValueError:
+        pass
+    if first in (b"[", b"{", b"[{"):
+        return True
+    return first[:1] in (b"[", b"{") and len(lines) > 1 and lines[1][:1] in (b" ", b"\t")
 
 
 # --- fast path: pyarrow.json ------------------------------------------------------------------------------
 
 def _first_record(path: Path) -> dict | None:
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    return None
-                return record if isinstance(record, dict) else None
-    return None
+    lines = _first_lines(path, 1)
+    if not lines:
+        return None
+    try:
+        record = json.loads(lines[0])
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_categorised(record: dict) -> bool:
+    """Whether a post is in the Danbooru2019/2021 metadata shape (``tags`` objects, no ``tag_string_*``)."""
+    return isinstance(record.get("tags"), list) and all(record.get(name) is None for name in TAG_FIELDS)
+
+
+def _tag_object_type(tags: list) -> pa.DataType | None:
+    """The Arrow type of a Danbooru2019 ``tags`` list, from its first object (categories as strings, as the
+    dumps write them, or as numbers); None when the first item is not such an object."""
+    if not tags:
+        return pa.list_(pa.struct([("name", pa.string()), ("category", pa.string())]))
+    first = tags[0]
+    if not isinstance(first, dict) or not isinstance(first.get("name"), str):
+        return None
+    category = first.get("category")
+    kind = pa.string() if isinstance(category, str) else pa.int64() if type(category) is int else None
+    return None if kind is None else pa.list_(pa.struct([("name", pa.string()), ("category", kind)]))
 
 
 def _sniffed_schema(first: dict) -> pa.Schema | None:
     """The explicit schema the whole file must follow, guessed from its first row; None when not guessable."""
     fields = []
-    for name in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+    required = CATEGORISED_FIELDS if _is_categorised(first) else REQUIRED_FIELDS
+    for name in required + OPTIONAL_FIELDS:
         value = first.get(name)
         if name == "id":
             kind = pa.int64() if type(value) is int else pa.string() if isinstance(value, str) else None
+        elif name == "tags":
+            kind = _tag_object_type(value)
         elif name in TAG_FIELDS:
             kind = pa.string() if isinstance(value, str) else pa.list_(pa.string()) if isinstance(value, list) else None
         elif name in _INT_FIELDS:
-            kind = pa.int64()
+            # Danbooru20xx dumps write numbers as strings; they are cast (a non-number sends the file to the
+            # line-by-line reader, which names the line).
+            kind = pa.string() if isinstance(value, str) else pa.int64()
         elif name == "head_box":
             kind = pa.list_(pa.float64())
         else:
@@ -145,7 +223,8 @@ def _read_fast(path: Path) -> dict[str, pa.ChunkedArray] | None:
 
 def _checked_block(batch: pa.RecordBatch) -> dict[str, pa.Array] | None:
     """The columns of one parsed block with its tags split, or None when a row is malformed."""
-    for name in REQUIRED_FIELDS:
+    categorised = "tags" in batch.schema.names
+    for name in CATEGORISED_FIELDS if categorised else REQUIRED_FIELDS:
         column = batch.column(name)
         if column.null_count or (pa.types.is_list(column.type) and pc.list_flatten(column).null_count):
             return None
@@ -155,9 +234,36 @@ def _checked_block(batch: pa.RecordBatch) -> dict[str, pa.Array] | None:
         return None
     columns = {name: batch.column(name) for name in batch.schema.names}
     columns["id"] = columns["id"].cast(pa.string())
-    for name in TAG_FIELDS:
-        columns[name] = _tag_lists(columns[name])
+    for name in _INT_FIELDS:
+        if pa.types.is_string(columns[name].type):
+            columns[name] = columns[name].cast(pa.int64())  # raises ArrowInvalid on a non-number
+    if categorised:
+        tags = columns.pop("tags")
+        items = pc.list_flatten(tags)
+        if items.field("name").null_count or items.field("category").null_count:
+            return None
+        columns.update(_tags_by_category(tags))
+    else:
+        for name in TAG_FIELDS:
+            columns[name] = _tag_lists(columns[name])
     return columns
+
+
+def _tags_by_category(tags: pa.ListArray) -> dict[str, pa.ListArray]:
+    """Danbooru2019 ``tags`` (lists of {name, category}) -> the three tag fields, as lists of names."""
+    items = pc.list_flatten(tags)
+    names, categories = items.field("name"), items.field("category")
+    if not pa.types.is_string(categories.type):
+        categories = categories.cast(pa.string())
+    parents = pc.list_parent_indices(tags).to_numpy()
+    split = {}
+    for code, name in TAG_CATEGORIES.items():
+        chosen = pc.equal(categories, code)
+        counts = np.bincount(parents[chosen.to_numpy(zero_copy_only=False)], minlength=len(tags))
+        offsets = np.zeros(len(tags) + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        split[name] = _clean_tag_lists(pa.ListArray.from_arrays(pa.array(offsets), names.filter(chosen)))
+    return split
 
 
 def _head_boxes_valid(boxes: pa.ChunkedArray) -> bool:
@@ -171,10 +277,17 @@ def _head_boxes_valid(boxes: pa.ChunkedArray) -> bool:
                 and (values[:, 3] > values[:, 1]).all())
 
 
-# --- slow path: line by line ------------------------------------------------------------------------------
+# --- slow path: post by post ------------------------------------------------------------------------------
 
 class _BadLine(Exception):
     pass
+
+
+class _NotJson:
+    """A line that is not JSON (the line reader goes on; ``on_bad_line`` decides)."""
+
+    def __init__(self, message: str):
+        self.message = message
 
 
 def _tag_list(value, name: str) -> list[str]:
@@ -185,11 +298,28 @@ def _tag_list(value, name: str) -> list[str]:
     raise _BadLine(f"{name} must be a space-separated string or a list of strings, not {value!r}")
 
 
+def _categorised_tags(tags) -> dict[str, list[str]]:
+    """Danbooru2019 ``tags`` objects -> the three tag fields (a category is a number or a string of one)."""
+    split: dict[str, list[str]] = {name: [] for name in TAG_FIELDS}
+    for tag in tags:
+        category = tag.get("category") if isinstance(tag, dict) else None
+        if not isinstance(tag, dict) or not isinstance(tag.get("name"), str) or type(category) not in (str, int):
+            raise _BadLine(f"tags must be a list of {{\"name\", \"category\"}} objects (Danbooru2019 metadata), "
+                           f"not {tag!r}")
+        field = TAG_CATEGORIES.get(str(category))
+        if field is not None and tag["name"].strip():
+            split[field].append(tag["name"])
+    return split
+
+
 def _optional_text(record: dict, name: str) -> str | None:
     value = record.get(name)
     if value is None or isinstance(value, str):
         return value
     raise _BadLine(f"{name} must be a string, not {value!r}")
+
+
+_INTEGER_TEXT = re.compile(r"\s*[+-]?\d+\s*", re.ASCII)
 
 
 def _optional_int(record: dict, name: str) -> int | None:
@@ -198,6 +328,8 @@ def _optional_int(record: dict, name: str) -> int | None:
         return None
     if type(value) is float and value.is_integer():
         value = int(value)
+    elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        value = int(value)  # "image_width": "1000", as the Danbooru20xx dumps write numbers
     if type(value) is not int:
         raise _BadLine(f"{name} must be an integer, not {value!r}")
     return value
@@ -218,15 +350,20 @@ def _head_box(value) -> list[float] | None:
 def _parse_record(record) -> dict:
     if not isinstance(record, dict):
         raise _BadLine(f"expected a JSON object, got {type(record).__name__}")
-    for name in REQUIRED_FIELDS:
+    categorised = _is_categorised(record)
+    for name in CATEGORISED_FIELDS if categorised else REQUIRED_FIELDS:
         if record.get(name) is None:
-            raise _BadLine(f"missing required field {name!r}")
+            hint = " (or a Danbooru2019 'tags' list)" if name in TAG_FIELDS and "tags" not in record else ""
+            raise _BadLine(f"missing required field {name!r}{hint}")
     post_id = record["id"]
     if type(post_id) is not int and not (isinstance(post_id, str) and post_id.strip()):
         raise _BadLine(f"id must be an integer or a non-empty string, not {post_id!r}")
     parsed = {"id": str(post_id)}
-    for name in TAG_FIELDS:
-        parsed[name] = _tag_list(record[name], name)
+    if categorised:
+        parsed.update(_categorised_tags(record["tags"]))
+    else:
+        for name in TAG_FIELDS:
+            parsed[name] = _tag_list(record[name], name)
     for name in _STRING_FIELDS:
         parsed[name] = _optional_text(record, name)
     if not isinstance(record["file_ext"], str) or not record["file_ext"]:
@@ -237,38 +374,111 @@ def _parse_record(record) -> dict:
     return parsed
 
 
-def _read_line_by_line(path: Path, on_bad_line: str) -> tuple[dict[str, pa.Array], pd.DataFrame]:
+def _is_page(value) -> bool:
+    """A JSON array of posts (an API page, maybe empty), as opposed to an array that is not meant as posts."""
+    return isinstance(value, list) and (not value or any(isinstance(item, dict) for item in value))
+
+
+def _line_records(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, location, post) of a JSON-lines file; a line may hold one post or a page of posts."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                yield number, f"line {number}", _NotJson(f"not valid JSON ({exc})")
+                continue
+            if _is_page(value):
+                for index, item in enumerate(value, start=1):
+                    yield number, f"line {number}, post {index}", item
+            else:
+                yield number, f"line {number}", value
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _document_records(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, location, post) of one JSON document: an array of posts or a post, indented or not, or
+    several of them in a row. A syntax error ends the reading (nothing after it can be trusted)."""
+    text = path.read_text(encoding="utf-8-sig")
+    decoder = json.JSONDecoder()
+    counted = {"position": 0, "line": 1}
+
+    def line_at(position: int) -> int:
+        counted["line"] += text.count("\n", counted["position"], position)
+        counted["position"] = position
+        return counted["line"]
+
+    def skip(position: int) -> int:
+        return _WHITESPACE.match(text, position).end()
+
+    def decode(position: int):
+        try:
+            return decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise SchemaError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg}); a JSON document cannot be "
+                              "read past a syntax error: fix the file") from None
+
+    position = skip(0)
+    while position < len(text):
+        if text[position] != "[":
+            value, end = decode(position)
+            number = line_at(position)
+            yield number, f"line {number}", value
+            position = skip(end)
+            continue
+        position = skip(position + 1)
+        closed = position < len(text) and text[position] == "]"
+        while not closed:
+            value, end = decode(position)
+            number = line_at(position)
+            yield number, f"line {number}", value
+            position = skip(end)
+            separator = text[position: position + 1]
+            if separator not in (",", "]"):
+                raise SchemaError(f"{path}: line {line_at(position)}: not valid JSON (expected ',' or ']' after "
+                                  "a post); a JSON document cannot be read past a syntax error: fix the file")
+            closed = separator == "]"
+            if not closed:
+                position = skip(position + 1)
+        position = skip(position + 1)
+
+
+def _read_records(path: Path, records: Iterable[tuple[int, str, object]],
+                  on_bad_line: str) -> tuple[dict[str, pa.Array], pd.DataFrame]:
     names = ("id",) + tuple(TAG_FIELDS) + _STRING_FIELDS + _INT_FIELDS + ("head_box",)
     values: dict[str, list] = {name: [] for name in names}
     seen_fields: set[str] = set()
     objects = 0
     rejected = []
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            record = None
-            try:
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    objects += 1
-                    seen_fields.update(name for name in REQUIRED_FIELDS if record.get(name) is not None)
-                parsed = _parse_record(record)
-            except (ValueError, _BadLine) as exc:
-                message = f"not valid JSON ({exc})" if not isinstance(exc, _BadLine) else str(exc)
-                if on_bad_line == "raise":
-                    raise SchemaError(f"{path}: line {number}: {message}; fix the line or read with "
-                                      "on_bad_line='skip' to reject it") from None
-                post_id = record.get("id") if isinstance(record, dict) else None
-                rejected.append({"id": f"{path.name}:{number}" if post_id is None else str(post_id),
-                                 "image": None, "reason": MALFORMED_LINE, "detail": f"line {number}: {message}"})
-                continue
-            for name in names:
-                values[name].append(parsed[name])
+    for number, location, record in records:
+        try:
+            if isinstance(record, _NotJson):
+                raise _BadLine(record.message)
+            if isinstance(record, dict):
+                objects += 1
+                seen_fields.update(name for name in REQUIRED_FIELDS if record.get(name) is not None)
+                if _is_categorised(record):
+                    seen_fields.update(TAG_FIELDS)
+            parsed = _parse_record(record)
+        except _BadLine as exc:
+            if on_bad_line == "raise":
+                raise SchemaError(f"{path}: {location}: {exc}; fix the line or read with on_bad_line='skip' to "
+                                  "reject it") from None
+            post_id = record.get("id") if isinstance(record, dict) else None
+            rejected.append({"id": f"{path.name}:{number}" if post_id is None else str(post_id),
+                             "image": None, "reason": MALFORMED_LINE, "detail": f"{location}: {exc}"})
+            continue
+        for name in names:
+            values[name].append(parsed[name])
     missing = [name for name in REQUIRED_FIELDS if name not in seen_fields]
     if missing and objects:
         raise SchemaError(f"{path}: no row has the required field(s) {', '.join(map(repr, missing))}; Danbooru "
-                          f"metadata needs {', '.join(REQUIRED_FIELDS)} on every line")
+                          f"metadata needs id, file_ext and either {', '.join(TAG_FIELDS)} (the API shape) or "
+                          "tags, a list of {name, category} (the Danbooru2019 shape), on every post")
     types = {"id": pa.string(), "head_box": pa.list_(pa.float64()),
              **{name: pa.list_(pa.string()) for name in TAG_FIELDS},
              **{name: pa.string() for name in _STRING_FIELDS}, **{name: pa.int64() for name in _INT_FIELDS}}
@@ -398,71 +608,34 @@ def _chunked(column, kind: pa.DataType) -> pa.ChunkedArray:
 
 # --- image paths ------------------------------------------------------------------------------------------
 
-def _candidates(post_id: str, md5: str | None, ext: str) -> list[str]:
-    """Relative paths a Danbooru image may have, in the order they are tried."""
-    names = []
-    if md5:
-        names.append(f"{md5}.{ext}")
-    names.append(f"{post_id}.{ext}")
-    if post_id.isdigit():
-        # Danbooru2019 "original/0123/1234123.jpg": buckets by id modulo 1000, zero padded to 4 digits.
-        names.append(f"{int(post_id) % 1000:04d}/{post_id}.{ext}")
-    return names
+#: Column :func:`resolve_danbooru_images` adds: for a post whose file is under no layout, the paths tried (the
+#: ``detail`` of its ``missing file`` rejection); null for the others.
+NOT_FOUND_COLUMN = "image_not_found"
 
 
-class _InsideRoot:
-    """Joins relative paths to a root and refuses those that escape it, with the verdict of
-    :func:`sameid.images.resolve_inside` but without resolving every path: a lexically inside path can only
-    escape through a symbolic link, so only paths with a link among their components are fully resolved."""
-
-    def __init__(self, root: Path):
-        self.root = root.resolve()
-        self.prefix = str(self.root)
-        self._directory_is_link: dict[str, bool] = {}
-
-    def join(self, relative: str) -> tuple[str, bool]:
-        """(absolute path, whether it is an existing regular file); raises ImageError(OUTSIDE_ROOT)."""
-        normalized = os.path.normpath(relative)
-        if os.path.isabs(normalized) or normalized == os.pardir or normalized.startswith(os.pardir + os.sep):
-            raise ImageError(OUTSIDE_ROOT, f"{relative!r} is outside {self.prefix}")
-        path = os.path.join(self.prefix, normalized)
-        directory = self.prefix
-        for part in normalized.split(os.sep)[:-1]:
-            directory = os.path.join(directory, part)
-            is_link = self._directory_is_link.get(directory)
-            if is_link is None:
-                is_link = self._directory_is_link[directory] = os.path.islink(directory)
-            if is_link:
-                return self._resolved(relative)
-        try:
-            status = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return path, False
-        if stat.S_ISLNK(status.st_mode):
-            return self._resolved(relative)
-        return path, stat.S_ISREG(status.st_mode)
-
-    def _resolved(self, relative: str) -> tuple[str, bool]:
-        resolved = resolve_inside(self.root, relative)
-        return str(resolved), resolved.is_file()
-
-
-def resolve_danbooru_images(table: pa.Table, image_root: str | os.PathLike) -> pa.Table:
+def resolve_danbooru_images(table: pa.Table, image_root: str | os.PathLike, layout: str = "auto") -> pa.Table:
     """Fill ``image`` (absolute path) and ``caption``, and make ``mask`` absolute, for the rows of a Danbooru
     source table (a row's caption, when not null, is kept; a null one becomes :func:`danbooru_captions` of its
     tags).
 
-    The image is the first existing file among ``<root>/<md5>.<ext>``, ``<root>/<id>.<ext>`` and
-    ``<root>/<id % 1000:04d>/<id>.<ext>`` (the Danbooru2019 layout); when none exists it is the first candidate,
-    so the image loader reports ``"missing file"`` for it. A candidate or mask path that escapes the root (an md5
-    of ``"../x"``, an absolute or symlinked path) is refused: the row gets ``image`` = null and ``path_error`` =
+    The image is found under the folder layouts Danbooru images are published in
+    (:mod:`sameid.sources.danbooru_layouts`: ``flat`` ``<md5>.<ext>`` / ``<id>.<ext>``, ``original``
+    ``[original/]<id % 1000:04d>/<id>.<ext>``, ``512px`` ``[512px/]<id % 1000:04d>/<id>.jpg``, ``cdn``
+    ``<md5[:2]>/<md5[2:4]>/<md5>.<ext>``); ``layout`` pins one, ``"auto"`` tries them all, the one that found
+    most files first. When none holds the file, ``image`` is its path under that layout, so the image loader
+    rejects it as ``"missing file"``, and the added column ``image_not_found`` lists the paths tried (relative to
+    the root); it is null for the other rows. A candidate or mask path that escapes the root (an md5 of
+    ``"../x"``, an absolute or symlinked path) is refused: the row gets ``image`` = null and ``path_error`` =
     ``"path outside image root"`` (metadata that points outside the root is not trusted for any of its paths).
-    Stats files (one ``lstat`` per candidate tried), so call it on the rows left after filtering.
+    Stats files (one ``lstat`` per row once the layout shows), so call it on the rows left after filtering.
     """
+    from .danbooru_layouts import LayoutResolver
+
     root = Path(image_root)
+    resolver = LayoutResolver(root, layout)
     if not root.is_dir():
         raise SameIdError(f"{root}: image root not found (the folder holding the Danbooru images)")
-    inside = _InsideRoot(root)
+    inside = resolver.inside
     ids = table.column("id").to_pylist()
     md5s = table.column("md5").to_pylist() if "md5" in table.column_names else [None] * len(ids)
     exts = table.column("file_ext").to_pylist()
@@ -470,28 +643,31 @@ def resolve_danbooru_images(table: pa.Table, image_root: str | os.PathLike) -> p
     path_errors = table.column("path_error").to_pylist()
     images: list[str | None] = []
     resolved_masks: list[str | None] = []
+    not_found: list[str | None] = []
     for index, (post_id, md5, ext, mask) in enumerate(zip(ids, md5s, exts, masks, strict=True)):
-        image, mask_path = None, None
+        image, mask_path, tried = None, None, []
         try:
-            for position, relative in enumerate(_candidates(post_id, md5, ext)):
-                candidate, exists = inside.join(relative)
-                if position == 0 or exists:
-                    image = candidate
-                if exists:
-                    break
+            image, tried = resolver.find(post_id, md5, ext)
             if mask is not None:
                 mask_path = inside.join(mask)[0]
         except ImageError as exc:
             if exc.reason != OUTSIDE_ROOT:
                 raise
-            image, mask_path = None, None
+            image, mask_path, tried = None, None, []
             path_errors[index] = OUTSIDE_ROOT
         images.append(image)
         resolved_masks.append(mask_path)
+        not_found.append(f"not found under {resolver.describe()}; tried {', '.join(tried)}"
+                         if tried else None)
     table = table.set_column(table.column_names.index("image"), "image", pa.array(images, pa.string()))
     table = table.set_column(table.column_names.index("path_error"), "path_error",
                              pa.array(path_errors, pa.string()))
     table = table.set_column(table.column_names.index("mask"), "mask", pa.array(resolved_masks, pa.string()))
+    not_found_column = pa.array(not_found, pa.string())
+    if NOT_FOUND_COLUMN in table.column_names:
+        table = table.set_column(table.column_names.index(NOT_FOUND_COLUMN), NOT_FOUND_COLUMN, not_found_column)
+    else:
+        table = table.append_column(NOT_FOUND_COLUMN, not_found_column)
     caption = table.column("caption")
     if caption.null_count:
         captions = danbooru_captions(table.column("tags"))
