@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from ..atomic import write_json_atomic, write_parquet_atomic
 from ..errors import SameIdError
+from ..images import MISSING
 from ..records import DATASET_SETTINGS_FILE, MANIFEST_COLUMNS
 from ..sources import read_source
 from .annotate import ANNOTATION_COLUMNS, AnnotateConfig, annotate_rows
