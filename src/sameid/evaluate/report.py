@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..errors import ImageError
 from ..images import load_image
-from .metrics import METRICS, SIMILARITY_METRICS
+from .registry import metric_names, metrics_of_role
 from .swd import metric_pairs, swd_table
 
 N_BOOTSTRAP = 1000
@@ -71,7 +71,7 @@ def _finite(value: float) -> float | None:
 
 def summarize(per_image: pd.DataFrame, *, resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """The ``summary.json`` object (see module doc). NaN becomes null."""
-    metrics = [m for m in METRICS if m in per_image.columns]
+    metrics = [m for m in metric_names() if m in per_image.columns]
     extras = [c for c in ("clip_score",) if c in per_image.columns]
     models = {}
     for model, rows in per_image.groupby("model", sort=True):
@@ -149,7 +149,7 @@ def example_score(per_image: pd.DataFrame, metrics: list[str]) -> tuple[str, pd.
         div, sim = pair
         return (f"{div} \u00d7 {sim}, the per-generation term of swd({div},{sim})",
                 per_image[div].astype(np.float64) * per_image[sim].astype(np.float64))
-    metric = next((m for m in SIMILARITY_METRICS if m in metrics), metrics[0] if metrics else None)
+    metric = next((m for m in metrics_of_role("similarity") if m in metrics), metrics[0] if metrics else None)
     return None if metric is None else (metric, per_image[metric].astype(np.float64))
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from ..backends.base import VQABackend
+from ..errors import SameIdError
 from ..images import load_image
 from .embeddings import EmbeddingStore, file_digest, file_lock
 from .metrics import ReferenceMetric
@@ -53,7 +54,7 @@ class AnswerStore:
     """
 
     def __init__(self, vqa: VQABackend, *, model: str | None = None, folder: str | os.PathLike | None = None,
-                 flush_every: int = 32):
+                 flush_every: int = 32, progress: bool = False):
         self.vqa = vqa
         self.model = model or f"vqa:{vqa.spec or type(vqa).__name__}"
         self.path = None
@@ -61,6 +62,7 @@ class AnswerStore:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model)[-60:]
             self.path = Path(folder) / f"{slug}-{hashlib.sha256(self.model.encode()).hexdigest()[:12]}.answers.json"
         self.flush_every = max(1, int(flush_every))
+        self.progress = progress
         self.answers: dict[str, str] = {}
         self._new: dict[str, str] = {}
         if self.path is not None and self.path.is_file():
@@ -94,9 +96,12 @@ class AnswerStore:
         self._new = {}
 
     def get(self, images: Sequence[str], question: str) -> list[str]:
+        from tqdm.auto import tqdm
+
         keys = []
         try:
-            for image in images:
+            for image in tqdm(images, desc=f"ask {self.model[-40:]}", unit="image", leave=False,
+                              disable=not self.progress or not images):
                 if image not in self._digests:
                     self._digests[image] = file_digest(image)
                 digest = self._digests[image]
@@ -139,3 +144,20 @@ class VQAScore(ReferenceMetric):
                     counts[i] += 1
         with np.errstate(invalid="ignore"):
             return np.where(counts > 0, distances / np.maximum(counts, 1), np.nan)
+
+
+def check_vqa_config(config) -> None:
+    if not config.vqa:
+        raise SameIdError("the vqa metric needs a VQA model: --vqa offline (bundled, no download) or "
+                          "--vqa transformers:<id or path> (the paper uses an InstructBLIP model)")
+
+
+def vqa_metric(context) -> VQAScore:
+    """The registry's factory (:mod:`sameid.evaluate.registry`): the config's VQA model; its answers embedded by
+    the config's ``vqa_text`` ("clip": the CLIP of ``clip``, as the paper, sharing its model and text store)."""
+    config = context.config
+    check_vqa_config(config)
+    text = (context.backend("image_embedder", config.clip) if config.vqa_text == "clip"
+            else context.backend("text_embedder", config.vqa_text))
+    answers = AnswerStore(context.backend("vqa", config.vqa), folder=config.cache_dir, progress=context.progress)
+    return VQAScore(answers, context.text_store(text), config.vqa_questions)
