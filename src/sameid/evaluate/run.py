@@ -16,7 +16,7 @@ when there is no cache folder it is embedded again).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -148,7 +148,7 @@ def evaluate_manifest(manifest: str | os.PathLike, out: str | os.PathLike, confi
             raise SchemaError(f"{manifest}: no valid generations to evaluate") from None
         left_out = (pd.concat([left_out, unreadable], ignore_index=True) if len(left_out) else unreadable
                     ).sort_values("row", kind="stable").reset_index(drop=True)
-        evaluation = evaluate_generations(frame, replace(config))
+        evaluation = evaluate_generations(frame, config)
     summary = write_report(evaluation.per_image, out, manifest=str(manifest), problems=left_out,
                            resamples=bootstrap)
     return EvalRun(out, manifest, summary, evaluation, left_out,
