@@ -230,7 +230,9 @@ def test_cli_eval_end_to_end(tiny_clip, tiny_dino, drawn, tmp_path):
     assert (out / "plots" / "m1.png").stat().st_size > 0 and (out / "plots" / "m2.png").is_file()
     html = (out / "report.html").read_text()
     assert "&lt;b&gt;green&lt;/b&gt; &amp; co" in html and "<b>green</b>" not in html
-    rerun = runner.invoke(app, arguments)
+    refused = runner.invoke(app, arguments)  # an earlier evaluation is never replaced silently
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+    rerun = runner.invoke(app, [*arguments, "--overwrite"])
     assert rerun.exit_code == 0 and "(0 model calls)" in rerun.output
 
     # a bad row stops the run with a per-row message, unless --skip-invalid

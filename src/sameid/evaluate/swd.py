@@ -23,9 +23,12 @@ from itertools import combinations
 
 import numpy as np
 
+from .registry import pair_order
+
 # Order in which a pair's two metrics are named: diversity measurements first, as the paper writes
-# SWD(CLIP-T, CLIP-I) and SWD(VQA, CLIP-T). Metrics not listed follow, in the order given.
-PAIR_ORDER = ("vqa", "clip_t", "clip_i", "dino", "face", "effnet")
+# SWD(CLIP-T, CLIP-I) and SWD(VQA, CLIP-T); the registry's roles decide (sameid.evaluate.registry).
+# Metrics not registered follow, in the order given.
+PAIR_ORDER = pair_order()
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,9 @@ def metric_pairs(metrics: Sequence[str]) -> list[tuple[str, str]]:
 
     SWD is symmetric in its two arguments, so each pair is reported once.
     """
-    rank = {name: i for i, name in enumerate(PAIR_ORDER)}
-    ordered = sorted(dict.fromkeys(metrics), key=lambda m: (rank.get(m, len(PAIR_ORDER)), list(metrics).index(m)))
+    order = pair_order()
+    rank = {name: i for i, name in enumerate(order)}
+    ordered = sorted(dict.fromkeys(metrics), key=lambda m: (rank.get(m, len(order)), list(metrics).index(m)))
     return list(combinations(ordered, 2))
 
 

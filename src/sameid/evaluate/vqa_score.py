@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -30,51 +31,89 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..backends.base import VQABackend
+from ..errors import SameIdError
 from ..images import load_image
-from .embeddings import EmbeddingStore, file_digest
+from .embeddings import EmbeddingStore, file_digest, file_lock
 from .metrics import ReferenceMetric
 
 DEFAULT_QUESTIONS = (
     "Describe the facial expression and the hairstyle of the character in the image.",
     "Describe the pose, the gesture and the clothing of the character in the image.",
 )
+logger = logging.getLogger(__name__)
 
 
 class AnswerStore:
-    """Answers of one VQA model by (question, image content hash); ``folder`` keeps them in a JSON file."""
+    """Answers of one VQA model by (question, image content hash); ``folder`` keeps them in a JSON file.
 
-    def __init__(self, vqa: VQABackend, *, model: str | None = None, folder: str | os.PathLike | None = None):
+    New answers are written every ``flush_every`` answers and at the end of each :meth:`get` (a killed run keeps
+    what it asked), merged under a ``flock`` with what other runs sharing the folder wrote meanwhile, through a
+    unique temporary file. An unreadable answers file is reported in one warning line and replaced.
+    """
+
+    def __init__(self, vqa: VQABackend, *, model: str | None = None, folder: str | os.PathLike | None = None,
+                 flush_every: int = 32, progress: bool = False):
         self.vqa = vqa
         self.model = model or f"vqa:{vqa.spec or type(vqa).__name__}"
         self.path = None
         if folder is not None:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model)[-60:]
             self.path = Path(folder) / f"{slug}-{hashlib.sha256(self.model.encode()).hexdigest()[:12]}.answers.json"
+        self.flush_every = max(1, int(flush_every))
+        self.progress = progress
         self.answers: dict[str, str] = {}
+        self._new: dict[str, str] = {}
         if self.path is not None and self.path.is_file():
-            self.answers = json.loads(self.path.read_text(encoding="utf-8"))
+            with file_lock(self.path.with_suffix(".lock"), exclusive=False):
+                self.answers = self._read()
         self._digests: dict[str, str] = {}
         self.questions_asked = 0
 
+    def _read(self) -> dict[str, str]:
+        try:
+            answers = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(answers, dict):
+                raise ValueError(f"a JSON {type(answers).__name__}, not an object")
+            return {str(k): str(v) for k, v in answers.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            logger.warning("VQA answer cache %s is unreadable (%s); ignoring it, it will be replaced",
+                           self.path, reason)
+            return {}
+
+    def flush(self) -> None:
+        """Write the answers asked since the last flush, merged with the file's current content."""
+        if self.path is None or not self._new:
+            return
+        with file_lock(self.path.with_suffix(".lock"), exclusive=True):
+            merged = {**self._read(), **self._new}
+            write_text_atomic(self.path, json.dumps(merged, ensure_ascii=False))
+        self.answers.update(merged)
+        self._new = {}
+
     def get(self, images: Sequence[str], question: str) -> list[str]:
+        from tqdm.auto import tqdm
+
         keys = []
-        asked = False
-        for image in images:
-            if image not in self._digests:
-                self._digests[image] = file_digest(image)
-            digest = self._digests[image]
-            key = f"{question}\0{digest}"
-            if key not in self.answers:
-                self.answers[key] = self.vqa.answer(load_image(image)[0], question)
-                self.questions_asked += 1
-                asked = True
-            keys.append(key)
-        if asked and self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self.answers, ensure_ascii=False), encoding="utf-8")
-            os.replace(temporary, self.path)
+        try:
+            for image in tqdm(images, desc=f"ask {self.model[-40:]}", unit="image", leave=False,
+                              disable=not self.progress or not images):
+                if image not in self._digests:
+                    self._digests[image] = file_digest(image)
+                digest = self._digests[image]
+                key = f"{question}\0{digest}"
+                if key not in self.answers:
+                    self.answers[key] = self._new[key] = self.vqa.answer(load_image(image)[0], question)
+                    self.questions_asked += 1
+                    if len(self._new) >= self.flush_every:
+                        self.flush()
+                keys.append(key)
+        finally:
+            self.flush()
         return [self.answers[key] for key in keys]
 
 
@@ -105,3 +144,20 @@ class VQAScore(ReferenceMetric):
                     counts[i] += 1
         with np.errstate(invalid="ignore"):
             return np.where(counts > 0, distances / np.maximum(counts, 1), np.nan)
+
+
+def check_vqa_config(config) -> None:
+    if not config.vqa:
+        raise SameIdError("the vqa metric needs a VQA model: --vqa offline (bundled, no download) or "
+                          "--vqa transformers:<id or path> (the paper uses an InstructBLIP model)")
+
+
+def vqa_metric(context) -> VQAScore:
+    """The registry's factory (:mod:`sameid.evaluate.registry`): the config's VQA model; its answers embedded by
+    the config's ``vqa_text`` ("clip": the CLIP of ``clip``, as the paper, sharing its model and text store)."""
+    config = context.config
+    check_vqa_config(config)
+    text = (context.backend("image_embedder", config.clip) if config.vqa_text == "clip"
+            else context.backend("text_embedder", config.vqa_text))
+    answers = AnswerStore(context.backend("vqa", config.vqa), folder=config.cache_dir, progress=context.progress)
+    return VQAScore(answers, context.text_store(text), config.vqa_questions)
