@@ -154,3 +154,29 @@ def read_dataset_settings(dataset_dir) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise SameIdError(f"{path}: expected a JSON object of setting: value")
     return settings
+
+
+#: The generations manifest (JSON lines or Parquet, one row per generated image): what ``sameid generate`` writes
+#: and ``sameid eval`` reads; any other tool can write it too.
+GENERATIONS_REQUIRED_COLUMNS = ("image", "references", "prompt", "subject", "model")
+GENERATIONS_OPTIONAL_COLUMNS = ("seed",)
+
+
+def write_generations(frame, path):
+    """Write a generations manifest atomically, as JSON lines or Parquet by the file's suffix; returns the path."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from .atomic import write_parquet_atomic, write_text_atomic
+
+    path = Path(path)
+    columns = [c for c in (*GENERATIONS_REQUIRED_COLUMNS, *GENERATIONS_OPTIONAL_COLUMNS) if c in frame.columns]
+    if path.suffix.lower() == ".parquet":
+        return write_parquet_atomic(path, frame[columns].reset_index(drop=True))
+    lines = []
+    for record in frame[columns].to_dict("records"):
+        record = {k: (None if v is pd.NA else v) for k, v in record.items()}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return write_text_atomic(path, "".join(lines))

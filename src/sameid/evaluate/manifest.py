@@ -22,7 +22,6 @@ stops the run: a duplicate would only weigh its generation twice in every mean.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -31,12 +30,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import write_parquet_atomic, write_text_atomic
 from ..errors import SchemaError
-from ..records import read_json_lines
+from ..records import (  # noqa: F401  (write_generations: the contract, re-exported where eval users look)
+    GENERATIONS_OPTIONAL_COLUMNS,
+    GENERATIONS_REQUIRED_COLUMNS,
+    read_json_lines,
+    write_generations,
+)
 
-REQUIRED_COLUMNS = ("image", "references", "prompt", "subject", "model")
-OPTIONAL_COLUMNS = ("seed",)
+REQUIRED_COLUMNS = GENERATIONS_REQUIRED_COLUMNS
+OPTIONAL_COLUMNS = GENERATIONS_OPTIONAL_COLUMNS
 PROBLEM_COLUMNS = ("row", "image", "problem")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _SHOWN_PROBLEMS = 10
@@ -226,19 +229,6 @@ def read_generations(path: str | os.PathLike, *, skip_invalid: bool = False,
     if generations.frame.empty:
         raise SchemaError(f"{path}: no valid generations to evaluate")
     return generations
-
-
-def write_generations(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a manifest as JSON lines or parquet (by suffix)."""
-    path = Path(path)
-    columns = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in frame.columns]
-    if path.suffix.lower() == ".parquet":
-        return write_parquet_atomic(path, frame[columns].reset_index(drop=True))
-    lines = []
-    for record in frame[columns].to_dict("records"):
-        record = {k: (None if v is pd.NA else v) for k, v in record.items()}
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    return write_text_atomic(path, "".join(lines))
 
 
 def _images(folder: Path) -> list[Path]:

@@ -161,9 +161,9 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     import torch
     from tqdm.auto import tqdm
 
-    from ..evaluate.manifest import write_generations
     from ..pairs.manifest import load_manifest
     from ..pipelines import ReferencePipeline, safe_file_name
+    from ..records import write_generations
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     manifest_path = out_dir / GENERATIONS_FILE
