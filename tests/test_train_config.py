@@ -87,7 +87,7 @@ def test_fp16_is_refused_without_a_gpu(monkeypatch):
 def test_run_dir_names_and_contents(tmp_path):
     run = RunDir(tmp_path / "run")
     with pytest.raises(SameIdError, match="does not exist"):
-        run.config
+        _ = run.config
     config = TrainConfig.from_flat({**BASE, "out": str(run.path)})
     run.write_config(config)
     run.write_holdout(["b", "a"])
