@@ -322,8 +322,8 @@ def generate(
     dataset: Annotated[Path, typer.Option(help="Dataset dir the references are taken from.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/ and generations.jsonl (what "
                                                           "`sameid eval` reads).")],
-    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat it. Default: the paper-style "
-                                                          "prompts of the demo.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat it. Default: five paper-style "
+                                                          "prompts (sameid.generate.prompts).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file with one prompt per line.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     samples_per_seed: Annotated[int, typer.Option(help="Images per (subject, prompt, seed).")] = 1,
