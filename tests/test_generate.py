@@ -161,7 +161,7 @@ def dataset_dir(built_sample):
 def tiny_config(dataset_dir, run_dir, **options) -> TrainConfig:
     values = {"dataset": str(dataset_dir), "out": str(run_dir), "tiny": True, "n_references": 2,
               "resolution": SIDE, "validation_examples": 2, "validation_inference_steps": STEPS, **options}
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
 
 
 def test_validation_images(components, pipeline, dataset_dir, tmp_path):

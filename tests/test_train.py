@@ -22,7 +22,7 @@ def tiny_config(dataset, out, **overrides) -> TrainConfig:
                   train_batch_size=2, gradient_accumulation_steps=2, max_train_steps=3, learning_rate=1e-3,
                   checkpointing_steps=100, validation_steps=100, validation_examples=0, lr_scheduler="constant")
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
 
 
 # -- equation 3 -------------------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def build(
     import os
 
     from .dataset.pipeline import BuildConfig, build_dataset
-    from .demo.sample import is_generated_sample
+    from .records import is_generated_sample
 
     config = BuildConfig(
         source=str(source), out=str(out), source_format=source_format,
@@ -176,34 +176,6 @@ def demo(
         typer.echo(line)
 
 
-def _pairs_config(mode: str, task: str, n_references: int, shortfall: str, seed: int, resolution: int,
-                  prompt_drop: float, curriculum: str | None, near_duplicate_bits: int):
-    from .pairs import PairsConfig
-
-    return PairsConfig(mode=mode, task=task, n_references=n_references, shortfall=shortfall, seed=seed,
-                       resolution=resolution, prompt_drop=prompt_drop, curriculum=curriculum,
-                       near_duplicate_bits=near_duplicate_bits)
-
-
-def _audit_embedder(spec: str | None):
-    """``face:dlib``, ``face:arcface-onnx:<path>``, ``image:clip:<id or path>``, ``image:dino:<id or path>``."""
-    if not spec or spec == "none":
-        return None
-    from .backends.registry import create_backend
-
-    kind, _, backend = spec.partition(":")
-    kinds = {"face": "face_embedder", "image": "image_embedder"}
-    if kind not in kinds or not backend:
-        raise SameIdError(f"--embedder {spec!r}: write face:<face embedder> (face:dlib, face:arcface-onnx:<path>) "
-                          "or image:<image embedder> (image:clip:<id or path>, image:dino:<id or path>)")
-    return create_backend(kinds[kind], backend)
-
-
-def _refuse_to_replace(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise SameIdError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
-
-
 ModeOption = Annotated[str, typer.Option(help="identity: references are other images of the same identity, never "
                                               "the target nor a near-duplicate (the paper's -b); same: an augmented "
                                               "copy of the target (-a, the leaking baseline).")]
@@ -232,56 +204,26 @@ def pairs(
                                                         "their images' hashes) | embedding (needs --embedder).")] = None,
     embedder: Annotated[str | None, typer.Option(help="For --curriculum embedding: face:dlib | "
                                                       "image:clip:<id or path> | image:dino:<id or path>.")] = None,
-    near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash bits at or below which a reference "
-                                                          "counts as a near-duplicate of the target.")] = 6,
+    near_duplicate_bits: Annotated[int | None, typer.Option(help="Perceptual-hash bits at or below which a "
+                                                                 "reference counts as a near-duplicate of the "
+                                                                 "target (default: the dataset's, from its "
+                                                                 "build).")] = None,
     contact_sheet: Annotated[Path | None, typer.Option(help="PNG of a few examples, target beside its references "
                                                             "(default: <out>.contact_sheet.png).")] = None,
     contact_sheet_examples: Annotated[int, typer.Option(help="Examples on the contact sheet.")] = 6,
     overwrite: Annotated[bool, typer.Option(help="Replace --out and the contact sheet if they exist.")] = False,
 ):
     """Sample leakage-free training pairs from a dataset dir and write them for inspection."""
-    from .pairs import PairsDataset
-    from .pairs.audit import embed_rows
-    from .pairs.contact_sheet import contact_sheet as write_contact_sheet
+    from .pairs import PairsConfig
+    from .pairs.run import write_pairs
 
-    if epochs < 1:
-        raise SameIdError(f"--epochs must be at least 1, got {epochs}")
-    sheet = contact_sheet or out.with_suffix(".contact_sheet.png")
-    _refuse_to_replace(out, overwrite)
-    _refuse_to_replace(sheet, overwrite)
-    config = _pairs_config(mode, task, n_references, shortfall, seed, resolution, prompt_drop, curriculum,
-                           near_duplicate_bits)
-    embeddings = None
-    if curriculum == "embedding":
-        model = _audit_embedder(embedder)
-        if model is None:
-            raise SameIdError("--curriculum embedding needs --embedder (face:dlib, image:clip:<id or path>, ...)")
-        from .pairs import load_manifest
-
-        manifest = load_manifest(dataset)
-        embeddings = embed_rows(manifest, model, manifest.ids)
-        dataset = manifest
-    examples = PairsDataset(dataset, config, embeddings=embeddings)
-    if not len(examples):
-        raise SameIdError(f"no examples: all {len(examples.refused)} targets of {dataset} have fewer than "
-                          f"{n_references} eligible references; lower --n-references or use --shortfall repeat")
-    frame = examples.pairs_frame(epochs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(out, index=False)
-    write_contact_sheet(examples.manifest, frame, sheet, examples=contact_sheet_examples)
-    short = sorted({examples.manifest.identities[r] for r in range(len(examples.manifest))
-                    if examples.sampler.is_short(r)})
-    typer.echo(f"{len(frame)} examples ({len(examples)} targets x {epochs} epoch(s)), mode {mode}, task {task}, "
-               f"N={n_references}: {out}")
-    if short:
-        verb = ("sampled with replacement" if shortfall == "repeat"
-                else f"refused: {len(examples.refused)} target(s) left out")
-        typer.echo(f"{len(short)} identit{'y has' if len(short) == 1 else 'ies have'} fewer than {n_references} "
-                   f"eligible references ({', '.join(short[:5])}{', ...' if len(short) > 5 else ''}): {verb}")
-    fallbacks = sum(bool(reason) for row in frame["fallbacks"] for reason in row)
-    if fallbacks:
-        typer.echo(f"{fallbacks} crop(s) fell back to 'figure' (reasons in the 'fallbacks' column)")
-    typer.echo(f"contact sheet: {sheet}")
+    config = PairsConfig(mode=mode, task=task, n_references=n_references, shortfall=shortfall, seed=seed,
+                         resolution=resolution, prompt_drop=prompt_drop, curriculum=curriculum,
+                         near_duplicate_bits=near_duplicate_bits)
+    result = write_pairs(dataset, config, out, epochs=epochs, contact_sheet=contact_sheet,
+                         contact_sheet_examples=contact_sheet_examples, embedder=embedder, overwrite=overwrite)
+    for line in result.describe():
+        typer.echo(line)
 
 
 @app.command()
@@ -296,8 +238,9 @@ def audit(
     shortfall: ShortfallOption = "repeat",
     seed: Annotated[int, typer.Option(help="Seed for sampling (without --pairs).")] = 0,
     epochs: Annotated[int, typer.Option(help="Epochs to sample (without --pairs).")] = 1,
-    near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash bits at or below which a reference "
-                                                          "leaks.")] = 6,
+    near_duplicate_bits: Annotated[int | None, typer.Option(help="Perceptual-hash bits at or below which a "
+                                                                 "reference leaks (default: the dataset's, from "
+                                                                 "its build).")] = None,
     embedder: Annotated[str | None, typer.Option(help="Also compare embeddings: face:dlib | face:arcface-onnx:<path> "
                                                       "| image:clip:<id or path> | image:dino:<id or path>.")] = None,
     similarity_threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which a reference "
@@ -306,58 +249,17 @@ def audit(
     fail_on_leak: Annotated[bool, typer.Option(help="Exit with code 1 when any pair leaks (for CI).")] = False,
 ):
     """Report leakage: references that are the target or a near-duplicate of it, small identities, failed crops."""
-    import pandas as pd
+    from .pairs import PairsConfig
+    from .pairs.run import run_audit
 
-    from .pairs import PairsDataset, load_manifest
-    from .pairs.audit import audit_pairs, embed_rows
-
-    manifest = load_manifest(dataset)
-    if pairs_file is not None:
-        if not pairs_file.is_file():
-            raise SameIdError(f"--pairs {pairs_file}: no such file (write one with `sameid pairs`)")
-        try:
-            frame = pd.read_parquet(pairs_file)
-        except Exception as exc:  # pyarrow raises several types for a file that is not parquet
-            raise SameIdError(f"--pairs {pairs_file}: not a readable parquet file ({exc})") from None
-        origin = str(pairs_file)
-    else:
-        config = _pairs_config(mode, task, n_references, shortfall, seed, 384, 0.5, None, near_duplicate_bits)
-        frame = PairsDataset(manifest, config).pairs_frame(epochs)
-        origin = f"sampled here (mode {mode}, task {task}, N={n_references}, seed {seed}, {epochs} epoch(s))"
-    model = _audit_embedder(embedder)
-    embeddings = None
-    if model is not None and len(frame):
-        ids = set(frame["target_id"].astype(str)) | {str(i) for refs in frame["reference_ids"] for i in refs}
-        embeddings = embed_rows(manifest, model, ids)
-    report = audit_pairs(manifest, frame, near_duplicate_bits=near_duplicate_bits,
-                         n_references=n_references if pairs_file is None else None, embeddings=embeddings,
-                         similarity_threshold=similarity_threshold)
-    summary = report.summary()
-    typer.echo(f"pairs: {origin}")
-    typer.echo(f"{summary['pairs']} pairs, {summary['references']} references: {summary['leaking_pairs']} leaking "
-               f"pair(s), {summary['leaking_references']} leaking reference(s)")
-    for reason, count in summary["leak_reasons"].items():
-        typer.echo(f"  {reason}: {count}")
-    if model is None:
-        typer.echo("embedding check: off (pass --embedder to compare embeddings too)")
-    else:
-        typer.echo(f"embedding check: {len(embeddings or {})} of {len(ids) if len(frame) else 0} images embedded "
-                   f"with {embedder}, threshold {similarity_threshold}")
-    typer.echo(f"identities with fewer than {report.n_references} eligible references: "
-               f"{summary['identities_too_small']}")
-    typer.echo(f"crops that fell back to 'figure': {summary['crop_fallbacks']}"
-               + (f" ({', '.join(f'{k}: {v}' for k, v in summary['crop_fallback_reasons'].items())})"
-                  if summary["crop_fallbacks"] else ""))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(report.to_json())
-        typer.echo(f"report: {json_out}")
-    if fail_on_leak and report.leaking_pairs:
+    config = PairsConfig(mode=mode, task=task, n_references=n_references, shortfall=shortfall, seed=seed,
+                         near_duplicate_bits=near_duplicate_bits)
+    result = run_audit(dataset, pairs_file=pairs_file, config=config, epochs=epochs, embedder=embedder,
+                       similarity_threshold=similarity_threshold, json_out=json_out)
+    for line in result.describe():
+        typer.echo(line)
+    if fail_on_leak and result.leaking_pairs:
         raise typer.Exit(1)
-
-
-def _split_list(value: str | None) -> list[str | None]:
-    return [item.strip() for item in value.split(",") if item.strip()] if value else [None]
 
 
 @app.command()
@@ -399,6 +301,9 @@ def train(
                                                         "phash | source (set curriculum_source_order in --config).")] = None,
     holdout_identities: Annotated[int | None, typer.Option(help="Identities kept out of training for "
                                                                 "`sameid generate` (listed in holdout.json).")] = None,
+    near_duplicate_bits: Annotated[int | None, typer.Option(help="Perceptual-hash bits at or below which a "
+                                                                 "reference is a near-duplicate of the target "
+                                                                 "(default: the dataset's, from its build).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of data order, noise and initialisation.")] = None,
     resume: Annotated[str | None, typer.Option(help="latest | a checkpoint dir: continue the run in --out "
                                                     "exactly where it stopped.")] = None,
@@ -406,42 +311,22 @@ def train(
     """Train RetriNet (or a baseline) on leakage-free pairs with one accelerate loop; variants by configuration.
 
     Multi-GPU: `accelerate launch -m sameid.cli train ...`."""
-    from .train.config import TrainConfig
-    from .train.loop import train as run_training
+    from .train import grid_configs, train_grid
 
-    overrides = dict(dataset=str(dataset) if dataset else None, out=str(out) if out else None,
-                     pretrained=pretrained, tiny=tiny, lock=lock, task=task, image_encoder=image_encoder,
-                     n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
-                     train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-                     learning_rate=learning_rate, prompt_drop=prompt_drop, face_loss_weight=face_loss_weight,
-                     mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
-                     checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
-                     holdout_identities=holdout_identities, seed=seed, curriculum=curriculum)
-    models, modes = _split_list(model), _split_list(mode)
-    grid = len(models) > 1 or len(modes) > 1
-    if grid and resume and resume != "latest":
-        raise SameIdError("--resume with several models or modes: use --resume latest (each run resumes its own)")
-    results = []
-    for one_model in models:
-        for one_mode in modes:
-            values = {**overrides, "model": one_model, "mode": one_mode}
-            if config is not None:
-                run_config = TrainConfig.load(config, **values)
-            else:
-                missing = [name for name in ("dataset", "out") if not values[name]]
-                if missing:
-                    raise SameIdError(f"give {' and '.join(missing)} (or a --config that names them)")
-                run_config = TrainConfig(**{k: v for k, v in values.items() if v is not None})
-            if grid:
-                run_config.out = str(Path(run_config.out) / f"{run_config.model}-{run_config.mode}")
-            typer.echo(f"training {run_config.model} ({run_config.mode}, lock {run_config.lock}, "
-                       f"{run_config.max_train_steps} steps) into {run_config.out}")
-            result = run_training(run_config, resume=resume)
-            final = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-            typer.echo(f"  {result.global_step} steps, final loss {final}; model: {result.model_dir}")
-            results.append(result)
-    if grid:
-        typer.echo(f"{len(results)} runs under {out or config}")
+    settings = dict(dataset=str(dataset) if dataset else None, out=str(out) if out else None,
+                    pretrained=pretrained, tiny=tiny, lock=lock, task=task, image_encoder=image_encoder,
+                    n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
+                    train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                    learning_rate=learning_rate, prompt_drop=prompt_drop, face_loss_weight=face_loss_weight,
+                    mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                    checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
+                    holdout_identities=holdout_identities, seed=seed, curriculum=curriculum,
+                    near_duplicate_bits=near_duplicate_bits)
+    configs = grid_configs(settings, config_file=config, models=model, modes=mode)  # all checked, nothing written
+
+    result = train_grid(configs, resume=resume, echo=typer.echo)
+    for line in result.describe():
+        typer.echo(line)
 
 
 @app.command()
@@ -451,8 +336,8 @@ def generate(
     dataset: Annotated[Path, typer.Option(help="Dataset dir the references are taken from.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images/ and generations.jsonl (what "
                                                           "`sameid eval` reads).")],
-    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat it. Default: the paper-style "
-                                                          "prompts of the demo.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(help="A prompt; repeat it. Default: five paper-style "
+                                                          "prompts (sameid.generate.prompts).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(help="Text file with one prompt per line.")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     samples_per_seed: Annotated[int, typer.Option(help="Images per (subject, prompt, seed).")] = 1,
@@ -467,33 +352,13 @@ def generate(
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:1 ... (default: cuda when available).")] = None,
 ):
     """Generate images of subjects from their reference images and prompts; write a generations manifest."""
+    from .generate.prompts import parse_identities, parse_seeds, read_prompts
     from .generate.run import generate_manifest
 
-    prompts = list(prompt or [])
-    if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise SameIdError(f"--prompts-file {prompts_file}: no such file")
-        prompts += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
-    if not prompts:
-        from .demo.run import DEMO_PROMPTS
-
-        prompts = list(DEMO_PROMPTS)
-    try:
-        seed_list = [int(value) for value in seeds.split(",") if value.strip()]
-    except ValueError:
-        raise SameIdError(f"--seeds {seeds!r}: write comma-separated integers, e.g. 0,1,2") from None
-    if not seed_list:
-        raise SameIdError("--seeds: give at least one seed")
-    identities = None
-    if identity:
-        identities = "all" if identity == ["all"] else list(identity)
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    manifest = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list, identities=identities,
-                                 samples_per_seed=samples_per_seed, n_references=n_references,
-                                 num_inference_steps=steps, guidance_scale=guidance_scale,
+    prompts, seed_list = read_prompts(prompt, prompts_file), parse_seeds(seeds)
+    manifest = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list,
+                                 identities=parse_identities(identity), samples_per_seed=samples_per_seed,
+                                 n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
                                  reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
                                  progress=sys.stderr.isatty())
     rows = sum(1 for _ in manifest.open())

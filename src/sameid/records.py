@@ -180,3 +180,16 @@ def write_generations(frame, path):
         record = {k: (None if v is pd.NA else v) for k, v in record.items()}
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     return write_text_atomic(path, "".join(lines))
+
+
+#: The first line of the README.md that ``sameid sample`` writes: a folder starting with it is the generated sample
+#: collection (``sameid build`` then marks its dataset card as generated, not real, data).
+SAMPLE_README_MARKER = "# sameid generated sample collection"
+
+
+def is_generated_sample(folder) -> bool:
+    """True for a folder written by :func:`sameid.demo.sample.make_sample` (its README starts with the marker)."""
+    from pathlib import Path
+
+    readme = Path(folder) / "README.md"
+    return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(SAMPLE_README_MARKER)

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEMO_PROMPTS = ("a figure standing on a beach", "a figure in the snow at night", "a figure sitting in a library",
-                "a watercolor painting of a figure", "a figure running in a park")
-
+from ..generate.prompts import DEFAULT_PROMPTS as DEMO_PROMPTS
 
 DEMO_MARKER = ".sameid-demo"
 
@@ -55,6 +53,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
     """Run every stage into ``out`` (sample/, dataset/, audit.json, run/, generations/, eval/)."""
     import shutil
 
+    from ..atomic import write_text_atomic
     from ..backends.offline_vqa import OFFLINE_QUESTIONS
     from ..dataset.pipeline import BuildConfig, build_dataset
     from ..errors import SameIdError
@@ -94,10 +93,11 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
          f"rejected {len(build.rejected)}")
 
     echo("3/6 audit: reference of every training pair is another image of the identity")
-    pairs_config = PairsConfig(task=settings.task, n_references=settings.n_references)
+    pairs_config = PairsConfig(task=settings.task, n_references=settings.n_references,
+                               resolution=settings.resolution)
     pairs = PairsDataset(dataset, pairs_config)
     report = audit_pairs(pairs.manifest, pairs.pairs_frame(), n_references=settings.n_references)
-    (out / "audit.json").write_text(report.to_json())
+    write_text_atomic(out / "audit.json", report.to_json())
     echo(f"    {report.pairs} pairs, {report.leaking_pairs} leaking")
     if report.leaking_pairs:
         raise SameIdError(f"the audit found {report.leaking_pairs} leaking pairs: see {out / 'audit.json'}")
@@ -107,11 +107,10 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
          f"{settings.steps} steps")
     config = TrainConfig(
         dataset=str(dataset), out=str(out / "run"), tiny=tiny, pretrained=settings.pretrained, model="retrinet",
-        task=settings.task, n_references=settings.n_references, resolution=settings.resolution,
-        holdout_identities=settings.holdout_identities, max_train_steps=settings.steps, train_batch_size=4,
-        gradient_accumulation_steps=1, learning_rate=1e-4 if tiny else 1e-5, lr_scheduler="cosine_with_restarts",
-        checkpointing_steps=max(1, settings.steps // 2), validation_steps=settings.steps, validation_examples=2,
-        validation_inference_steps=settings.inference_steps)
+        pairs=pairs_config, holdout_identities=settings.holdout_identities, max_train_steps=settings.steps,
+        train_batch_size=4, gradient_accumulation_steps=1, learning_rate=1e-4 if tiny else 1e-5,
+        lr_scheduler="cosine_with_restarts", checkpointing_steps=max(1, settings.steps // 2),
+        validation_steps=settings.steps, validation_examples=2, validation_inference_steps=settings.inference_steps)
     trained = train(config, progress=progress)
     echo(f"    loss {trained.losses[0]:.4f} -> {trained.losses[-1]:.4f}")
 

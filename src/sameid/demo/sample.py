@@ -38,9 +38,9 @@ from PIL import Image, ImageDraw, ImageEnhance
 from ..backends.colors import rgb_to_lab
 from ..errors import SameIdError
 from ..images import save_mask
+from ..records import SAMPLE_README_MARKER as README_MARKER
+from ..records import is_generated_sample
 
-#: First line of the sample's README; a directory whose README starts with it is an earlier sample.
-README_MARKER = "# sameid generated sample collection"
 #: What :func:`make_sample` writes at the top of its directory (and removes when it regenerates).
 SAMPLE_ENTRIES = ("README.md", "metadata.jsonl", "ground_truth.csv", "images", "outside.png")
 
@@ -760,12 +760,6 @@ def _prepare_directory(root: Path) -> None:
             elif path.exists() or path.is_symlink():
                 path.unlink()
     root.mkdir(parents=True, exist_ok=True)
-
-
-def is_generated_sample(folder) -> bool:
-    """True for a folder written by :func:`make_sample` (its README starts with the sample marker)."""
-    readme = Path(folder) / "README.md"
-    return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(README_MARKER)
 
 
 def make_sample(out_dir, seed: int = 0, image_size: tuple[int, int] = (192, 256)) -> SamplePaths:

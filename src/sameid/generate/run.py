@@ -14,7 +14,6 @@ The samples of one seed are one batch drawn from one generator seeded with that 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -22,15 +21,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import write_atomic, write_json_atomic
 from ..errors import SameIdError
-from ..train.config import TrainConfig
+from ..train.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "config.yaml"
-MODEL_DIR = "model"
-BASE_DIR = "base"
-HOLDOUT_FILE = "holdout.json"
 GENERATIONS_FILE = "generations.jsonl"
 GENERATION_SETTINGS = "generation.json"
 IMAGES_DIR = "images"
@@ -50,28 +46,21 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     from ..backends.pretrained import torch_device, torch_dtype
     from ..models.components import load_components
     from ..models.denoisers import load_denoiser
-    from ..train.loop import latest_checkpoint
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / RUN_CONFIG
-    if not run_dir.is_dir():
-        raise SameIdError(f"run dir {run_dir} does not exist")
-    if not config_path.is_file():
-        raise SameIdError(f"{run_dir} is not a training run: {config_path} is missing (`sameid train --out "
-                          f"{run_dir}` writes it)")
-    config = TrainConfig.load(config_path)
-    model_dir = run_dir / MODEL_DIR
+    run = RunDir(run_dir)
+    config = run.config  # says what is missing when run_dir is not a run
+    model_dir = run.model_dir
     if not model_dir.is_dir():
-        checkpoint = latest_checkpoint(run_dir)
-        state = (f"the latest checkpoint is {checkpoint}; finish the run with `sameid train --config {config_path} "
-                 f"--resume latest`" if checkpoint else "no checkpoint was written yet")
+        checkpoint = run.latest_checkpoint()
+        state = (f"the latest checkpoint is {checkpoint}; finish the run with `sameid train --config "
+                 f"{run.config_file} --resume latest`" if checkpoint else "no checkpoint was written yet")
         raise SameIdError(f"{model_dir} is missing: training has not finished ({state})")
     device = torch_device(device)
     resolved = torch_dtype(dtype, device) if dtype is not None else None
     if config.pretrained:
         components = load_components(config.pretrained, dtype=resolved)
     else:
-        base = run_dir / BASE_DIR
+        base = run.base_dir
         if not (base / "model_index.json").is_file() and not (base / "unet").is_dir():
             raise SameIdError(f"{base} is missing: a tiny run saves its random base model there, and the config "
                               f"names no pretrained base")
@@ -88,15 +77,14 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     return components, denoiser, config
 
 
-def _run_identities(run_dir: Path, manifest, identities) -> list[str]:
+def _run_identities(run: RunDir, manifest, identities) -> list[str]:
     groups = manifest.identity_rows()
     if identities is None:
-        holdout = run_dir / HOLDOUT_FILE
-        held = json.loads(holdout.read_text()).get("identities", []) if holdout.is_file() else []
+        held = run.holdout_identities()
         if held:
             missing = [identity for identity in held if identity not in groups]
             if missing:
-                raise SameIdError(f"{holdout} holds out {len(missing)} identit{'y' if len(missing) == 1 else 'ies'} "
+                raise SameIdError(f"{run.holdout_file} holds out {len(missing)} identit{'y' if len(missing) == 1 else 'ies'} "
                                   f"not in {manifest.root} (e.g. {missing[0]!r}); pass identities to choose "
                                   f"(or 'all')")
             return list(held)
@@ -179,7 +167,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
 
     components, denoiser, config = load_run(run_dir, device=device, dtype=dtype)
     dataset = load_manifest(dataset_dir)
-    subjects = _run_identities(run_dir, dataset, identities)
+    subjects = _run_identities(RunDir(run_dir), dataset, identities)
     count = int(n_references or config.n_references)
     if count < 1:
         raise SameIdError(f"n_references must be at least 1, got {count}")
@@ -240,23 +228,21 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                     ).images
                     for sample, image in enumerate(generated):
                         relative = Path(IMAGES_DIR, folder, f"p{prompt_index:02d}_seed{seed}_{sample}.png")
-                        image.save(out_dir / relative)
+                        write_atomic(out_dir / relative, image.save, suffix=".png")
                         rows.append({"image": relative.as_posix(), "references": reference_paths,
                                      "prompt": prompt, "subject": subject, "model": model_name, "seed": seed})
                         bar.update(1)
 
     settings = {
         "run_dir": str(run_dir.resolve()), "dataset": str(Path(dataset_dir).resolve()), "model": model_name,
-        "base_model": config.pretrained or str((run_dir / BASE_DIR).resolve()), "prompts": prompts,
+        "base_model": config.pretrained or str(RunDir(run_dir).base_dir.resolve()), "prompts": prompts,
         "seeds": seeds, "samples_per_seed": samples_per_seed, "n_references": count, "concepts": requested,
         "resolution": resolution, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
         "reference_scale": reference_scale, "negative_prompt": negative_prompt,
         "scheduler": type(pipeline.scheduler).__name__, "subjects": {s: folders[s] for s in reference_rows},
         "left_out": refused,
     }
-    (out_dir / GENERATION_SETTINGS).write_text(json.dumps(settings, indent=2))
-    # Written last and renamed into place: a manifest on disk always describes a finished generation.
-    partial = out_dir / f".{GENERATIONS_FILE}.partial"
-    write_generations(pd.DataFrame(rows), partial)
-    partial.replace(manifest_path)
+    write_json_atomic(out_dir / GENERATION_SETTINGS, settings, sort_keys=False)
+    # Written last, atomically: a manifest on disk always describes a finished generation.
+    write_atomic(manifest_path, lambda tmp: write_generations(pd.DataFrame(rows), tmp), suffix=".jsonl")
     return manifest_path

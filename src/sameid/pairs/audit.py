@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import SchemaError
-from .manifest import DatasetManifest
-from .sampler import DEFAULT_NEAR_DUPLICATE_BITS, ReferenceSampler
+from .manifest import DatasetManifest, dataset_near_duplicate_bits
+from .sampler import ReferenceSampler
 
 SELF = "reference is the target"
 LISTED = "listed near-duplicate"
@@ -77,10 +77,15 @@ def _plain(value):
 
 
 def audit_pairs(manifest: DatasetManifest, pairs: pd.DataFrame,
-                near_duplicate_bits: int = DEFAULT_NEAR_DUPLICATE_BITS, n_references: int | None = None,
+                near_duplicate_bits: int | None = None, n_references: int | None = None,
                 embeddings: dict[str, np.ndarray] | None = None,
                 similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD) -> AuditReport:
-    """Audit a pairs table (as written by ``sameid pairs``) against the dataset it was drawn from."""
+    """Audit a pairs table (as written by ``sameid pairs``) against the dataset it was drawn from.
+
+    ``near_duplicate_bits`` None: the threshold the dataset dir was built with
+    (:func:`sameid.pairs.manifest.dataset_near_duplicate_bits`)."""
+    if near_duplicate_bits is None:
+        near_duplicate_bits = dataset_near_duplicate_bits(manifest)
     for column in ("target_id", "reference_ids"):
         if column not in pairs.columns:
             raise SchemaError(f"pairs table: missing required column {column!r}")

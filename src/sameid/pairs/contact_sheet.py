@@ -53,7 +53,6 @@ def contact_sheet(manifest: DatasetManifest, pairs: pd.DataFrame, out: str | os.
             sheet.paste(fitted, (x, y))
             draw.rectangle((x, y + thumbnail, x + cell_w - 1, y + cell_h - 1), fill=(0, 0, 0))
             draw.text((x + 3, y + thumbnail + 2), label[:22], fill=(255, 255, 255))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, format="PNG")
-    return out
+    from ..atomic import write_atomic
+
+    return write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"), suffix=".png")

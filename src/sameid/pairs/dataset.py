@@ -22,8 +22,8 @@ from ..images import load_image
 from ..records import TrainingExample
 from ..references import letterbox_into, reference_pixels
 from .concepts import DEFAULT_MAX_HEAD_FRACTION, DEFAULT_MIN_CLOTHES_FRACTION, ConceptCrop, concept_crop
-from .manifest import DatasetManifest, load_manifest
-from .sampler import DEFAULT_NEAR_DUPLICATE_BITS, MODES, SHORTFALLS, ReferenceSampler
+from .manifest import DatasetManifest, dataset_near_duplicate_bits, load_manifest
+from .sampler import MODES, SHORTFALLS, ReferenceSampler
 
 TASKS = ("reconstruction", "composition", "multitask")
 # Reference augmentation of the -a setting: a random crop keeping this fraction of each side, then a mirror.
@@ -32,10 +32,17 @@ _SAME_MODE_MIN_SIDE = 0.8
 
 @dataclass(frozen=True)
 class PairsConfig:
-    """How examples are drawn. ``mode``: "identity" (-b) or "same" (-a). ``shortfall``: "repeat" (sample with
-    replacement when an identity has fewer than ``n_references`` eligible references) or "refuse" (leave such
-    targets out; :attr:`PairsDataset.refused` lists them). ``curriculum``: None (manifest order), "phash",
-    "embedding" (give the dataset ``embeddings``) or "source" (see :mod:`.curriculum`)."""
+    """How examples are drawn; the one owner of these settings and of their checks (``sameid pairs``, ``sameid
+    audit`` and :class:`sameid.train.TrainConfig` all hold one). Every field is checked at construction, so a bad
+    setting fails before any data is read or any file written.
+
+    ``mode``: "identity" (-b) or "same" (-a). ``shortfall``: "repeat" (sample with replacement when an identity has
+    fewer than ``n_references`` eligible references) or "refuse" (leave such targets out; :attr:`PairsDataset.refused`
+    lists them). ``near_duplicate_bits``: perceptual-hash bits at or below which a reference is a near-duplicate of
+    the target; None (the default) means the threshold the dataset dir was built with (its
+    :data:`sameid.records.DATASET_SETTINGS_FILE`, :func:`dataset_near_duplicate_bits`). ``curriculum``: None
+    (manifest order), "phash", "embedding" (give the dataset ``embeddings``) or "source" (with ``source_order``;
+    see :mod:`.curriculum`)."""
 
     mode: str = "identity"
     task: str = "reconstruction"
@@ -44,7 +51,7 @@ class PairsConfig:
     prompt_drop: float = 0.5
     shortfall: str = "repeat"
     seed: int = 0
-    near_duplicate_bits: int = DEFAULT_NEAR_DUPLICATE_BITS
+    near_duplicate_bits: int | None = None
     max_head_fraction: float = DEFAULT_MAX_HEAD_FRACTION
     min_clothes_fraction: float = DEFAULT_MIN_CLOTHES_FRACTION
     curriculum: str | None = None
@@ -52,21 +59,51 @@ class PairsConfig:
     source_order: tuple[str, ...] = ()
 
     def __post_init__(self):
-        # Checked here as well as in ReferenceSampler, so a bad setting fails before any data is read.
+        from ..settings import as_float, as_int, as_optional_text, as_text_list
+        from .curriculum import CURRICULA
+
+        where = "pairs config"
         if self.mode not in MODES:
             raise SameIdError(f"unknown reference mode {self.mode!r}; choose one of: {', '.join(MODES)} "
                               "(identity: other images of the identity; same: an augmented copy of the target, "
                               "the leaking baseline)")
         if self.shortfall not in SHORTFALLS:
             raise SameIdError(f"unknown shortfall policy {self.shortfall!r}; choose one of: {', '.join(SHORTFALLS)}")
-        if self.n_references < 1:
-            raise SameIdError(f"n_references must be at least 1, got {self.n_references}")
         if self.task not in TASKS:
             raise SameIdError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
-        if self.resolution < 8 or self.resolution % 8:
+        checked = {
+            "n_references": as_int(where, "n_references", self.n_references, minimum=1),
+            "resolution": as_int(where, "resolution", self.resolution, minimum=8),
+            "prompt_drop": as_float(where, "prompt_drop (a probability)", self.prompt_drop, minimum=0.0,
+                                    maximum=1.0),
+            "seed": as_int(where, "seed", self.seed, minimum=0),
+            "near_duplicate_bits": None if self.near_duplicate_bits is None else as_int(
+                where, "near_duplicate_bits (perceptual-hash bits of 64)", self.near_duplicate_bits, minimum=0,
+                maximum=64),
+            "max_head_fraction": as_float(where, "max_head_fraction", self.max_head_fraction, above=0.0,
+                                          maximum=1.0),
+            "min_clothes_fraction": as_float(where, "min_clothes_fraction", self.min_clothes_fraction,
+                                             minimum=0.0, maximum=1.0),
+            "source_column": as_optional_text(where, "source_column", self.source_column) or "source",
+            "source_order": as_text_list(where, "source_order", self.source_order),
+        }
+        if checked["resolution"] % 8:
             raise SameIdError(f"resolution must be a positive multiple of 8 (256, 384, 512), got {self.resolution}")
-        if not 0.0 <= self.prompt_drop <= 1.0:
-            raise SameIdError(f"prompt_drop is a probability in [0, 1], got {self.prompt_drop}")
+        if self.curriculum is not None:
+            if self.curriculum not in CURRICULA:
+                raise SameIdError(f"unknown curriculum {self.curriculum!r}; choose one of: {', '.join(CURRICULA)} "
+                                  "(or none: shuffled)")
+            if self.curriculum == "source" and not checked["source_order"]:
+                raise SameIdError(f"{where}: curriculum 'source' needs source_order (curriculum_source_order in a "
+                                  "training config): the sources from easy to hard, e.g. [synthetic, real]")
+        for name, value in checked.items():  # frozen: the checked (coerced) values replace what was given
+            object.__setattr__(self, name, value)
+
+    def with_dataset_settings(self, dataset: str | os.PathLike | DatasetManifest) -> PairsConfig:
+        """This config with every "from the dataset" setting (None) replaced by the dataset dir's recorded value."""
+        if self.near_duplicate_bits is not None:
+            return self
+        return replace(self, near_duplicate_bits=dataset_near_duplicate_bits(dataset))
 
 
 @dataclass(frozen=True)
@@ -94,8 +131,9 @@ class PairsDataset(torch.utils.data.Dataset):
                  embeddings: dict[str, np.ndarray] | None = None, **overrides):
         """``embeddings`` (id -> vector, e.g. from :func:`sameid.pairs.audit.embed_rows`) is what curriculum
         "embedding" orders by; other curricula ignore it."""
-        self.config = replace(config or PairsConfig(), **overrides)
         self.manifest = dataset if isinstance(dataset, DatasetManifest) else load_manifest(dataset)
+        # ``config.near_duplicate_bits`` None: the threshold the dataset was built with.
+        self.config = replace(config or PairsConfig(), **overrides).with_dataset_settings(self.manifest)
         self.sampler = ReferenceSampler(self.manifest, self.config.mode, self.config.n_references,
                                         self.config.shortfall, self.config.near_duplicate_bits)
         rows = range(len(self.manifest))

@@ -130,3 +130,18 @@ def load_manifest(dataset_dir: str | os.PathLike) -> DatasetManifest:
         captions=["" if v is None else str(v) for v in frame["caption"]], phash=phash, similar=similar,
         near_duplicates=near, row_of=row_of,
     )
+
+
+def dataset_near_duplicate_bits(dataset: str | os.PathLike | DatasetManifest) -> int:
+    """The near-duplicate threshold a dataset dir was built with (:data:`sameid.records.DATASET_SETTINGS_FILE`),
+    or ``sameid.dataset.clean.DEFAULT_NEAR_DUPLICATE_BITS`` for a dir built before sameid recorded its settings."""
+    from ..dataset.clean import DEFAULT_NEAR_DUPLICATE_BITS  # the same threshold as `sameid build`
+    from ..records import DATASET_SETTINGS_FILE, read_dataset_settings
+    from ..settings import as_int
+
+    root = dataset.root if isinstance(dataset, DatasetManifest) else dataset
+    value = read_dataset_settings(root).get("near_duplicate_bits")
+    if value is None:
+        return DEFAULT_NEAR_DUPLICATE_BITS
+    return as_int(f"{os.path.join(root, DATASET_SETTINGS_FILE)}", "near_duplicate_bits", value, minimum=0,
+                  maximum=64)

@@ -30,16 +30,12 @@ class ReferenceSampler:
     Eligibility in ``identity`` mode is computed once: ``similar`` minus the target, minus the rows the build
     listed as near-duplicates, minus any row whose perceptual hash is within ``near_duplicate_bits`` of the
     target's (a manifest edited by hand, or built with a laxer threshold, is still safe).
+
+    The settings are :class:`sameid.pairs.PairsConfig`'s, which checks them; the sampler does not check again.
     """
 
     def __init__(self, manifest: DatasetManifest, mode: str = "identity", n_references: int = 4,
                  shortfall: str = "repeat", near_duplicate_bits: int = DEFAULT_NEAR_DUPLICATE_BITS):
-        if mode not in MODES:
-            raise SameIdError(f"unknown reference mode {mode!r}; choose one of: {', '.join(MODES)}")
-        if shortfall not in SHORTFALLS:
-            raise SameIdError(f"unknown shortfall policy {shortfall!r}; choose one of: {', '.join(SHORTFALLS)}")
-        if n_references < 1:
-            raise SameIdError(f"n_references must be at least 1, got {n_references}")
         self.manifest = manifest
         self.mode = mode
         self.n_references = n_references

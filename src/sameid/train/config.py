@@ -3,28 +3,46 @@
 The variants are those of RetriBooru, arXiv 2312.02521, §5.2 (trainable sets full / LockD / LockB, prompt drop
 rate, tasks) and the baselines of RetriBooru, arXiv 2312.02521, A.3 (ControlNet, IP-Adapter-style, each in mode
 ``same`` (-a) or ``identity`` (-b)): a field here, never another script.
+
+How training examples are drawn is a :class:`sameid.pairs.PairsConfig` (``TrainConfig.pairs``), which owns those
+fields and their checks; the YAML file stays flat for users (``mode: identity`` next to ``learning_rate: 1e-5``),
+:meth:`TrainConfig.from_flat` and :meth:`TrainConfig.to_dict` map it. Every value is checked when a config is made,
+so a bad one fails before any file is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from ..errors import SameIdError
 from ..models.conditioning import LOCK_MODES
-from ..pairs.dataset import TASKS
+from ..pairs.dataset import PairsConfig
+from ..settings import as_bool, as_choice, as_float, as_int, as_optional_text, as_text_list
 
 MODELS = ("retrinet", "controlnet", "ip-adapter")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+# diffusers.optimization.get_scheduler's names (less "piecewise_constant", which needs step rules a config has not)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+#: Flat YAML key -> PairsConfig field. The run's ``seed`` is also the pairs' seed, so it is not among them.
+PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "resolution": "resolution",
+              "prompt_drop": "prompt_drop", "shortfall": "shortfall", "near_duplicate_bits": "near_duplicate_bits",
+              "max_head_fraction": "max_head_fraction", "min_clothes_fraction": "min_clothes_fraction",
+              "curriculum": "curriculum", "curriculum_source_column": "source_column",
+              "curriculum_source_order": "source_order"}
+_WHERE = "training config"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run depends on. Paths are stored as given; ``out`` is the run dir."""
+    """Everything a run depends on. Paths are stored as given; ``out`` is the run dir. Make one with keyword
+    arguments and a ``pairs`` :class:`PairsConfig`, or from flat settings with :meth:`from_flat` / :meth:`load`."""
 
     dataset: str
     out: str
@@ -34,18 +52,11 @@ class TrainConfig:
     model: str = "retrinet"
     image_encoder: str | None = None  # ip-adapter: a CLIPVisionModelWithProjection id or folder
     lock: str = "full"
-    # Training examples (sameid.pairs.PairsConfig)
-    mode: str = "identity"
-    task: str = "reconstruction"
-    n_references: int = 4
-    resolution: int = 384
-    prompt_drop: float = 0.5
-    shortfall: str = "repeat"
-    curriculum: str | None = None  # None (shuffled) | phash | source (with curriculum_source_order)
-    curriculum_source_order: list[str] = field(default_factory=list)  # sources easy to hard, e.g. [synthetic, real]
+    # Training examples; ``pairs.seed`` is always ``seed``. near_duplicate_bits None: the dataset's recorded one.
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     # Identities kept out of training (listed in holdout.json) for `sameid generate` / evaluation.
     holdout_identities: int = 0
-    # Loss (001 equation 3): MSE on the valid area + face_loss_weight x MSE on the face box.
+    # Loss (RetriBooru, arXiv 2312.02521, equation 3): MSE on the valid area + face_loss_weight x MSE on the face.
     face_loss_weight: float = 0.1
     # Optimisation
     learning_rate: float = 1e-5
@@ -68,40 +79,144 @@ class TrainConfig:
     validation_examples: int = 4
     validation_inference_steps: int = 20
     validation_guidance_scale: float = 7.0
-    validation_prompts: list[str] = field(default_factory=list)
+    validation_prompts: tuple[str, ...] = ()
 
     def __post_init__(self):
-        choices = {"model": MODELS, "lock": LOCK_MODES, "task": TASKS, "mode": ("identity", "same"),
-                   "shortfall": ("repeat", "refuse"), "mixed_precision": MIXED_PRECISION}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise SameIdError(f"training config: {name} = {getattr(self, name)!r}; choose one of: "
-                                  f"{', '.join(allowed)}")
+        w = _WHERE
+        checked: dict[str, Any] = {}
+        for name in ("dataset", "out"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str) or not value.strip():
+                raise SameIdError(f"{w}: {name} must be a path, got {value!r}")
+            checked[name] = value
+        checked["pretrained"] = as_optional_text(w, "pretrained", self.pretrained)
+        checked["image_encoder"] = as_optional_text(w, "image_encoder", self.image_encoder)
+        for name in ("tiny", "gradient_checkpointing"):
+            checked[name] = as_bool(w, name, getattr(self, name))
+        as_choice(w, "model", self.model, MODELS)
+        as_choice(w, "lock", self.lock, LOCK_MODES)
+        as_choice(w, "lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        as_choice(w, "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not isinstance(self.pairs, PairsConfig):
+            raise SameIdError(f"{w}: pairs must be a sameid.pairs.PairsConfig, got {type(self.pairs).__name__}")
+        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                     "validation_steps", "validation_inference_steps", "lr_num_cycles"):
+            checked[name] = as_int(w, name, getattr(self, name), minimum=1)
+        for name in ("holdout_identities", "lr_warmup_steps", "dataloader_num_workers", "seed",
+                     "validation_examples"):
+            checked[name] = as_int(w, name, getattr(self, name), minimum=0)
+        if self.checkpoints_total_limit is not None:
+            checked["checkpoints_total_limit"] = as_int(w, "checkpoints_total_limit (or none: keep all)",
+                                                        self.checkpoints_total_limit, minimum=1)
+        checked["learning_rate"] = as_float(w, "learning_rate", self.learning_rate, above=0.0)
+        checked["max_grad_norm"] = as_float(w, "max_grad_norm", self.max_grad_norm, above=0.0)
+        for name in ("face_loss_weight", "adam_weight_decay", "validation_guidance_scale"):
+            checked[name] = as_float(w, name, getattr(self, name), minimum=0.0)
+        checked["validation_prompts"] = as_text_list(w, "validation_prompts", self.validation_prompts)
+        # The run's seed is the pairs' seed: one setting, one place.
+        checked["pairs"] = dataclasses.replace(self.pairs, seed=checked["seed"])
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
         if not self.tiny and not self.pretrained:
-            raise SameIdError("training config: give a base model (pretrained: a Stable Diffusion 1.5 id or "
-                              "folder) or tiny: true for a random tiny model")
+            raise SameIdError(f"{w}: give a base model (pretrained: a Stable Diffusion 1.5 id or folder) or tiny: "
+                              "true for a random tiny model")
         if self.model == "ip-adapter" and not self.image_encoder and not self.tiny:
-            raise SameIdError("training config: model ip-adapter needs image_encoder (a CLIPVisionModelWithProjection "
-                              "id or folder, e.g. openai/clip-vit-large-patch14)")
-        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "n_references",
-                     "checkpointing_steps", "validation_steps"):
-            if getattr(self, name) < 1:
-                raise SameIdError(f"training config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.curriculum == "embedding":
-            raise SameIdError("training config: curriculum 'embedding' needs image embeddings, which training does "
-                              "not compute yet; use phash, or source with curriculum_source_order")
-        if self.face_loss_weight < 0:
-            raise SameIdError(f"training config: face_loss_weight must be >= 0, got {self.face_loss_weight}")
+            raise SameIdError(f"{w}: model ip-adapter needs image_encoder (a CLIPVisionModelWithProjection id or "
+                              "folder, e.g. openai/clip-vit-large-patch14)")
+        if self.pairs.curriculum == "embedding":
+            raise SameIdError(f"{w}: curriculum 'embedding' needs image embeddings, which training does not "
+                              "compute yet; use phash, or source with curriculum_source_order")
+
+    # -- read-only views of the pairs settings (PairsConfig owns them) ------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.pairs.mode
+
+    @property
+    def task(self) -> str:
+        return self.pairs.task
+
+    @property
+    def n_references(self) -> int:
+        return self.pairs.n_references
+
+    @property
+    def resolution(self) -> int:
+        return self.pairs.resolution
+
+    @property
+    def shortfall(self) -> str:
+        return self.pairs.shortfall
+
+    @property
+    def curriculum(self) -> str | None:
+        return self.pairs.curriculum
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out)
 
+    def check_machine(self) -> None:
+        """Refuse settings this machine cannot train with (before anything is written): fp16 mixed precision
+        without a GPU (accelerate would silently train without autocast or a loss scaler, with half-precision
+        frozen models), bf16 on a GPU without bf16. bf16 on the CPU works (CPU autocast)."""
+        if self.mixed_precision == "no":
+            return
+        import torch
+
+        cuda = torch.cuda.is_available()
+        other = (getattr(torch, "xpu", None) is not None and torch.xpu.is_available()) or (
+            torch.backends.mps.is_available())
+        if self.mixed_precision == "fp16" and not (cuda or other):
+            raise SameIdError(f"{_WHERE}: mixed_precision fp16 needs a GPU, and this machine has none; use no "
+                              "(or bf16, which works on the CPU)")
+        if self.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+            raise SameIdError(f"{_WHERE}: mixed_precision bf16 is not supported by this GPU; use fp16 or no")
+
+    # -- the flat file ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat settings (what ``config.yaml`` holds): the pairs fields beside the others."""
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            if item.name == "pairs":
+                for key, name in PAIRS_KEYS.items():
+                    value = getattr(self.pairs, name)
+                    values[key] = list(value) if isinstance(value, tuple) else value
+            else:
+                value = getattr(self, item.name)
+                values[item.name] = list(value) if isinstance(value, tuple) else value
+        return values
+
+    @classmethod
+    def flat_keys(cls) -> tuple[str, ...]:
+        return tuple(name for item in dataclasses.fields(cls) for name in
+                     (PAIRS_KEYS if item.name == "pairs" else (item.name,)))
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], *, where: str = _WHERE) -> TrainConfig:
+        """A config from flat settings (YAML keys, CLI options); unknown keys and bad values are errors that
+        name ``where``."""
+        values = dict(values)
+        known = cls.flat_keys()
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SameIdError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = [name for name in ("dataset", "out") if values.get(name) in (None, "")]
+        if missing:
+            raise SameIdError(f"{where}: give {' and '.join(missing)} (the dataset dir and the run dir)")
+        pairs = {PAIRS_KEYS[key]: values.pop(key) for key in list(values) if key in PAIRS_KEYS}
+        try:
+            return cls(**values, pairs=PairsConfig(**pairs))
+        except SameIdError as exc:
+            raise SameIdError(f"{where}: {str(exc).removeprefix(f'{_WHERE}: ')}") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from ..atomic import write_text_atomic
+
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
@@ -115,13 +230,5 @@ class TrainConfig:
             raise SameIdError(f"training config {path}: not valid YAML ({exc})") from None
         if not isinstance(values, dict):
             raise SameIdError(f"training config {path}: expected a mapping of field: value")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SameIdError(f"training config {path}: unknown field(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise SameIdError(f"training config {path}: {exc}") from None
+        return cls.from_flat(values, where=f"training config {path}")

@@ -11,10 +11,8 @@ write gigabytes per checkpoint.
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +20,16 @@ import numpy as np
 import torch
 
 from ..errors import SameIdError
-from ..pairs.dataset import PairsConfig, PairsDataset, collate_examples
+from ..pairs.dataset import PairsDataset, collate_examples
 from ..references import ReferenceInputs, normalize_pixels, reference_inputs
 from .config import TrainConfig
 from .losses import masked_diffusion_loss
+from .run_dir import CONFIG_FILE, TRAINABLE_WEIGHTS, RunDir
 
-CHECKPOINTS = "checkpoints"
-TRAINABLE_WEIGHTS = "trainable.safetensors"
-TRAINER_STATE = "trainer_state.json"
+#: What makes validation images: ``validator(components, denoiser, dataset, config, out_dir) -> [PIL images]``.
+#: The default is :func:`sameid.pipelines.validation.validation_images` (the reference pipeline, a stage below
+#: training); pass another to change what a run shows.
+Validator = Callable[..., list]
 
 
 class TrainingDivergedError(SameIdError):
@@ -42,6 +42,10 @@ class TrainResult:
     model_dir: Path
     global_step: int
     losses: list[float] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        final = f"{self.losses[-1]:.4f}" if self.losses else "n/a"
+        return [f"{self.run_dir}: {self.global_step} steps, final loss {final}; model: {self.model_dir}"]
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -63,11 +67,6 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 def step_generator(seed: int, micro_batch: int) -> torch.Generator:
     """The generator of every random draw (noise, timesteps, VAE sample) of one micro-batch."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    checkpoints = sorted((run_dir / CHECKPOINTS).glob("step-*"))
-    return checkpoints[-1] if checkpoints else None
 
 
 def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor,
@@ -99,21 +98,33 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class Trainer:
     """Holds the pieces of a run; :func:`train` is the one-call entry point."""
 
-    def __init__(self, config: TrainConfig, *, resume: str | None = None, progress: bool | None = None):
+    def __init__(self, config: TrainConfig, *, resume: str | None = None, progress: bool | None = None,
+                 validator: Validator | None = None):
         from accelerate import Accelerator
         from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
         from diffusers.optimization import get_scheduler
 
         from ..models.components import load_components, save_components
         from ..models.denoisers import create_denoiser, tiny_image_encoder
-
-        self.config = config
-        self.run_dir = config.run_dir
-        self.progress = sys.stderr.isatty() if progress is None else progress
         from ..pairs.manifest import load_manifest
 
-        manifest = load_manifest(config.dataset)  # a bad dataset dir fails before the run dir is touched
-        self._prepare_run_dir(resume)
+        self.config = config
+        self.run = RunDir(config.out)
+        self.run_dir = self.run.path
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        if validator is None:
+            from ..pipelines.validation import validation_images as validator
+        self.validator = validator
+        # Everything that can be refused is checked before the run dir is touched: the machine, the dataset dir,
+        # the examples it gives, the held-out identities and the run dir's own state.
+        config.check_machine()
+        self.dataset = PairsDataset(load_manifest(config.dataset), config.pairs)
+        self.holdout = self._hold_out(config.holdout_identities)
+        if not len(self.dataset):
+            raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
+                              f"references; lower n_references or use shortfall repeat)")
+        self._check_run_dir(resume)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = Accelerator(
             mixed_precision=config.mixed_precision,
             # sync_with_dataloader=False: an optimizer step is always the same number of micro-batches, also
@@ -121,16 +132,16 @@ class Trainer:
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False),
             log_with="tensorboard",
-            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run.logs_dir)),
         )
         set_seed(config.seed)
-        base = self.run_dir / "base"
+        base = self.run.base_dir
         if config.tiny and base.is_dir():
             self.components = load_components(base)
         else:
             self.components = load_components(config.pretrained, tiny=config.tiny, seed=config.seed)
             if config.tiny and self.accelerator.is_main_process:
-                save_components(self.components, base)
+                self.run.fill_dir(base, lambda tmp: save_components(self.components, tmp))
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         device = self.accelerator.device
         for frozen in (self.components.vae, self.components.text_encoder):
@@ -141,9 +152,9 @@ class Trainer:
         image_encoder = config.image_encoder
         if config.model == "ip-adapter" and image_encoder is None and config.tiny:
             # Saved with the tiny base, so generation from the run dir finds the same random encoder.
-            encoder_dir = base / "image_encoder"
+            encoder_dir = self.run.tiny_image_encoder_dir
             if not encoder_dir.is_dir() and self.accelerator.is_main_process:
-                tiny_image_encoder(config.seed).save_pretrained(encoder_dir)
+                self.run.fill_dir(encoder_dir, tiny_image_encoder(config.seed).save_pretrained)
             self.accelerator.wait_for_everyone()
             image_encoder = str(encoder_dir)
         torch.manual_seed(config.seed)  # initialisation of the new modules depends on the seed alone
@@ -155,17 +166,11 @@ class Trainer:
         if config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
 
-        self.dataset = PairsDataset(manifest, PairsConfig(
-            mode=config.mode, task=config.task, n_references=config.n_references, resolution=config.resolution,
-            prompt_drop=config.prompt_drop, shortfall=config.shortfall, seed=config.seed,
-            curriculum=config.curriculum, source_order=tuple(config.curriculum_source_order)))
         # Written only now that the base model and the data have loaded: a run dir holding config.yaml is a run.
         if self.accelerator.is_main_process:
-            config.save(self.run_dir / "config.yaml")
-        self.holdout = self._hold_out(config.holdout_identities)
-        if not len(self.dataset):
-            raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
-                              f"references; lower n_references or use shortfall repeat)")
+            self.run.write_config(config)
+            if self.holdout:
+                self.run.write_holdout(self.holdout)
         # A curriculum is an order: keep it instead of shuffling it away.
         sampler = None if config.curriculum else EpochShuffleSampler(len(self.dataset), config.seed)
         self.sampler = sampler
@@ -189,14 +194,14 @@ class Trainer:
             self.accelerator.init_trackers("sameid")
 
     # -- run dir -------------------------------------------------------------------------------------------------
-    def _prepare_run_dir(self, resume: str | None) -> None:
-        config_path = self.run_dir / "config.yaml"
+    def _check_run_dir(self, resume: str | None) -> None:
+        config_path = self.run.config_file
         if config_path.exists() and not resume:
             raise SameIdError(f"{self.run_dir} already holds a run; resume it (--resume latest) or choose another --out")
         if resume and not config_path.exists():
-            raise SameIdError(f"--resume: {self.run_dir} holds no run (no config.yaml)")
+            raise SameIdError(f"--resume: {self.run_dir} holds no run (no {CONFIG_FILE})")
         if resume:
-            saved = TrainConfig.load(config_path)
+            saved = self.run.config
             changed = [name for name, value in saved.to_dict().items()
                        if name not in ("max_train_steps", "validation_steps", "checkpointing_steps",
                                        "checkpoints_total_limit", "validation_prompts")
@@ -204,10 +209,11 @@ class Trainer:
             if changed:
                 raise SameIdError(f"--resume: the config differs from the run's {config_path} in "
                                   f"{', '.join(changed)}; an exact resume needs the same settings")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+            if resume == "latest" and self.run.latest_checkpoint() is None:
+                raise SameIdError(f"--resume latest: no checkpoint found in {self.run.checkpoints_dir}")
 
     def _hold_out(self, count: int) -> list[str]:
-        """Keep ``count`` identities out of training, chosen by seed; listed in holdout.json."""
+        """Keep ``count`` identities out of training, chosen by seed (listed in holdout.json once the run starts)."""
         if count <= 0:
             return []
         identities = sorted(set(self.dataset.manifest.identities))
@@ -219,19 +225,17 @@ class Trainer:
         excluded = set(held)
         self.dataset.target_rows = [r for r in self.dataset.target_rows
                                     if self.dataset.manifest.identities[r] not in excluded]
-        if self.accelerator.is_main_process:
-            (self.run_dir / "holdout.json").write_text(json.dumps({"identities": held}, indent=2))
         return held
 
     def _resume(self, resume: str) -> None:
-        checkpoint = latest_checkpoint(self.run_dir) if resume == "latest" else Path(resume)
-        if checkpoint is None or not (checkpoint / TRAINER_STATE).is_file():
-            raise SameIdError(f"--resume {resume}: no checkpoint found in {self.run_dir / CHECKPOINTS}")
+        checkpoint = self.run.latest_checkpoint() if resume == "latest" else Path(resume)
+        if checkpoint is None:
+            raise SameIdError(f"--resume {resume}: no checkpoint found in {self.run.checkpoints_dir}")
+        state = self.run.read_trainer_state(checkpoint)
         self.accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / TRAINER_STATE).read_text())
         self.global_step, self.micro_batches = state["global_step"], state["micro_batches"]
         self.losses = list(state["losses"])
-        self._write_loss_log(rewrite=True)
+        self._write_loss_log()
 
     def _save_trainable(self, models, weights, output_dir) -> None:
         from safetensors.torch import save_file
@@ -252,15 +256,9 @@ class Trainer:
                                   f"({len(set(state) ^ expected)} differ); was it written with another model or lock?")
             model.load_state_dict(state, strict=False)
 
-    def _write_loss_log(self, rewrite: bool = False) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        path = self.run_dir / "loss.jsonl"
-        if rewrite:
-            path.write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n" for i, v in enumerate(self.losses)))
-        else:
-            with path.open("a") as handle:
-                handle.write(json.dumps({"step": self.global_step, "loss": self.losses[-1]}) + "\n")
+    def _write_loss_log(self) -> None:
+        if self.accelerator.is_main_process:
+            self.run.write_loss_log(self.losses)
 
     # -- one micro-batch -----------------------------------------------------------------------------------------
     def loss(self, batch: dict, generator: torch.Generator):
@@ -335,7 +333,7 @@ class Trainer:
         return TrainResult(self.run_dir, model_dir, self.global_step, list(self.losses))
 
     def _diverged(self, value: float) -> None:
-        last = latest_checkpoint(self.run_dir)
+        last = self.run.latest_checkpoint()
         where = f"last good checkpoint: {last} (kept)" if last else "no checkpoint was written yet"
         raise TrainingDivergedError(
             f"loss is {value} at step {self.global_step + 1} (micro-batch {self.micro_batches}); training stopped, "
@@ -344,35 +342,32 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         accelerator = self.accelerator
-        path = self.run_dir / CHECKPOINTS / f"step-{self.global_step:07d}"
+        path = self.run.checkpoint_dir(self.global_step)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(path))
         if accelerator.is_main_process:
-            (path / TRAINER_STATE).write_text(json.dumps({
-                "global_step": self.global_step, "micro_batches": self.micro_batches, "losses": self.losses}))
-            limit = self.config.checkpoints_total_limit
-            if limit:
-                for old in sorted((self.run_dir / CHECKPOINTS).glob("step-*"))[:-limit]:
-                    shutil.rmtree(old)
+            self.run.write_trainer_state(path, {
+                "global_step": self.global_step, "micro_batches": self.micro_batches, "losses": self.losses})
+            if self.config.checkpoints_total_limit:
+                self.run.remove_old_checkpoints(self.config.checkpoints_total_limit)
         return path
 
     def save_model(self) -> Path:
-        model_dir = self.run_dir / "model"
+        model_dir = self.run.model_dir
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.denoiser).save_pretrained(model_dir)
+            self.run.fill_dir(model_dir, self.accelerator.unwrap_model(self.denoiser).save_pretrained)
         return model_dir
 
     def validate(self) -> None:
-        """Generate for the first ``validation_examples`` targets; PNGs under validation/ and to tensorboard."""
+        """Generate for the first ``validation_examples`` targets; PNGs under validation/ and to
+        tensorboard."""
         if not self.accelerator.is_main_process or self.config.validation_examples < 1:
             return
-        from ..pipelines.validation import validation_images
-
         denoiser = self.accelerator.unwrap_model(self.denoiser)
         denoiser.eval()
-        images = validation_images(self.components, denoiser, self.dataset, self.config,
-                                   self.run_dir / "validation" / f"step-{self.global_step:07d}")
+        images = self.validator(self.components, denoiser, self.dataset, self.config,
+                                self.run.validation_dir(self.global_step))
         denoiser.train()
         tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
         if images and tracker is not None:
@@ -380,8 +375,9 @@ class Trainer:
             tracker.add_images("validation", stacked, self.global_step, dataformats="NHWC")
 
 
-def train(config: TrainConfig, *, resume: str | None = None, progress: bool | None = None) -> TrainResult:
-    """Train ``config`` into ``config.out``; ``resume`` is "latest" or a checkpoint dir of that run."""
-    if not math.isfinite(config.learning_rate) or config.learning_rate <= 0:
-        raise SameIdError(f"learning_rate must be a positive number, got {config.learning_rate}")
-    return Trainer(config, resume=resume, progress=progress).train()
+def train(config: TrainConfig, *, resume: str | None = None, progress: bool | None = None,
+          validator: Validator | None = None) -> TrainResult:
+    """Train ``config`` into ``config.out``; ``resume`` is "latest" or a checkpoint dir of that run. ``validator``
+    makes the validation images (see :data:`Validator`). Nothing is written before the config, the machine, the
+    dataset dir and the run dir have been checked."""
+    return Trainer(config, resume=resume, progress=progress, validator=validator).train()

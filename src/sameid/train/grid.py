@@ -1,0 +1,77 @@
+"""Training one run or a grid of them (``sameid train --model a,b --mode same,identity``): the train stage's one
+call. Every config of the grid is made, and so checked, before the first run writes anything."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import SameIdError
+from .config import TrainConfig
+
+
+def split_list(value: str | Sequence[str] | None) -> list[str | None]:
+    """``"a, b"`` -> ``["a", "b"]``; None -> ``[None]`` (the config's own value)."""
+    if value is None:
+        return [None]
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [item.strip() for item in items if item and item.strip()]
+    return items or [None]
+
+
+def grid_configs(settings: Mapping[str, Any], *, config_file: str | os.PathLike | None = None,
+                 models: str | Sequence[str] | None = None, modes: str | Sequence[str] | None = None
+                 ) -> list[TrainConfig]:
+    """One config per (model, mode): flat ``settings`` (None values ignored) over ``config_file`` (YAML) when
+    given. With more than one, each run goes to ``<out>/<model>-<mode>``."""
+    models, modes = split_list(models), split_list(modes)
+    grid = len(models) > 1 or len(modes) > 1
+    settings = {key: value for key, value in settings.items() if value is not None}
+    configs = []
+    for model in models:
+        for mode in modes:
+            values = {**settings, **({"model": model} if model else {}), **({"mode": mode} if mode else {})}
+            if config_file is not None:
+                config = TrainConfig.load(config_file, **values)
+            else:
+                config = TrainConfig.from_flat(values)
+            if grid:
+                config = replace(config, out=str(Path(config.out) / f"{config.model}-{config.mode}"))
+            configs.append(config)
+    return configs
+
+
+@dataclass
+class GridResult:
+    results: list = field(default_factory=list)  # sameid.train.loop.TrainResult, one per run
+    root: Path | None = None  # the grid's parent folder (None for a single run)
+
+    def describe(self) -> list[str]:
+        lines = [line for result in self.results for line in result.describe()]
+        if self.root is not None:
+            lines.append(f"{len(self.results)} runs under {self.root}")
+        return lines
+
+
+def train_grid(configs: Sequence[TrainConfig], *, resume: str | None = None, progress: bool | None = None,
+               validator=None, echo: Callable[[str], None] = print) -> GridResult:
+    """Train each config in turn (``resume``: "latest" or a checkpoint dir; a grid resumes each run's latest).
+    ``validator`` makes validation images (:data:`sameid.train.loop.Validator`); ``echo`` hears one line per run
+    as it starts."""
+    from .loop import train
+
+    configs = list(configs)
+    if not configs:
+        raise SameIdError("no training config given")
+    grid = len(configs) > 1
+    if grid and resume and resume != "latest":
+        raise SameIdError("--resume with several models or modes: use --resume latest (each run resumes its own)")
+    result = GridResult(root=Path(configs[0].out).parent if grid else None)
+    for config in configs:
+        echo(f"training {config.model} ({config.mode}, lock {config.lock}, {config.max_train_steps} steps) into "
+             f"{config.out}")
+        result.results.append(train(config, resume=resume, progress=progress, validator=validator))
+    return result
