@@ -17,7 +17,8 @@ PACKAGE = SRC / "sameid"
 STAGES = ("sources", "dataset", "pairs", "models", "pipelines", "train", "generate", "evaluate", "demo", "cli",
           "testing")  # testing: tiny models for tests and benchmarks, above everything; src/ never imports it
 #: The ground floor every stage may use; it imports nothing above itself.
-GROUND = ("__init__", "errors", "records", "images", "atomic", "references", "verbosity", "backends", "data")
+GROUND = ("__init__", "errors", "records", "images", "atomic", "references", "settings", "verbosity", "backends",
+          "data")
 
 
 def _module_name(path: Path) -> str:
