@@ -245,3 +245,26 @@ def test_write_directory_atomic_keeps_the_old_folder_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["folder"] and (target / "a.txt").read_text() == "old"
     write_directory_atomic(target, lambda tmp: (tmp / "b.txt").write_text("new"))
     assert [p.name for p in target.iterdir()] == ["b.txt"] and [p.name for p in tmp_path.iterdir()] == ["folder"]
+
+
+def test_cli_export_of_a_run(base, tmp_path):
+    from typer.testing import CliRunner
+
+    from sameid.cli import app
+    from sameid.train.config import TrainConfig
+
+    components, _ = base
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(dataset=str(tmp_path / "dataset"), out=str(run), tiny=True, model="ip-adapter").save(run / "config.yaml")
+    runner = CliRunner()
+    missing = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "export")])
+    assert missing.exit_code == 2 and "not a finished training run" in missing.output
+    trained("ip-adapter", components, "full").save_pretrained(run / "model")
+    result = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    assert "ip-adapter baseline" in result.output and "ip_adapter/, unet/" in result.output
+    assert f"base model: {run / 'base'}" in result.output
+    assert (tmp_path / "export" / IP_ADAPTER_SUBFOLDER / IP_ADAPTER_WEIGHTS).is_file()
+    result = runner.invoke(app, ["export", str(run), "--out", str(tmp_path / "export"), "--no-unet"])
+    assert result.exit_code == 0 and not (tmp_path / "export" / "unet").exists()
