@@ -141,7 +141,7 @@ def test_baselines_generate_through_the_same_pipeline(kind, identity_a):
     own = load_components(tiny=True, seed=0)  # IP-Adapter swaps the U-Net's attention processors in place
     torch.manual_seed(0)
     if kind == "controlnet":
-        denoiser = ControlNetDenoiser.from_unet(own.unet)
+        denoiser = ControlNetDenoiser.from_unet(own.unet, vae_scale_factor=own.vae_scale_factor)
     else:
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
             hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,

@@ -64,3 +64,34 @@ def write_parquet_atomic(path: str | os.PathLike, data, schema=None) -> Path:
 
     table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, schema=schema, preserve_index=False)
     return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_directory_atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` to fill a unique temporary directory beside ``path``, then swap it in for ``path``.
+
+    A directory already at ``path`` is renamed aside first and removed only once the new one is in place, so a
+    reader finds the old folder or the new one, never a half-written one (between the two renames, briefly, none).
+    On any failure the temporary directory is removed and ``path`` is untouched. Returns ``path``.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_MARK, dir=path.parent))
+    old = None
+    try:
+        write(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TEMPORARY_MARK, dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and (old / path.name).exists() and not path.exists():
+            os.replace(old / path.name, path)  # put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path

@@ -421,5 +421,20 @@ def eval_(
     typer.echo(result.describe())
 
 
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run dir of a ControlNet or IP-Adapter baseline (`sameid train`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the diffusers form (new, empty, or an "
+                                                          "earlier export, which is replaced).")],
+    unet: Annotated[bool | None, typer.Option("--unet/--no-unet", help="Also write unet/ (default: when the run "
+                                                                       "trained the U-Net decoder, lock full).")] = None,
+):
+    """Write a trained baseline in the form diffusers' standard pipelines load (controlnet/ or ip_adapter/, unet/)."""
+    from .generate.export import export_run
+
+    typer.echo(export_run(run, out, include_unet=unet).describe())
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -25,6 +25,12 @@ from ..errors import MissingModelError
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 TINY_SOURCE = "tiny"
+# Stable Diffusion's VAE halves the image three times (8 px per latent cell); the tiny VAE twice (see
+# _tiny_components). A ControlNet's conditioning embedding must downsample by the same factor, or diffusers'
+# ControlNet pipelines cannot feed it the image (sameid.models.controlnet_denoiser).
+SD_VAE_SCALE_FACTOR = 8
+TINY_VAE_BLOCK_OUT_CHANNELS = (32, 32, 64)
+TINY_VAE_SCALE_FACTOR = 2 ** (len(TINY_VAE_BLOCK_OUT_CHANNELS) - 1)
 _EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -120,8 +126,9 @@ def _tiny_components(seed: int) -> DiffusionComponents:
             norm_num_groups=32)
         # Three VAE levels: a scale factor of 4 keeps 64 px latents at 16x16 (SD's 8 would leave 8x8).
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, block_out_channels=(32, 32, 64), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            in_channels=3, out_channels=3, block_out_channels=TINY_VAE_BLOCK_OUT_CHANNELS, layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * len(TINY_VAE_BLOCK_OUT_CHANNELS),
+            up_block_types=("UpDecoderBlock2D",) * len(TINY_VAE_BLOCK_OUT_CHANNELS),
             latent_channels=4, norm_num_groups=32, sample_size=64)
     finally:
         torch.random.set_rng_state(generator_state)

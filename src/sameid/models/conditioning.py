@@ -8,6 +8,8 @@ pipeline and one benchmark serve them all, variants chosen by configuration (doc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers.configuration_utils import ConfigMixin
 from diffusers.models.modeling_utils import ModelMixin
@@ -24,8 +26,11 @@ UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")
 # The config file of every saved denoiser (ModelMixin writes its weights beside it): it names the class, which is
 # how sameid.models.denoisers.load_denoiser picks the kind.
 DENOISER_CONFIG = "denoiser.json"
+# What ``export_diffusers`` writes beside the standard diffusers folders: the kind, which folders it wrote and how
+# to load them. It also marks the folder as an export, which a later export may replace.
+EXPORT_MANIFEST = "sameid_export.json"
 
-__all__ = ["DENOISER_CONFIG", "LOCK_MODES", "UNET_DECODER_MODULES", "ReferenceConditionedDenoiser", "ReferenceInputs",
+__all__ = ["DENOISER_CONFIG", "EXPORT_MANIFEST", "LOCK_MODES", "UNET_DECODER_MODULES", "ReferenceConditionedDenoiser", "ReferenceInputs",
            "check_lock", "model_config"]
 
 
@@ -67,8 +72,6 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' ``from_pretrained`` of a folder written by ``save_pretrained`` (a run's ``model/``, a saved
         pipeline's ``denoiser/``); a folder without ``denoiser.json`` raises MissingModelError."""
-        from pathlib import Path
-
         from ..errors import MissingModelError
 
         config = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "", DENOISER_CONFIG)
@@ -94,8 +97,62 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     def set_trainable(self, lock: str = "full") -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
+    def export_diffusers(self, directory, *, include_unet: bool | None = None) -> Path:
+        """Write this denoiser in the form diffusers' standard pipelines load as they are; returns ``directory``.
+
+        The baseline's own part (``controlnet/``; ``ip_adapter/``), plus ``unet/``, a plain
+        ``UNet2DConditionModel`` (``save_pretrained`` layout, no attention-processor weights), when
+        ``include_unet`` (default: :attr:`decoder_trained`, i.e. lock "full", whose U-Net differs from the base's),
+        and ``sameid_export.json`` saying what is there and how to load it (docs/generate.md). The folder is
+        written beside ``directory`` and swapped in whole; an existing ``directory`` must be empty or an earlier
+        export. RetriNet has no standard diffusers pipeline: save a ReferencePipeline instead.
+        """
+        from ..atomic import write_directory_atomic, write_json_atomic
+
+        directory = Path(directory)
+        if directory.is_file() or (directory.is_dir() and any(directory.iterdir())
+                                   and not (directory / EXPORT_MANIFEST).is_file()):
+            raise SameIdError(f"{directory} exists and is not an earlier export (no {EXPORT_MANIFEST}): "
+                              "choose a new or empty folder")
+        include_unet = self.decoder_trained if include_unet is None else bool(include_unet)
+
+        def write(folder: Path) -> None:
+            manifest = {"kind": self.kind, "decoder_trained": self.decoder_trained, **self._export_parts(folder)}
+            manifest["unet"] = None
+            if include_unet:
+                save_plain_unet(self.unet, folder / "unet")
+                manifest["unet"] = "unet"
+            write_json_atomic(folder / EXPORT_MANIFEST, manifest)
+
+        return write_directory_atomic(directory, write)
+
+    def _export_parts(self, folder: Path) -> dict:
+        """Write the baseline's own diffusers parts into ``folder``; returns their manifest entries."""
+        raise SameIdError(f"{type(self).__name__} has no standard diffusers pipeline to export to: save a "
+                          "ReferencePipeline (save_pretrained) instead")
+
 
 # -- helpers the denoisers share -------------------------------------------------------------------------------------
+def save_plain_unet(unet, directory: Path) -> Path:
+    """``unet`` as a stock ``UNet2DConditionModel`` folder (``config.json`` and
+    ``diffusion_pytorch_model.safetensors``, what ``save_pretrained`` writes) without the weights of attention
+    processors set on it (IP-Adapter's ``to_k_ip`` / ``to_v_ip``, exported on their own), so
+    ``UNet2DConditionModel.from_pretrained`` loads it with no unexpected keys and without copying the model."""
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import save_file
+
+    from ..atomic import write_atomic
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    unet.save_config(directory)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in unet.state_dict().items()
+             if ".processor." not in name}
+    write_atomic(directory / SAFETENSORS_WEIGHTS_NAME,
+                 lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    return directory
+
+
 def decoder_modules(unet) -> list[torch.nn.Module]:
     """The U-Net decoder's top-level modules (``UNET_DECODER_MODULES``) that this U-Net has."""
     return [module for name in UNET_DECODER_MODULES if (module := getattr(unet, name, None)) is not None]

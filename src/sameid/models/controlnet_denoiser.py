@@ -21,6 +21,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
 from ..errors import SameIdError
+from .components import SD_VAE_SCALE_FACTOR
 from .conditioning import (
     ReferenceConditionedDenoiser,
     ReferenceInputs,
@@ -33,15 +34,20 @@ from .conditioning import (
     valid_pairs,
 )
 
+# ControlNet's conditioning embedding (diffusers' ControlNetModel default): each stage after the first halves the size.
+CONDITIONING_CHANNELS = (16, 32, 96, 256)
+
 
 class ControlNetDenoiser(ReferenceConditionedDenoiser):
     """A U-Net with a ``diffusers.ControlNetModel`` whose condition is the reference image (003 §3.1, A.3).
 
     The ControlNet is a trainable copy of the U-Net encoder joined to it by zero convolutions; it reads the noisy
     latents, the prompt's ``encoder_hidden_states`` and, through its conditioning embedding, the reference pixels.
-    The condition is pixel-aligned with the target: its embedding downsamples by ``condition_downsampling`` (8 for
-    the default ``(16, 32, 96, 256)`` channels), so the condition must be ``8 x`` the latent size, i.e. the target's
-    pixel size. References of another size are resized to it (bilinear, antialiased). ControlNet expects the
+    The condition is pixel-aligned with the target: its embedding downsamples by ``condition_downsampling``, the
+    VAE's scale factor (8 for Stable Diffusion's ``(16, 32, 96, 256)`` channels, 4 for the tiny base's
+    ``(16, 32, 96)``), so the condition is the target's pixel size, which is what diffusers'
+    ``StableDiffusionControlNetPipeline`` gives it. References of another size are resized to it (bilinear,
+    antialiased). ControlNet expects the
     condition in [0, 1] (diffusers' training script and pipeline feed unnormalised ``ToTensor`` pixels), so the
     [-1, 1] reference pixels are mapped to [0, 1].
 
@@ -72,9 +78,25 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
                                 decoder_trained=bool(decoder_trained))
 
     @classmethod
-    def from_unet(cls, unet, **controlnet_kwargs) -> ControlNetDenoiser:
-        """A ControlNet initialised from ``unet``'s encoder, with zero convolutions and an RGB conditioning input."""
-        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3, **controlnet_kwargs)
+    def from_unet(cls, unet, *, vae_scale_factor: int = SD_VAE_SCALE_FACTOR,
+                  **controlnet_kwargs) -> ControlNetDenoiser:
+        """A ControlNet initialised from ``unet``'s encoder, with zero convolutions and an RGB conditioning input.
+
+        Its conditioning embedding downsamples by ``vae_scale_factor`` (the base VAE's: 8 for Stable Diffusion, 4
+        for the tiny base), so the condition is the target's pixel size, as diffusers' ControlNet pipelines feed it:
+        ControlNet's own ``(16, 32, 96, 256)`` channels, cut to ``log2(vae_scale_factor) + 1`` stages. Explicit
+        ``conditioning_embedding_out_channels`` must give the same factor.
+        """
+        stages = int(vae_scale_factor).bit_length() - 1
+        if vae_scale_factor < 1 or 2 ** stages != vae_scale_factor or stages >= len(CONDITIONING_CHANNELS):
+            raise SameIdError(f"vae_scale_factor must be 1, 2, 4 or 8, got {vae_scale_factor}")
+        channels = tuple(controlnet_kwargs.pop("conditioning_embedding_out_channels", None)
+                         or CONDITIONING_CHANNELS[:stages + 1])
+        if 2 ** (len(channels) - 1) != vae_scale_factor:
+            raise SameIdError(f"conditioning_embedding_out_channels {channels} downsample by {2 ** (len(channels) - 1)}"
+                              f", the VAE by {vae_scale_factor}: give {stages + 1} channel counts")
+        controlnet = ControlNetModel.from_unet(unet, conditioning_channels=3,
+                                               conditioning_embedding_out_channels=channels, **controlnet_kwargs)
         return cls(unet, like_unet(controlnet, unet))
 
     @property
@@ -131,6 +153,14 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
         if lock == "full":
             self.decoder_trained = True
         return enable_parameters(modules)
+
+    def _export_parts(self, folder) -> dict:
+        """``controlnet/``: the trained ``ControlNetModel`` (``save_pretrained``), for diffusers'
+        ``StableDiffusionControlNetPipeline``. With one reference its output equals ReferencePipeline's (both give
+        the control to both guidance branches); N references are N copies of it in a ``MultiControlNetModel`` with
+        conditioning scale 1/N each, whose summed residuals are this model's mean (docs/generate.md)."""
+        self.controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
+        return {"controlnet": "controlnet", "condition_downsampling": self.condition_downsampling}
 
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()

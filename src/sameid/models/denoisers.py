@@ -35,12 +35,16 @@ def tiny_image_encoder(seed: int = 0, image_size: int = 32):
     return CLIPVisionModelWithProjection(config).eval()
 
 
-def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False) -> ReferenceConditionedDenoiser:
+def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False,
+                    vae_scale_factor: int | None = None) -> ReferenceConditionedDenoiser:
     """A fresh, untrained denoiser of ``kind`` around ``unet``.
 
     ``image_encoder`` (ip-adapter only): a ``CLIPVisionModelWithProjection``, or its hub id or folder; with
-    ``tiny`` and no encoder, a random tiny one.
+    ``tiny`` and no encoder, a random tiny one. ``vae_scale_factor`` (controlnet only): the base VAE's
+    (``DiffusionComponents.vae_scale_factor``); default the tiny base's with ``tiny``, else Stable Diffusion's 8.
     """
+    from .components import SD_VAE_SCALE_FACTOR, TINY_VAE_SCALE_FACTOR
+
     classes = _classes()
     if kind not in classes:
         raise SameIdError(f"unknown model {kind!r}; choose one of: {', '.join(KINDS)}")
@@ -51,6 +55,9 @@ def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False) 
                                         "or folder, e.g. openai/clip-vit-large-patch14 (the paper's)")
             image_encoder = tiny_image_encoder()
         return classes[kind].from_unet(unet, image_encoder=image_encoder)
+    if kind == "controlnet":
+        factor = vae_scale_factor or (TINY_VAE_SCALE_FACTOR if tiny else SD_VAE_SCALE_FACTOR)
+        return classes[kind].from_unet(unet, vae_scale_factor=factor)
     return classes[kind].from_unet(unet)
 
 

@@ -33,6 +33,11 @@ from .conditioning import (
 # The projection and ip key/value weights in IP-Adapter's own format, written beside the denoiser's weights so
 # diffusers' ``load_ip_adapter`` can read them.
 IP_ADAPTER_WEIGHTS = "ip_adapter.safetensors"
+# export_diffusers' layout, as h94/IP-Adapter's ``models/``: the weights and ``image_encoder/`` in one subfolder, so
+# ``load_ip_adapter(folder, subfolder=IP_ADAPTER_SUBFOLDER, weight_name=IP_ADAPTER_WEIGHTS)`` finds both.
+IP_ADAPTER_SUBFOLDER = "ip_adapter"
+# diffusers' loader reads ``image_proj.proj`` as an ImageProjection of exactly this many tokens.
+DIFFUSERS_IP_ADAPTER_TOKENS = 4
 DEFAULT_IMAGE_ENCODER = "openai/clip-vit-large-patch14"  # the image encoder of 003 A.3
 
 
@@ -243,6 +248,27 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
             for index, processor in enumerate(processors):
                 processor.to_k_ip[0].weight.copy_(state[f"ip_adapter.{2 * index + 1}.to_k_ip.weight"])
                 processor.to_v_ip[0].weight.copy_(state[f"ip_adapter.{2 * index + 1}.to_v_ip.weight"])
+
+    def _export_parts(self, folder) -> dict:
+        """``ip_adapter/ip_adapter.safetensors`` and ``ip_adapter/image_encoder/`` (the frozen CLIP encoder,
+        ``save_pretrained``), for ``load_ip_adapter`` on diffusers' ``StableDiffusionPipeline``. Same images as
+        ReferencePipeline at ``guidance_scale`` 1; with guidance, diffusers' unconditional branch gets the
+        projection of a zero image embedding where sameid keeps the references (give diffusers
+        ``ip_adapter_image_embeds`` with the reference embedding in both halves to match; docs/generate.md)."""
+        from safetensors.torch import save_file
+
+        from ..atomic import write_atomic
+
+        if self.num_tokens != DIFFUSERS_IP_ADAPTER_TOKENS:
+            raise SameIdError(f"this adapter has {self.num_tokens} image tokens; diffusers' load_ip_adapter reads "
+                              f"IP-Adapter weights as {DIFFUSERS_IP_ADAPTER_TOKENS} tokens, so only such an adapter "
+                              "exports to it")
+        subfolder = folder / IP_ADAPTER_SUBFOLDER
+        state = {name: tensor.cpu() for name, tensor in self.adapter_state_dict().items()}
+        write_atomic(subfolder / IP_ADAPTER_WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        self.image_encoder.save_pretrained(subfolder / "image_encoder")
+        return {"ip_adapter": {"subfolder": IP_ADAPTER_SUBFOLDER, "weight_name": IP_ADAPTER_WEIGHTS,
+                               "image_encoder_folder": "image_encoder"}}
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """diffusers' save (``denoiser.json`` and every weight), plus ``ip_adapter.safetensors``: the projection

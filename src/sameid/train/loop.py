@@ -159,7 +159,7 @@ class Trainer:
             image_encoder = str(encoder_dir)
         torch.manual_seed(config.seed)  # initialisation of the new modules depends on the seed alone
         self.denoiser = create_denoiser(config.model, self.components.unet, image_encoder=image_encoder,
-                                        tiny=config.tiny)
+                                        tiny=config.tiny, vae_scale_factor=self.components.vae_scale_factor)
         trainable = self.denoiser.set_trainable(config.lock)
         if not trainable:
             raise SameIdError(f"model {config.model} with lock {config.lock} has nothing to train")
