@@ -32,11 +32,7 @@ def as_int(where: str, name: str, value: Any, *, minimum: int | None = None, max
             result = None
     if result is None:
         raise _fail(where, name, f"must be a whole number, got {value!r}")
-    if minimum is not None and result < minimum:
-        raise _fail(where, name, f"must be at least {minimum}, got {result}")
-    if maximum is not None and result > maximum:
-        raise _fail(where, name, f"must be at most {maximum}, got {result}")
-    return result
+    return _in_range(where, name, result, minimum, maximum)
 
 
 def as_float(where: str, name: str, value: Any, *, minimum: float | None = None, maximum: float | None = None,
@@ -55,11 +51,15 @@ def as_float(where: str, name: str, value: Any, *, minimum: float | None = None,
         raise _fail(where, name, f"must be a number, got {value!r}")
     if above is not None and result <= above:
         raise _fail(where, name, f"must be greater than {above:g}, got {result:g}")
-    if minimum is not None and result < minimum:
-        raise _fail(where, name, f"must be at least {minimum:g}, got {result:g}")
-    if maximum is not None and result > maximum:
-        raise _fail(where, name, f"must be at most {maximum:g}, got {result:g}")
-    return result
+    return _in_range(where, name, result, minimum, maximum)
+
+
+def _in_range(where: str, name: str, value, minimum, maximum):
+    if minimum is not None and value < minimum:
+        raise _fail(where, name, f"must be at least {minimum:g}, got {value:g}")
+    if maximum is not None and value > maximum:
+        raise _fail(where, name, f"must be at most {maximum:g}, got {value:g}")
+    return value
 
 
 def as_bool(where: str, name: str, value: Any) -> bool:

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..errors import MissingModelError
 from .base import ImageEmbedder, TextEmbedder, l2_normalise
-from .pretrained import PixelPreparer, embed_image_batches, embed_pixel_batches, load_pretrained, torch_device
+from .pretrained import BatchedImageForward, PixelPreparer, load_pretrained, torch_device
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 _WHAT = "CLIP model"
@@ -38,7 +37,7 @@ def _features(output: Any) -> Any:
     return getattr(output, "pooler_output", output)
 
 
-class CLIPEmbedder(ImageEmbedder, TextEmbedder):
+class CLIPEmbedder(BatchedImageForward, ImageEmbedder, TextEmbedder):
     """Both towers of one CLIP model: ``embed_images`` and ``embed_texts`` share an embedding space."""
 
     kind = "image_embedder"
@@ -55,18 +54,11 @@ class CLIPEmbedder(ImageEmbedder, TextEmbedder):
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
         # picklable: an evaluation's decode worker process prepares pixels while this process runs the model
         self.pixel_preparer = PixelPreparer(self.image_processor)
+        self.embedding_dim = int(self.model.config.projection_dim)
 
     def _image_forward(self, pixels):
         return _features(self.model.get_image_features(pixel_values=pixels))
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return embed_image_batches(images, self.pixel_preparer, self._image_forward, self.batch_size, self.device,
-                                   self.model.config.projection_dim)
-
-    def embed_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
-        """``embed_images`` after ``pixel_preparer``: rows for an (N, C, H, W) array it returned."""
-        return embed_pixel_batches(pixel_values, self._image_forward, self.batch_size, self.device,
-                                   self.model.config.projection_dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         import torch

@@ -10,20 +10,15 @@ DINO never trained, so the raw class token is taken for both). Offline unless ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
-from PIL import Image
-
 from ..errors import MissingModelError
 from .base import ImageEmbedder
-from .pretrained import PixelPreparer, embed_image_batches, embed_pixel_batches, load_pretrained, torch_device
+from .pretrained import BatchedImageForward, PixelPreparer, load_pretrained, torch_device
 
 DEFAULT_DINO = "facebook/dinov2-small"
 _WHAT = "DINO model"
 
 
-class DinoEmbedder(ImageEmbedder):
+class DinoEmbedder(BatchedImageForward, ImageEmbedder):
     def __init__(self, source: str = DEFAULT_DINO, device: str | None = None, batch_size: int = 32):
         try:
             import transformers
@@ -38,16 +33,9 @@ class DinoEmbedder(ImageEmbedder):
                                                what=f"{_WHAT} image processor")
         # picklable: an evaluation's decode worker process prepares pixels while this process runs the model
         self.pixel_preparer = PixelPreparer(self.image_processor)
+        self.embedding_dim = int(self.model.config.hidden_size)
 
     def _image_forward(self, pixels):
         # the class token of the last layer, as DINO evaluations use
         return self.model(pixel_values=pixels).last_hidden_state[:, 0]
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return embed_image_batches(images, self.pixel_preparer, self._image_forward, self.batch_size, self.device,
-                                   self.model.config.hidden_size)
-
-    def embed_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
-        """``embed_images`` after ``pixel_preparer``: rows for an (N, C, H, W) array it returned."""
-        return embed_pixel_batches(pixel_values, self._image_forward, self.batch_size, self.device,
-                                   self.model.config.hidden_size)

@@ -190,3 +190,25 @@ def embed_image_batches(images, prepare, forward, batch_size: int, device, dim: 
     out = [embed_pixel_batches(prepare(images[start:start + batch_size]), forward, batch_size, device, dim)
            for start in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+
+class BatchedImageForward:
+    """``embed_images`` / ``embed_pixels`` of a transformers image embedder (CLIP, DINO) from its ``_image_forward``
+    (pixels -> (B, D) features), ``pixel_preparer``, ``batch_size``, ``device`` and ``embedding_dim``."""
+
+    pixel_preparer: PixelPreparer
+    batch_size: int
+    device: Any
+    embedding_dim: int
+
+    def _image_forward(self, pixels):
+        raise NotImplementedError
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        return embed_image_batches(images, self.pixel_preparer, self._image_forward, self.batch_size, self.device,
+                                   self.embedding_dim)
+
+    def embed_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``embed_images`` after ``pixel_preparer``: rows for an (N, C, H, W) array it returned."""
+        return embed_pixel_batches(pixel_values, self._image_forward, self.batch_size, self.device,
+                                   self.embedding_dim)

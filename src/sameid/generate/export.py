@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..errors import SameIdError
 from ..models.conditioning import EXPORT_MANIFEST
-from ..train.config import TrainConfig
-from .run import BASE_DIR, MODEL_DIR, RUN_CONFIG
+from ..train.run_dir import RunDir
 
 
 @dataclass
@@ -39,12 +38,12 @@ def export_run(run_dir: str | Path, out: str | Path, *, include_unet: bool | Non
     """
     from ..models.denoisers import load_denoiser
 
-    run_dir = Path(run_dir)
-    model_dir = run_dir / MODEL_DIR
-    if not (run_dir / RUN_CONFIG).is_file() or not model_dir.is_dir():
-        raise SameIdError(f"{run_dir} is not a finished training run: it needs {RUN_CONFIG} and {MODEL_DIR}/")
-    config = TrainConfig.load(run_dir / RUN_CONFIG)
-    denoiser = load_denoiser(model_dir)
+    run = RunDir(run_dir)
+    if not run.config_file.is_file() or not run.model_dir.is_dir():
+        raise SameIdError(f"{run.path} is not a finished training run: it needs {run.config_file.name} and "
+                          f"{run.model_dir.name}/")
+    config = run.config
+    denoiser = load_denoiser(run.model_dir)
     written = denoiser.export_diffusers(out, include_unet=include_unet)
-    base = str(config.pretrained) if config.pretrained else str(run_dir / BASE_DIR)
+    base = str(config.pretrained) if config.pretrained else str(run.base_dir)
     return ExportResult(Path(written), json.loads((Path(written) / EXPORT_MANIFEST).read_text()), base)

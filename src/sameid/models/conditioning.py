@@ -46,6 +46,16 @@ def model_config(model) -> dict:
     return {key: value for key, value in items.items() if not key.startswith("_")}
 
 
+def module_or_config(module, config: dict | None, build, owner: str, name: str):
+    """``module`` as given, or built by ``build(config)``: a denoiser takes its parts as modules when made in code
+    and as configs when ``from_pretrained`` rebuilds it (the weights follow from the saved state dict)."""
+    if module is not None:
+        return module
+    if config is None:
+        raise SameIdError(f"{owner} needs a {name} or a {name}_config")
+    return build(config)
+
+
 class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     """A U-Net plus the modules that condition it on references: a diffusers model.
 

@@ -30,6 +30,7 @@ from .conditioning import (
     enable_parameters,
     like_unet,
     model_config,
+    module_or_config,
     per_row,
     valid_pairs,
 )
@@ -64,14 +65,9 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
                  decoder_trained: bool = False):
         """``unet`` and ``controlnet`` as modules, or (how ``from_pretrained`` builds it) their configs."""
         super().__init__()
-        if unet is None:
-            if unet_config is None:
-                raise SameIdError("ControlNetDenoiser needs a unet or a unet_config")
-            unet = UNet2DConditionModel.from_config(unet_config)
-        if controlnet is None:
-            if controlnet_config is None:
-                raise SameIdError("ControlNetDenoiser needs a controlnet or a controlnet_config")
-            controlnet = ControlNetModel.from_config(controlnet_config)
+        unet = module_or_config(unet, unet_config, UNet2DConditionModel.from_config, "ControlNetDenoiser", "unet")
+        controlnet = module_or_config(controlnet, controlnet_config, ControlNetModel.from_config,
+                                      "ControlNetDenoiser", "controlnet")
         self.unet = unet
         self.controlnet = controlnet
         self.register_to_config(unet_config=model_config(unet), controlnet_config=model_config(controlnet),
@@ -162,10 +158,3 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
         self.controlnet.save_pretrained(folder / "controlnet", safe_serialization=True)
         return {"controlnet": "controlnet", "condition_downsampling": self.condition_downsampling}
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.unet.enable_gradient_checkpointing()
-        self.controlnet.enable_gradient_checkpointing()
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.unet.disable_gradient_checkpointing()
-        self.controlnet.disable_gradient_checkpointing()

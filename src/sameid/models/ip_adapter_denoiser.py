@@ -26,6 +26,7 @@ from .conditioning import (
     decoder_modules,
     enable_parameters,
     model_config,
+    module_or_config,
     per_row,
     valid_pairs,
 )
@@ -93,14 +94,11 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         super().__init__()
-        if unet is None:
-            if unet_config is None:
-                raise SameIdError("IPAdapterDenoiser needs a unet or a unet_config")
-            unet = UNet2DConditionModel.from_config(unet_config)
-        if image_encoder is None:
-            if image_encoder_config is None:
-                raise SameIdError("IPAdapterDenoiser needs an image_encoder or an image_encoder_config")
-            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(image_encoder_config))
+        unet = module_or_config(unet, unet_config, UNet2DConditionModel.from_config, "IPAdapterDenoiser", "unet")
+        image_encoder = module_or_config(
+            image_encoder, image_encoder_config,
+            lambda config: CLIPVisionModelWithProjection(CLIPVisionConfig.from_dict(config)),
+            "IPAdapterDenoiser", "image_encoder")
         if image_projection is None:
             image_projection = ImageProjection(image_embed_dim=image_encoder.config.projection_dim,
                                                cross_attention_dim=unet.config.cross_attention_dim,

@@ -36,7 +36,13 @@ from torch import nn
 
 from ..errors import SameIdError
 from .attention import RetrievalCrossAttention
-from .conditioning import ReferenceConditionedDenoiser, ReferenceInputs, check_lock, model_config
+from .conditioning import (
+    ReferenceConditionedDenoiser,
+    ReferenceInputs,
+    check_lock,
+    model_config,
+    module_or_config,
+)
 
 SUPPORTED_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 SUPPORTED_MID_BLOCK = "UNetMidBlock2DCrossAttn"
@@ -308,10 +314,7 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
                  unet_config: dict | None = None, retrinet_config: dict | None = None, decoder_trained: bool = False):
         """``unet`` and ``retrinet`` as modules, or (how ``from_pretrained`` builds it) their configs."""
         super().__init__()
-        if unet is None:
-            if unet_config is None:
-                raise SameIdError("RetriNetDenoiser needs a unet or a unet_config")
-            unet = UNet2DConditionModel.from_config(unet_config)
+        unet = module_or_config(unet, unet_config, UNet2DConditionModel.from_config, "RetriNetDenoiser", "unet")
         if retrinet is None:
             retrinet = RetriNetModel.from_config(retrinet_config) if retrinet_config else RetriNetModel.from_unet(unet)
         check_supported_unet(unet)
@@ -395,14 +398,6 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
             parameter.requires_grad_(True)
         return trainable
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute activations in the backward pass, in the U-Net and in RetriNet."""
-        self.unet.enable_gradient_checkpointing()
-        self.retrinet.enable_gradient_checkpointing()
-
-    def disable_gradient_checkpointing(self) -> None:
-        self.unet.disable_gradient_checkpointing()
-        self.retrinet.disable_gradient_checkpointing()
 
 
 def _normalised(value):
