@@ -517,7 +517,8 @@ def _group_by_outfit(rows: pd.DataFrame, matching: str) -> tuple[pd.DataFrame, p
     if rows.empty:
         return rows.assign(identity=pd.Series(dtype=object)), pd.DataFrame(columns=["id", "reason", "detail"])
     keys = pa.Table.from_pandas(rows[["id", "characters", "artists", "vqa_answer"]], preserve_index=False)
-    grouped = group_by_outfit(keys, answer_column="vqa_answer", matching=matching).select(["character", "artist", "outfit", "identity"])
+    grouped = group_by_outfit(keys, answer_column="vqa_answer", matching=matching)
+    grouped = grouped.select(["character", "artist", "outfit", "identity"])
     rows = pd.concat([rows.reset_index(drop=True), grouped.to_pandas()], axis=1)
     rows["label_check"] = "tags"
     unmatched = rows["outfit"].isna()
