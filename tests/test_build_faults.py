@@ -233,3 +233,45 @@ def test_pool_workers_die_with_a_killed_build(sample, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_posts_without_an_artist_are_refused_unless_allowed(sample, small_source, tmp_path):
+    """A.1: every image has "a single character and artist"; --allow-no-artist keeps the others under an explicit
+    key, and build_settings.json records both that and the answer matching."""
+    from sameid.dataset.outfits import UNKNOWN_ARTIST
+
+    posts = [json.loads(line) for line in small_source.read_text().splitlines()]
+    character = posts[0]["tag_string_character"]
+    unsigned = {str(p["id"]) for p in posts if p["tag_string_character"] == character}
+    for post in posts:
+        if str(post["id"]) in unsigned:
+            post["tag_string_artist"] = ""
+    metadata = tmp_path / "unsigned.jsonl"
+    metadata.write_text("".join(json.dumps(post) + "\n" for post in posts))
+
+    def build(out, **options):
+        return build_dataset(BuildConfig(source=str(metadata), out=str(tmp_path / out), workers=1,
+                                         image_root=str(sample.image_root), **options), progress=False)
+
+    refused = build("refused")
+    reasons = refused.rejected.set_index("id")["reason"]
+    assert len(unsigned) >= 2 and all(reasons.get(i) == "no artist tag" for i in unsigned)
+    settings = read_dataset_settings(refused.out)
+    assert settings["filters"]["require_artist"] is True and settings["answer_matching"] == "strict"
+
+    allowed = build("allowed", allow_no_artist=True, answer_matching="color-family")
+    kept = allowed.manifest[allowed.manifest["id"].isin(unsigned)]
+    assert len(kept) >= 2 and set(kept["artist"]) == {UNKNOWN_ARTIST}
+    assert kept["identity"].str.contains(f"|{UNKNOWN_ARTIST}|", regex=False).all()
+    settings = read_dataset_settings(allowed.out)
+    assert settings["filters"]["require_artist"] is False and settings["answer_matching"] == "color-family"
+
+
+def test_bad_answer_matching_and_answer_length_are_one_line(sample, small_source, tmp_path):
+    error = _one_line_error(_cli(small_source, "--image-root", sample.image_root, "--out", tmp_path / "a",
+                                 "--answer-matching", "loose", "--quiet"))
+    assert "unknown answer matching 'loose'" in error and "strict, color-family" in error
+    error = _one_line_error(_cli(small_source, "--image-root", sample.image_root, "--out", tmp_path / "b",
+                                 "--vqa", "transformers:some/model?max_new_tokens=0", "--quiet"))
+    assert "max_new_tokens must be a positive whole number" in error
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

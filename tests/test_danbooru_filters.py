@@ -243,15 +243,17 @@ def test_each_filter_reason():
         dict(tags=["long_hair", "shoes", "hat"], characters=["a"], artists=["x"]),         # no clothing
         dict(tags=["skirt"], characters=["a"], artists=["x"], rating="e"),                 # unsafe
         dict(tags=["skirt"], characters=["a"], artists=["x"], rating="Questionable"),      # unsafe
-        dict(tags=["dress"], characters=["a"], artists=[], rating=None),                   # kept: unrated
+        dict(tags=["dress"], characters=["a"], artists=["x"], rating=None),                # kept: unrated
         dict(tags=["dress"], characters=["a"], artists=["x"], rating="sensitive"),         # kept
+        dict(tags=["dress"], characters=["a"], artists=[]),                                # no artist (A.1)
+        dict(tags=["dress"], characters=["a"], artists=["x", "y"]),                        # kept: "x+y"
     ]
     kept, rejected = apply_tag_filters(source_table(rows))
-    assert kept.column("id").to_pylist() == ["0", "7", "8"]
-    assert kept.column("cloth_tags").to_pylist() == [["skirt", "shirt"], ["dress"], ["dress"]]
+    assert kept.column("id").to_pylist() == ["0", "7", "8", "10"]
+    assert kept.column("cloth_tags").to_pylist() == [["skirt", "shirt"], ["dress"], ["dress"], ["dress"]]
     assert reasons(rejected) == {
         "1": "unwanted tag: sketch", "2": "no character tag", "3": "more than one character",
-        "4": "no clothing tag", "5": "unsafe rating", "6": "unsafe rating",
+        "4": "no clothing tag", "5": "unsafe rating", "6": "unsafe rating", "9": "no artist tag",
     }
     details = dict(zip(rejected.column("id").to_pylist(), rejected.column("detail").to_pylist(), strict=True))
     assert details["1"] == "unwanted tags: sketch, monochrome"
@@ -271,8 +273,10 @@ def test_optional_requirements():
     rows = [dict(tags=["long_hair"], characters=[], artists=[]),
             dict(tags=["skirt"], characters=["a"], artists=["x", "y"]),
             dict(tags=["skirt"], characters=["a"], artists=[])]
-    relaxed = FilterConfig(require_single_character=False, require_clothing_tag=False)
+    relaxed = FilterConfig(require_single_character=False, require_clothing_tag=False, require_artist=False)
     assert apply_tag_filters(source_table(rows), relaxed)[0].num_rows == 3
+    assert reasons(apply_tag_filters(source_table(rows), FilterConfig())[1]) == {
+        "0": "no character tag", "2": "no artist tag"}  # by default, several artists pass
     strict_artist = FilterConfig(require_single_artist=True)
     assert reasons(apply_tag_filters(source_table(rows), strict_artist)[1]) == {
         "0": "no character tag", "1": "more than one artist", "2": "no artist tag"}

@@ -124,7 +124,7 @@ def tiny_blip_vqa(tmp_path_factory) -> str:
     tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37}
     config = BlipConfig(
         text_config=dict(
-            tiny, vocab_size=len(VOCAB), max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
+            tiny, vocab_size=len(VOCAB), max_position_embeddings=160, bos_token_id=tokenizer.bos_token_id,
             sep_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
         ),
         vision_config=dict(tiny, image_size=32, patch_size=8),
@@ -145,6 +145,34 @@ def test_transformers_vqa_loads_a_local_blip_and_answers(tiny_blip_vqa, astronau
     answer = vqa.answer(astronaut, "what color is the shirt?")
     assert isinstance(answer, str)
     assert answer.split() == ["red"] * vqa.max_new_tokens  # greedy, capped, special tokens dropped
+
+
+def test_transformers_vqa_answer_length_is_the_paper_default_or_the_spec(tiny_blip_vqa, astronaut, offline):
+    from sameid.backends.vqa import DEFAULT_MAX_NEW_TOKENS, TransformersVQA
+    from sameid.evaluate.vqa_score import answer_cache_key
+
+    # The default fits RetriBooru's Table 4 answers (40-80 words), not the ~7 words of a 10-token cap.
+    assert DEFAULT_MAX_NEW_TOKENS >= 120
+    short = create_backend("vqa", f"transformers:{tiny_blip_vqa}?max_new_tokens=5")
+    assert short.model_source == tiny_blip_vqa and short.max_new_tokens == 5
+    assert short.answer(astronaut, "what color?").split() == ["red"] * 5  # the cap reached generate
+    generate_kwargs = []
+    original = short.model.generate
+    short.model.generate = lambda **kwargs: generate_kwargs.append(kwargs) or original(**kwargs)
+    try:
+        short.answer_batch([astronaut], "what is the color?")
+    finally:
+        short.model.generate = original
+    assert [kwargs["max_new_tokens"] for kwargs in generate_kwargs] == [5]
+    # The answer cache of the VQA score tells the lengths apart.
+    default = create_backend("vqa", f"transformers:{tiny_blip_vqa}")
+    assert answer_cache_key(default) == f"vqa:transformers:{tiny_blip_vqa}?max_new_tokens={DEFAULT_MAX_NEW_TOKENS}"
+    assert answer_cache_key(short) == f"vqa:transformers:{tiny_blip_vqa}?max_new_tokens=5"
+    for bad in ("?max_new_tokens=0", "?max_new_tokens=ten", "?temperature=1"):
+        with pytest.raises(SameIdError, match="max_new_tokens"):
+            TransformersVQA(f"{tiny_blip_vqa}{bad}")
+    with pytest.raises(SameIdError, match="disagrees"):
+        TransformersVQA(f"{tiny_blip_vqa}?max_new_tokens=5", max_new_tokens=6)
 
 
 def test_transformers_vqa_batch_matches_single_answers(tiny_blip_vqa, astronaut, offline):
@@ -209,7 +237,7 @@ def tiny_instructblip(tmp_path_factory) -> str:
         qformer_config=dict(tiny, vocab_size=len(VOCAB), encoder_hidden_size=32, max_position_embeddings=64),
         text_config=dict(
             model_type="opt", vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            ffn_dim=37, word_embed_proj_dim=32, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+            ffn_dim=37, word_embed_proj_dim=32, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),
         num_query_tokens=4,

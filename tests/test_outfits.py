@@ -8,36 +8,74 @@ import pytest
 
 from sameid.dataset.outfits import (
     OUTFIT_QUESTION,
+    UNKNOWN_ARTIST,
     group_by_outfit,
     group_ids,
     normalize_answer,
     normalize_answers,
     similar_lists,
 )
+from sameid.errors import SameIdError
+
+
+@pytest.mark.parametrize("answer, strict, family", [
+    ("black and pink", "black and pink", "black and pink"),
+    ("Black and pink.", "black and pink", "black and pink"),
+    ("black & pink", "black and pink", "black and pink"),
+    ("black, pink", "black and pink", "black and pink"),
+    ("  BLACK   and\tpink ", "black and pink", "black and pink"),
+    ("The top two colors are black and pink", "black and pink", "black and pink"),
+    ("Colors: grey / navy", "grey and navy", "gray and blue"),
+    ("the white and the red", "white and red", "white and red"),
+    ("light blue and white", "light blue and white", "blue and white"),
+    ("light-blue and white", "light blue and white", "blue and white"),
+    ("navy blue and white", "navy blue and white", "blue and white"),
+    ("blue and light blue", "blue and light blue", "blue and blue"),
+    ("pink and black", "pink and black", "pink and black"),
+])
+def test_normalize_answer_keeps_two_colours_in_order(answer, strict, family):
+    assert normalize_answer(answer) == strict  # strict is the default
+    assert normalize_answer(answer, "strict") == strict
+    assert normalize_answer(answer, "color-family") == family
+
+
+def test_strict_matching_is_the_default_and_tells_colour_words_apart():
+    # The example: the colour-family reduction merges these, strict matching (A.1) does not.
+    assert normalize_answer("navy and white") != normalize_answer("light blue and white")
+    assert normalize_answer("grey and black") != normalize_answer("gray and black")
+    assert normalize_answer("navy and white", "color-family") == normalize_answer("light blue and white",
+                                                                                 "color-family")
+    table = pa.table({"id": ["1", "2", "3"], "characters": [["a"]] * 3, "artists": [["x"]] * 3,
+                      "answer": ["navy and white", "Light blue and white.", "light blue & white"]})
+    assert [r["similar"] for r in group_by_outfit(table).to_pylist()] == [[], ["3"], ["2"]]
+    assert [r["similar"] for r in group_by_outfit(table, matching="color-family").to_pylist()] == [
+        ["2", "3"], ["1", "3"], ["1", "2"]]
+    with pytest.raises(SameIdError, match="unknown answer matching 'loose'"):
+        normalize_answer("black and pink", "loose")
 
 
 @pytest.mark.parametrize("answer, expected", [
-    ("black and pink", "black and pink"),
-    ("Black and pink.", "black and pink"),
-    ("black & pink", "black and pink"),
-    ("black, pink", "black and pink"),
-    ("The top two colors are black and pink", "black and pink"),
-    ("Colors: grey / navy", "gray and blue"),
-    ("the white and the red", "white and red"),
-    ("light blue and white", "blue and white"),
-    ("blue and light blue", "blue and blue"),
-    ("pink and black", "pink and black"),
+    # A long answer (max_new_tokens 128) still gives its two clothing colours, hair, eyes and skin left out.
+    ("The character with pink hair is wearing a black dress with white frills. The top two colors of her clothes "
+     "are black and white.", "black and white"),
+    ("The top two colors of the character's clothes are dark blue and white. She also has blonde hair and blue "
+     "eyes, and she is smiling at the viewer while holding a red umbrella.", "dark blue and white"),
+    ("She is wearing a black shirt and a pink skirt.", "black and pink"),
+    ("black shirt and white skirt", "black and white"),
+    ("It is black. Pink too", "black and pink"),
+    ("She has blue eyes and wears a red coat over a yellow sweater", "red and yellow"),
 ])
-def test_normalize_answer_keeps_two_colours_in_order(answer, expected):
+def test_normalize_answer_finds_the_two_colours_of_a_sentence_answer(answer, expected):
     assert normalize_answer(answer) == expected
 
 
 @pytest.mark.parametrize("answer", [
-    None, "", "black", "black, white and red", "black shirt and white skirt", "I don't know", "black pink",
-    "yes and no",
+    None, "", "black", "Navy.", "black, white and red", "I don't know", "black pink", "yes and no",
+    "She wears a light outfit", "The character has pink hair and wears a black dress.",
 ])
 def test_normalize_answer_rejects_answers_without_exactly_two_colours(answer):
     assert normalize_answer(answer) is None
+    assert normalize_answer(answer, "color-family") is None
 
 
 def test_order_matters_as_in_the_paper():
@@ -117,5 +155,15 @@ def test_group_by_outfit_joins_several_artists():
     table = pa.table({"id": ["1", "2", "3"], "characters": [["a"], ["a"], ["a"]],
                       "artists": [["p", "q"], ["p", "q"], []], "answer": ["red and blue"] * 3})
     grouped = group_by_outfit(table).to_pylist()
-    assert [r["artist"] for r in grouped] == ["p+q", "p+q", ""]
+    assert [r["artist"] for r in grouped] == ["p+q", "p+q", UNKNOWN_ARTIST]
+    assert [r["similar"] for r in grouped] == [["2"], ["1"], []]
+
+
+def test_posts_without_an_artist_share_the_explicit_unknown_artist_key():
+    table = pa.table({"id": ["1", "2", "3"], "characters": [["a"]] * 3,
+                      "artists": pa.array([[], None, ["unknown_artist"]], pa.list_(pa.string())),
+                      "answer": ["red and blue"] * 3})
+    grouped = group_by_outfit(table).to_pylist()
+    assert [r["identity"] for r in grouped] == [f"a|{UNKNOWN_ARTIST}|red and blue"] * 2 + [
+        "a|unknown_artist|red and blue"]  # the key cannot be a Danbooru tag: a real tag stays apart
     assert [r["similar"] for r in grouped] == [["2"], ["1"], []]

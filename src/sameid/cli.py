@@ -77,7 +77,13 @@ def build(
     head_detector: Annotated[str | None, typer.Option(help="mask-top | dlib | mediapipe | transformers:<id or path> | none.")] = None,
     segmenter: Annotated[str | None, typer.Option(help="Figure masks: border-colors (fast default for drawings) | grabcut (careful, slower) | mediapipe-selfie (photos) | none.")] = None,
     vqa: Annotated[str | None, typer.Option(help="Outfit question answerer: pixel-colors (offline) | "
-                                                 "transformers:<id or path> (e.g. an InstructBLIP model).")] = None,
+                                                 "transformers:<id or path>[?max_new_tokens=N] (e.g. an InstructBLIP "
+                                                 "model; answers up to 128 tokens by default).")] = None,
+    answer_matching: Annotated[str, typer.Option(help="Outfit answers: strict (the same colour words in the same "
+                                                      "order, as RetriBooru A.1) | color-family (navy = light blue "
+                                                      "= blue).")] = "strict",
+    allow_no_artist: Annotated[bool, typer.Option(help="Tags grouping: keep posts without an artist tag, grouped "
+                                                       "under '(unknown artist)' (refused by default).")] = False,
     face_embedder: Annotated[str | None, typer.Option(help="dlib (offline) | arcface-onnx:<path.onnx>.")] = None,
     unwanted_tag: Annotated[list[str] | None, typer.Option(help="A tag whose images are dropped; repeat it. "
                                                                 "Replaces the default list (monochrome, greyscale, sketch, comic, ...).")] = None,
@@ -113,7 +119,7 @@ def build(
         clothing_vocabulary=None if clothing_vocabulary is None else str(clothing_vocabulary),
         near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, face_clustering=face_clustering,
         label_check=label_check,
-        reject_monochrome=not keep_monochrome,
+        reject_monochrome=not keep_monochrome, answer_matching=answer_matching, allow_no_artist=allow_no_artist,
         engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
         export_hf=None if export_hf is None else str(export_hf),
         is_generated_sample=is_generated_sample(Path(source).parent if Path(source).is_file() else source),

@@ -97,6 +97,11 @@ def color_name(rgb: tuple[int, int, int]) -> str:
     return COLOR_NAMES[int(name_colors(np.array([rgb], dtype=np.uint8))[0])]
 
 
+def is_color_modifier(token: str) -> bool:
+    """True for a word that qualifies a colour without naming one ("light", "dark", "pale", ...)."""
+    return token.lower() in _MODIFIERS
+
+
 def normalize_color_word(word: str) -> str | None:
     """The vocabulary name of a colour word or phrase ("Grey" -> "gray", "light-blue" -> "blue"), or None."""
     tokens = [token for token in re.split(r"[^a-z]+", word.lower()) if token]

@@ -8,12 +8,16 @@ part, chosen by spec ``transformers:<id or path>``:
 - VQA heads (``AutoModelForVisualQuestionAnswering``): BLIP (``Salesforce/blip-vqa-base``), BLIP-2, ViLT;
 - image-text-to-text models (``AutoModelForImageTextToText``): InstructBLIP as in the paper, LLaVA, ...
 
-Answers are greedy and short (``max_new_tokens`` 10). Nothing is downloaded unless ``SAMEID_ALLOW_DOWNLOAD=1``
+Answers are greedy and run to at most ``max_new_tokens`` tokens, :data:`DEFAULT_MAX_NEW_TOKENS` (128) unless the
+spec says otherwise: ``transformers:<id or path>?max_new_tokens=N``. 128 tokens hold the 40-80-word descriptive
+answers of RetriBooru's Table 4 (a word is 1.3-1.5 tokens for LLaMA/Vicuna tokenizers); a short answer ("black and
+pink") stops at its end-of-sequence token whatever the cap. Nothing is downloaded unless ``SAMEID_ALLOW_DOWNLOAD=1``
 (see :mod:`sameid.backends.pretrained`); remote code runs only with ``trust_remote_code=True`` given explicitly.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +28,24 @@ from .base import Annotations, VQABackend
 from .pretrained import load_pretrained, torch_device, torch_dtype
 
 _WHAT = "VQA model"
+
+#: The answer length cap: RetriBooru's Table 4 answers run 40-80 words, about 60-120 Vicuna tokens.
+DEFAULT_MAX_NEW_TOKENS = 128
+_SPEC_OPTIONS = re.compile(r"^(?P<model>.*)\?max_new_tokens=(?P<value>[^?&=]*)$")
+
+
+def parse_model_spec(argument: str) -> tuple[str, int | None]:
+    """``"<id or path>?max_new_tokens=N"`` -> (``"<id or path>"``, N); without the option, (argument, None)."""
+    match = _SPEC_OPTIONS.match(argument)
+    if match is None:
+        if "?" in argument and "=" in argument.rpartition("?")[2]:
+            raise SameIdError(f"{_WHAT} spec {argument!r}: the only option is ?max_new_tokens=N "
+                              "(e.g. transformers:Salesforce/instructblip-vicuna-7b?max_new_tokens=128)")
+        return argument, None
+    value = match["value"]
+    if not value.isdigit() or int(value) < 1:
+        raise SameIdError(f"{_WHAT} spec {argument!r}: max_new_tokens must be a positive whole number, got {value!r}")
+    return match["model"], int(value)
 
 
 def _transformers() -> Any:
@@ -64,8 +86,11 @@ def _auto_class(config: Any, transformers: Any) -> Any:
 class TransformersVQA(VQABackend):
     """``answer(image, question)`` with a transformers vision-language model.
 
+    ``model`` is a hub id or a local folder, optionally followed by ``?max_new_tokens=N`` (the spec's way to set the
+    answer length; the keyword argument is the Python way, and the two must not disagree).
     Options: ``device`` (default cuda if available else cpu), ``dtype`` (default float16 on cuda, float32 on cpu),
-    ``max_new_tokens``, ``batch_size`` for :meth:`answer_batch`, ``prompt`` (a format string with ``{question}``;
+    ``max_new_tokens`` (default :data:`DEFAULT_MAX_NEW_TOKENS`), ``batch_size`` for :meth:`answer_batch`,
+    ``prompt`` (a format string with ``{question}``;
     by default the processor's chat template when it has one, BLIP-2's "Question: … Answer:", else the question
     itself), ``trust_remote_code``.
     """
@@ -76,11 +101,17 @@ class TransformersVQA(VQABackend):
         *,
         device: str | None = None,
         dtype: Any = None,
-        max_new_tokens: int = 10,
+        max_new_tokens: int | None = None,
         batch_size: int = 8,
         prompt: str | None = None,
         trust_remote_code: bool = False,
     ):
+        model, from_spec = parse_model_spec(model)
+        if from_spec is not None and max_new_tokens is not None and int(max_new_tokens) != from_spec:
+            raise SameIdError(f"{_WHAT} {model}: max_new_tokens {max_new_tokens} disagrees with the spec's {from_spec}")
+        max_new_tokens = from_spec or (DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens)
+        if int(max_new_tokens) < 1:
+            raise SameIdError(f"{_WHAT} {model}: max_new_tokens must be at least 1, got {max_new_tokens}")
         transformers = _transformers()
         self.model_source = model
         self.device = torch_device(device)

@@ -2,8 +2,9 @@
 
 RetriBooru (arXiv 2312.02521, appendix A.1, "Filtering") removes posts with unwanted tags such as
 ``monochrome`` and ``sketch``, posts with more than one character tag, and posts without any of its clothing
-tags (Danbooru's clothing tags minus shoes and accessories); the outfit grouping that follows
-(:mod:`sameid.dataset.outfits`) needs one character and a visible outfit. sameid also refuses questionable and
+tags (Danbooru's clothing tags minus shoes and accessories); what remains has "a single character and artist". The
+outfit grouping that follows (:mod:`sameid.dataset.outfits`) groups by (character, artist), so a post without an
+artist tag is refused (``no artist tag``) unless ``require_artist`` is off. sameid also refuses questionable and
 explicit ratings (the paper's source, Danbooru 2019 Figures, was already safe-for-work).
 
 Everything is columnar (pyarrow kernels on the flattened tags, numpy on the per-row results, slices on all
@@ -81,14 +82,17 @@ class FilterConfig:
     """What :func:`apply_tag_filters` keeps. Tag sets may be any iterable of tags; they are normalised.
 
     A row with a null rating (a source that does not rate its images) passes the rating filter: only a
-    rating outside ``allowed_ratings`` is refused. ``require_single_artist`` is off by default: the paper's
-    posts all had one artist, but a missing artist tag only weakens the (character, artist) grouping.
+    rating outside ``allowed_ratings`` is refused. ``require_artist`` (on by default; RetriBooru, arXiv
+    2312.02521, A.1: every image has "a single character and artist") refuses posts without an artist tag, whose
+    style the (character, artist) grouping cannot pin. ``require_single_artist`` also refuses posts of several
+    artists (off by default: a collaboration's joined artist key, "a+b", is one style).
     """
 
     unwanted_tags: frozenset[str] = DEFAULT_UNWANTED_TAGS
     clothing_vocabulary: tuple[str, ...] = field(default_factory=load_vocabulary)
     require_single_character: bool = True
     require_clothing_tag: bool = True
+    require_artist: bool = True
     require_single_artist: bool = False
     allowed_ratings: frozenset[str] = DEFAULT_ALLOWED_RATINGS
 
@@ -163,7 +167,8 @@ def apply_tag_filters(table: pa.Table, config: FilterConfig | None = None) -> tu
     clothing vocabulary, in the row's own tag order). ``rejected`` is the other rows with ``reason`` and
     ``detail`` columns; a row is given the first reason it meets, in this order: ``"unsafe rating"``,
     ``"unwanted tag: <first unwanted tag>"``, ``"no character tag"``, ``"more than one character"``, (with
-    ``require_single_artist``: ``"no artist tag"``, ``"more than one artist"``), ``"no clothing tag"``.
+    ``require_artist`` or ``require_single_artist``) ``"no artist tag"``, (with ``require_single_artist``)
+    ``"more than one artist"``, ``"no clothing tag"``.
     Row order is kept in both tables.
     """
     config = config or FilterConfig()
@@ -206,7 +211,7 @@ def _filter_slice(table: pa.Table, config: FilterConfig, value_set: pa.Array, un
         hits.first_unwanted.is_valid().to_numpy(zero_copy_only=False),
         config.require_single_character & (characters == 0),
         config.require_single_character & (characters > 1),
-        config.require_single_artist & (artists == 0),
+        (config.require_artist or config.require_single_artist) & (artists == 0),
         config.require_single_artist & (artists > 1),
         config.require_clothing_tag & (_count(hits.cloth_tags) == 0),
     ]

@@ -89,6 +89,8 @@ class BuildConfig:
     min_samples: int = 2
     label_check: str = "auto"
     reject_monochrome: bool = True
+    answer_matching: str = "strict"  # outfit answers: strict (A.1) | color-family
+    allow_no_artist: bool = False  # tag grouping: keep posts without an artist tag (grouped as "(unknown artist)")
     shard_size: int = 32
     # How to run, not what to build: excluded from the resume check.
     engine: str = "local"
@@ -111,6 +113,11 @@ class BuildConfig:
             raise SameIdError(f"unknown face clustering {config.face_clustering!r}; choose dbscan or hdbscan")
         if config.label_check not in LABEL_CHECKS:
             raise SameIdError(f"unknown label check {config.label_check!r}; choose one of {', '.join(LABEL_CHECKS)}")
+        from .outfits import ANSWER_MATCHINGS
+
+        if config.answer_matching not in ANSWER_MATCHINGS:
+            raise SameIdError(f"unknown answer matching {config.answer_matching!r}; choose one of "
+                              f"{', '.join(ANSWER_MATCHINGS)}")
         if config.engine not in ENGINES:
             raise SameIdError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
         for name, default in DEFAULT_BACKENDS[config.grouping].items():
@@ -121,6 +128,10 @@ class BuildConfig:
                 setattr(config, name, None)
         if config.grouping == "tags" and not config.vqa:
             raise SameIdError("grouping 'tags' needs a VQA backend (--vqa pixel-colors or --vqa transformers:<id>)")
+        if config.vqa and config.vqa.startswith("transformers:"):
+            from ..backends.vqa import parse_model_spec
+
+            parse_model_spec(config.vqa.partition(":")[2])  # a bad ?max_new_tokens= fails before anything is read
         if config.grouping == "faces" and not config.face_embedder:
             raise SameIdError("grouping 'faces' needs a face embedder (--face-embedder dlib or arcface-onnx:<path>)")
         from ..backends.registry import available_backends
@@ -186,7 +197,7 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     if kept.num_rows == 0:
         raise SameIdError(f"{config.source}: every one of its {table.num_rows} rows is filtered out "
                           f"{_counted(filtered, '(', ')')}; see docs/build.md, Filters (--unwanted-tag, "
-                          "--clothing-vocabulary)")
+                          "--clothing-vocabulary, --allow-no-artist)")
     if config.source_format == "danbooru":
         from ..sources.danbooru import resolve_danbooru_images
 
@@ -231,7 +242,7 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     rows = rows.loc[~bad].reset_index(drop=True)
 
     if config.grouping == "tags":
-        rows, not_grouped = _group_by_outfit(rows)
+        rows, not_grouped = _group_by_outfit(rows, config.answer_matching)
     else:
         rows, not_grouped = _group_by_face(rows, config)
     rejected.append(_rejected_frame(not_grouped, "group"))
@@ -268,11 +279,13 @@ def dataset_settings(config: BuildConfig) -> dict:
         "is_generated_sample": config.is_generated_sample,
         "grouping": config.grouping,
         "near_duplicate_bits": config.near_duplicate_bits,
+        "answer_matching": config.answer_matching if config.grouping == "tags" else None,
         "filters": {
             "unwanted_tags": sorted(filters.unwanted_tags),
             "clothing_vocabulary": config.clothing_vocabulary or "bundled (sameid/data/clothing_tags.txt)",
             "require_single_character": filters.require_single_character,
             "require_clothing_tag": filters.require_clothing_tag,
+            "require_artist": filters.require_artist,
             "require_single_artist": filters.require_single_artist,
             "allowed_ratings": sorted(filters.allowed_ratings),
             "reject_monochrome": config.reject_monochrome,
@@ -323,7 +336,9 @@ def _filter_config(config: BuildConfig) -> FilterConfig:
         options["clothing_vocabulary"] = load_vocabulary(config.clothing_vocabulary)
     if config.grouping == "faces":
         # Photos of people carry no character or clothing tags; only unwanted tags and ratings apply.
-        options.update(require_single_character=False, require_clothing_tag=False)
+        options.update(require_single_character=False, require_clothing_tag=False, require_artist=False)
+    elif config.allow_no_artist:
+        options["require_artist"] = False
     return FilterConfig(**options)
 
 
@@ -495,14 +510,15 @@ class _progress:
 
 # --- grouping ---------------------------------------------------------------------------------------------
 
-def _group_by_outfit(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _group_by_outfit(rows: pd.DataFrame, matching: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Same character, same artist, same (normalised, order-sensitive) answer to the outfit question."""
     from .outfits import group_by_outfit
 
     if rows.empty:
         return rows.assign(identity=pd.Series(dtype=object)), pd.DataFrame(columns=["id", "reason", "detail"])
     keys = pa.Table.from_pandas(rows[["id", "characters", "artists", "vqa_answer"]], preserve_index=False)
-    grouped = group_by_outfit(keys, answer_column="vqa_answer").select(["character", "artist", "outfit", "identity"])
+    grouped = group_by_outfit(keys, answer_column="vqa_answer", matching=matching)
+    grouped = grouped.select(["character", "artist", "outfit", "identity"])
     rows = pd.concat([rows.reset_index(drop=True), grouped.to_pandas()], axis=1)
     rows["label_check"] = "tags"
     unmatched = rows["outfit"].isna()

@@ -11,6 +11,9 @@ Decisions where the papers leave room:
   the generation's references: appendix A.2 says "pairwise cosine distance", and the score enters SWD as ``div``
   (SWD(VQA, CLIP-I)), where larger must mean more diverse. (Section 4 of the ICLR text says "cosine similarity";
   a user who wants that reads ``1 - vqa``.)
+- Answers run to the VQA model's ``max_new_tokens`` (128 by default for ``transformers:<id>``, enough for the
+  40-80-word answers of Table 4; ``transformers:<id>?max_new_tokens=N`` sets it), and the answer cache is keyed by
+  it (:func:`answer_cache_key`).
 - Figure 8's questions are not in the paper's text; :data:`DEFAULT_QUESTIONS` paraphrase the two the paper uses
   from the example answers of its Table 4 (expression and hairstyle; pose, gesture and clothing). Pass your own.
 
@@ -45,6 +48,16 @@ DEFAULT_QUESTIONS = (
 logger = logging.getLogger(__name__)
 
 
+def answer_cache_key(vqa: VQABackend) -> str:
+    """What names a VQA model's answers in the cache: its spec, and its answer length where it has one (answers
+    cut at 10 tokens are not the answers of the same model at 128, RetriBooru Table 4's length)."""
+    key = f"vqa:{vqa.spec or type(vqa).__name__}"
+    length = getattr(vqa, "max_new_tokens", None)
+    if length is not None and "max_new_tokens=" not in key:
+        key += f"?max_new_tokens={int(length)}"
+    return key
+
+
 class AnswerStore:
     """Answers of one VQA model by (question, image content hash); ``folder`` keeps them in a JSON file.
 
@@ -56,7 +69,7 @@ class AnswerStore:
     def __init__(self, vqa: VQABackend, *, model: str | None = None, folder: str | os.PathLike | None = None,
                  flush_every: int = 32, progress: bool = False):
         self.vqa = vqa
-        self.model = model or f"vqa:{vqa.spec or type(vqa).__name__}"
+        self.model = model or answer_cache_key(vqa)
         self.path = None
         if folder is not None:
             slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.model)[-60:]

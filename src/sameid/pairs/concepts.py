@@ -4,13 +4,27 @@
 everything above it). The paper keeps the whole image, captioned "figure", when the head box covers most of the
 image or the character is upside-down (then nothing, or almost nothing, lies below the head); we also fall back
 when there is no usable head box. Each fallback carries a reason, so ``sameid audit`` can count them.
+
+Figure masks (``PairsConfig.concept_masks``, on by default): the paper separates the concepts of a figure with its
+segmentation mask and head box (A.1 "Vision annotations": masks and boxes "separate different concepts of an anime
+character into whole figure, clothes, and face"; A.4: "cloth images and masks"). So where a reference has a figure
+mask, its "figure" and "clothes" crops keep only the figure's pixels; the rest becomes the padding colour
+(:func:`apply_figure_mask`). A "face" crop stays the head-box rectangle, hair and background included: the head box
+alone separates the face, and A.4 calls cropping it "straightforward". A "figure" fallback is masked like any
+"figure" reference. A reference without a mask keeps its rectangle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from ..references import PADDING_VALUE
+
 CONCEPTS = ("face", "clothes", "figure")
+#: The concepts whose crops keep only the figure's pixels when a figure mask is known.
+MASKED_CONCEPTS = ("clothes", "figure")
 #: Head-box area over image area above which "clothes" falls back to "figure" (a face close-up).
 DEFAULT_MAX_HEAD_FRACTION = 0.5
 #: The clothes crop must keep at least this fraction of the image height (and 8 pixels), else "figure".
@@ -62,3 +76,11 @@ def concept_crop(requested: str, head_box, width: int, height: int,
         return ConceptCrop(requested, "figure", whole, CLOTHES_DEGENERATE)
     return ConceptCrop(requested, "clothes", (0, bottom, int(width), int(height)))
 
+
+
+def apply_figure_mask(image: np.ndarray, mask: np.ndarray, padding: int = PADDING_VALUE) -> np.ndarray:
+    """A copy of the (H, W, 3) uint8 ``image`` whose pixels outside the boolean (H, W) figure ``mask`` are
+    ``padding`` (the letterbox's white, so a masked-out pixel looks like padding)."""
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"figure mask of shape {mask.shape} for an image of shape {image.shape[:2]}")
+    return np.where(mask[:, :, None], image, np.uint8(padding))

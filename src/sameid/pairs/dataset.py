@@ -5,7 +5,13 @@ Each item is planned from a seed, the epoch and the target alone (:meth:`PairsDa
 state, so the same epoch gives the same examples with any number of DataLoader workers or processes (accelerate
 shards indices, it does not change them). Tasks: ``reconstruction`` (N whole-figure references captioned
 "figure"), ``composition`` (each reference independently cropped to "face" or "clothes" with probability 0.5, see
-:mod:`.concepts`), ``multitask`` (each example is one or the other with probability 0.5).
+:mod:`.concepts`; "figure" and "clothes" crops keep only the figure mask's pixels with ``concept_masks``),
+``multitask`` (each example is one or the other with probability 0.5).
+
+Setting -a (``mode="same"``): RetriBooru §3.1 "applies two different transforms [to] the same image as target and
+reference". Each reference gets a random crop keeping 80-100 % of each side, then a mirror; the target gets its own,
+independent random crop (80-100 % of each side) and a mirror with probability 0.5, its head box (the face loss
+mask) moved with it. All are drawn from the example's generator, so they are reproducible.
 """
 
 from __future__ import annotations
@@ -18,16 +24,25 @@ import pandas as pd
 import torch
 
 from ..errors import SameIdError
-from ..images import load_image
+from ..images import load_image, load_mask
 from ..records import TrainingExample
 from ..references import letterbox_into, reference_pixels
-from .concepts import DEFAULT_MAX_HEAD_FRACTION, DEFAULT_MIN_CLOTHES_FRACTION, ConceptCrop, concept_crop
+from .concepts import (
+    DEFAULT_MAX_HEAD_FRACTION,
+    DEFAULT_MIN_CLOTHES_FRACTION,
+    MASKED_CONCEPTS,
+    ConceptCrop,
+    apply_figure_mask,
+    concept_crop,
+)
 from .manifest import DatasetManifest, dataset_near_duplicate_bits, load_manifest
 from .sampler import MODES, SHORTFALLS, ReferenceSampler
 
 TASKS = ("reconstruction", "composition", "multitask")
-# Reference augmentation of the -a setting: a random crop keeping this fraction of each side, then a mirror.
+# Augmentations of the -a setting: a random crop keeping this fraction of each side, then a mirror (always for a
+# reference, with this probability for the target).
 _SAME_MODE_MIN_SIDE = 0.8
+_SAME_MODE_TARGET_MIRROR = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,8 @@ class PairsConfig:
     the target; None (the default) means the threshold the dataset dir was built with (its
     :data:`sameid.records.DATASET_SETTINGS_FILE`, :func:`dataset_near_duplicate_bits`). ``curriculum``: None
     (manifest order), "phash", "embedding" (give the dataset ``embeddings``) or "source" (with ``source_order``;
-    see :mod:`.curriculum`)."""
+    see :mod:`.curriculum`). ``concept_masks``: "figure" and "clothes" crops keep only the pixels of the reference's
+    figure mask, where it has one (the paper's masked concepts, :mod:`.concepts`); False keeps rectangles."""
 
     mode: str = "identity"
     task: str = "reconstruction"
@@ -57,6 +73,7 @@ class PairsConfig:
     curriculum: str | None = None
     source_column: str = "source"
     source_order: tuple[str, ...] = ()
+    concept_masks: bool = True
 
     def __post_init__(self):
         from ..settings import as_float, as_int, as_optional_text, as_text_list
@@ -87,6 +104,8 @@ class PairsConfig:
             "source_column": as_optional_text(where, "source_column", self.source_column) or "source",
             "source_order": as_text_list(where, "source_order", self.source_order),
         }
+        if not isinstance(self.concept_masks, bool):
+            raise SameIdError(f"{where}: concept_masks must be true or false, got {self.concept_masks!r}")
         if checked["resolution"] % 8:
             raise SameIdError(f"resolution must be a positive multiple of 8 (256, 384, 512), got {self.resolution}")
         if self.curriculum is not None:
@@ -118,6 +137,8 @@ class ExamplePlan:
     caption_dropped: bool
     # -a only: per reference, (x0, y0, x1, y1) as fractions of the concept crop, and whether to mirror it.
     augmentations: tuple[tuple[tuple[float, float, float, float], bool], ...] = field(default=())
+    # -a only: the target's own transform, (x0, y0, x1, y1) as fractions of the image, and whether to mirror it.
+    target_augmentation: tuple[tuple[float, float, float, float], bool] | None = None
 
 
 class PairsDataset(torch.utils.data.Dataset):
@@ -181,7 +202,14 @@ class PairsDataset(torch.utils.data.Dataset):
                 for (sx, sy), (w, h) in zip(starts, sides)
             )
         caption_dropped = bool(rng.random() < config.prompt_drop)
-        return ExamplePlan(epoch, row, task, tuple(references), crops, caption_dropped, augmentations)
+        target_augmentation = None
+        if config.mode == "same":  # drawn last, so the draws above are those of a plan without it
+            (sx, sy), (w, h) = rng.uniform(0.0, 1.0, size=2), rng.uniform(_SAME_MODE_MIN_SIDE, 1.0, size=2)
+            sx, sy = sx * (1.0 - w), sy * (1.0 - h)
+            target_augmentation = ((float(sx), float(sy), float(sx + w), float(sy + h)),
+                                   bool(rng.random() < _SAME_MODE_TARGET_MIRROR))
+        return ExamplePlan(epoch, row, task, tuple(references), crops, caption_dropped, augmentations,
+                           target_augmentation)
 
     def __getitem__(self, index: int) -> TrainingExample:
         return self.example(self.plan(index))
@@ -197,13 +225,25 @@ class PairsDataset(torch.utils.data.Dataset):
                 images[r] = np.asarray(load_image(manifest.image_paths[r])[0])
             return images[r]
 
+        masked: dict[int, np.ndarray] = {}
+
+        def masked_image_of(r: int) -> np.ndarray:
+            if r not in masked:
+                image = image_of(r)
+                mask = load_mask(manifest.mask_paths[r], size=(image.shape[1], image.shape[0]))
+                masked[r] = apply_figure_mask(image, mask)
+            return masked[r]
+
         target_image = image_of(row)
+        head = manifest.head_boxes[row]
+        if plan.target_augmentation is not None:  # -a: the target's own transform, its head box moved with it
+            head = None if head is None else _augment_box(head, *plan.target_augmentation, target_image.shape)
+            target_image = _augment(target_image, *plan.target_augmentation)
         # Assembled in numpy and wrapped once: small torch ops cost milliseconds each under intra-op threading.
         # Pixels are resized straight into the channel-first arrays (no (R, R, 3) canvas, no transposed copy).
         target = np.empty((3, resolution, resolution), dtype=np.uint8)
         valid_box, scale = letterbox_into(target_image, target)
         valid_mask = box_mask_array(valid_box, resolution)
-        head = manifest.head_boxes[row]
         face_box = (0, 0, 0, 0) if head is None else _map_box(head, scale, valid_box)
         face_mask = box_mask_array(face_box, resolution)
 
@@ -213,13 +253,16 @@ class PairsDataset(torch.utils.data.Dataset):
         made: dict[tuple, int] = {}  # a reference drawn twice with the same crop (shortfall "repeat") is copied
         for i, (ref, crop_box) in enumerate(zip(plan.reference_rows, plan.crops)):
             augmentation = plan.augmentations[i] if plan.augmentations else None
-            key = (ref, crop_box.box, augmentation)
+            use_mask = (self.config.concept_masks and crop_box.concept in MASKED_CONCEPTS
+                        and manifest.mask_paths[ref] is not None)
+            key = (ref, crop_box.box, augmentation, use_mask)
             if key in made:
                 references[i], reference_masks[i] = references[made[key]], reference_masks[made[key]]
                 continue
             made[key] = i
             transform = (lambda piece, a=augmentation: _augment(piece, *a)) if augmentation else None
-            x0, y0, x1, y1 = reference_pixels(image_of(ref), crop_box.box, references[i], transform)
+            source = masked_image_of(ref) if use_mask else image_of(ref)
+            x0, y0, x1, y1 = reference_pixels(source, crop_box.box, references[i], transform)
             reference_masks[i, :, y0:y1, x0:x1] = 1
         caption = manifest.captions[row]
         return TrainingExample(
@@ -282,12 +325,30 @@ def _map_box(box, scale: float, valid_box: tuple[int, int, int, int]) -> tuple[i
     return (left, top, max(left, right), max(top, bottom))
 
 
-def _augment(image: np.ndarray, fractions: tuple[float, float, float, float], mirror: bool) -> np.ndarray:
+def _augment_window(fractions: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixel window (left, top, right, bottom; right and bottom exclusive) of an -a crop given as fractions."""
     fx0, fy0, fx1, fy1 = fractions
-    h, w = image.shape[:2]
-    left, top = int(fx0 * w), int(fy0 * h)
-    image = image[top:max(top + 1, int(fy1 * h)), left:max(left + 1, int(fx1 * w))]
+    left, top = int(fx0 * width), int(fy0 * height)
+    return left, top, max(left + 1, int(fx1 * width)), max(top + 1, int(fy1 * height))
+
+
+def _augment(image: np.ndarray, fractions: tuple[float, float, float, float], mirror: bool) -> np.ndarray:
+    left, top, right, bottom = _augment_window(fractions, image.shape[1], image.shape[0])
+    image = image[top:bottom, left:right]
     return image[:, ::-1] if mirror else image
+
+
+def _augment_box(box, fractions: tuple[float, float, float, float], mirror: bool,
+                 shape: tuple[int, ...]) -> tuple[float, float, float, float] | None:
+    """Where ``box`` (source pixels) lies in the image after :func:`_augment`; None when it is cropped away."""
+    left, top, right, bottom = _augment_window(fractions, shape[1], shape[0])
+    width, height = min(right, shape[1]) - left, min(bottom, shape[0]) - top
+    x0, y0, x1, y1 = box
+    x0, x1 = min(max(x0 - left, 0), width), min(max(x1 - left, 0), width)
+    y0, y1 = min(max(y0 - top, 0), height), min(max(y1 - top, 0), height)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return (width - x1, y0, width - x0, y1) if mirror else (x0, y0, x1, y1)
 
 
 def collate_examples(examples: list[TrainingExample]) -> dict:
