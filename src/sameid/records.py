@@ -109,6 +109,12 @@ class TrainingExample:
     caption_dropped: bool
     task: str
     mode: str
+    # Multi-subject examples (PairHuman, arXiv 2511.16712): ``subject_identities`` names the K >= 2 subjects of the
+    # target, ``reference_subjects`` the subject index (0..K-1) of each reference, and ``subject_masks`` (K, 1, H, W)
+    # each subject's region in the target's letterboxed frame. All None for a single-subject example.
+    subject_identities: list[str] | None = None
+    reference_subjects: list[int] | None = None
+    subject_masks: Any = None
 
 
 def read_json_lines(path) -> list[dict]:

@@ -47,6 +47,10 @@ class ReferenceInputs:
     latents: torch.Tensor | None
     concept_embeds: torch.Tensor
     valid: torch.Tensor | None = None
+    #: Multi-subject batches: (B, N) long, the subject index of each reference slot, and (B, K, 1, h, w) float
+    #: region masks of the K subjects (None for single-subject batches: every reference is of the one subject).
+    subjects: torch.Tensor | None = None
+    subject_masks: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
