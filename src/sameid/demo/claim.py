@@ -38,7 +38,17 @@ from PIL import Image, ImageDraw
 
 from ..atomic import write_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 from ..errors import SameIdError
-from .world import FACTORS, PARTS, Identity, Layout, WorldSettings, identity_score, layout_agreement, make_world, measure
+from .world import (
+    FACTORS,
+    PARTS,
+    Identity,
+    Layout,
+    WorldSettings,
+    identity_score,
+    layout_agreement,
+    make_world,
+    measure,
+)
 
 MODES = {"same": "-a (target as reference)", "identity": "-b (other image of the identity)"}
 UNTRAINED = "untrained"

@@ -228,7 +228,7 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
     rows = []
     for identity in identities(settings.identities, settings.seed):
         ids = [f"{identity.name}_{k:02d}" for k in range(settings.images_per_identity)]
-        for k, image_id in enumerate(ids):
+        for image_id in ids:
             layout = random_layout(rng)
             pixels, head_box = draw(identity, layout, rng)
             picture = Image.fromarray(pixels)
