@@ -444,3 +444,28 @@ def export(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+experiment_app = typer.Typer(help="Experiments that test a claim of the papers end to end.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("claim")
+@user_errors
+def experiment_claim(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the world, the runs, images and the table.")] = Path("runs/claim"),
+    steps: Annotated[int, typer.Option(help="Training steps per model (-a and -b get the same).")] = 400,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each trains both modes.")] = "0,1,2",
+    inference_steps: Annotated[int, typer.Option(help="Denoising steps per generated image.")] = 20,
+):
+    """RetriBooru's claim (§3.1) in the small world: RetriNet -a vs -b vs untrained, one table (table.md)."""
+    from .demo.claim import ClaimSettings, run_claim
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise SameIdError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    result = run_claim(out, ClaimSettings(steps=steps, seeds=seed_list, inference_steps=inference_steps),
+                       echo=typer.echo, progress=sys.stderr.isatty())
+    for line in result.describe():
+        typer.echo(line)

@@ -31,6 +31,10 @@ TINY_SOURCE = "tiny"
 SD_VAE_SCALE_FACTOR = 8
 TINY_VAE_BLOCK_OUT_CHANNELS = (32, 32, 64)
 TINY_VAE_SCALE_FACTOR = 2 ** (len(TINY_VAE_BLOCK_OUT_CHANNELS) - 1)
+#: Kinds of random base a tiny run builds: "sd" (Stable Diffusion's layout, 64 px, a random VAE: shows the code path)
+#: or "world" (pixel space, 32 px: learns the small world of sameid.demo.world from scratch in minutes on a CPU).
+TINY_KINDS = ("sd", "world")
+WORLD_RESOLUTION = 32
 _EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -141,6 +145,58 @@ def _tiny_components(seed: int) -> DiffusionComponents:
     return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, TINY_SOURCE)
 
 
+def _world_components(seed: int) -> DiffusionComponents:
+    """A pixel-space base for the small world (:mod:`sameid.demo.world`), random, that learns in minutes on a CPU.
+
+    The VAE is a :class:`~.pixel_autoencoder.PixelAutoencoder` (latents are the 32 px pixels in 2 x 2 patches:
+    16 x 16 x 12; at 32 x 32 cells RetriNet's retrieval attention, 1024 queries by 1024 keys per reference, made a
+    CPU step many seconds), the U-Net has two levels (16 and 8 cells) with attention at 8, the text encoder is a random 2-layer CLIP over the byte-level vocabulary, and the noise schedule is the
+    cosine one of "Improved Denoising Diffusion Probabilistic Models" (arXiv 2102.09672, §3.2), with x0 clipped to
+    [-1, 1] as pixel-space DDPM does; SD's scaled-linear schedule, made for latents scaled by 0.18215, leaves too
+    much of a pixel image at its last step.
+    """
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .pixel_autoencoder import PixelAutoencoder
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer = byte_level_clip_tokenizer(folder)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+        unet = UNet2DConditionModel(
+            sample_size=WORLD_RESOLUTION // 2, in_channels=12, out_channels=12, block_out_channels=(32, 64),
+            layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), mid_block_type="UNetMidBlock2DCrossAttn",
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+        vae = PixelAutoencoder()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                              clip_sample_range=1.0, prediction_type="epsilon")
+    for model in (unet, vae, text_encoder):
+        model.eval()
+    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, TINY_SOURCE)
+
+
+def _vae_class(source: str):
+    """The VAE class a base model folder names: a PixelAutoencoder (a "world" base) or diffusers' AutoencoderKL."""
+    from diffusers import AutoencoderKL
+
+    config = Path(source) / "vae" / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("_class_name") == "PixelAutoencoder":
+        from .pixel_autoencoder import PixelAutoencoder
+
+        return PixelAutoencoder
+    return AutoencoderKL
+
+
 def _require_sd_layout(folder: Path, source: str) -> None:
     missing = [name for name in SD_SUBFOLDERS if not (folder / name).is_dir()]
     if missing:
@@ -151,11 +207,11 @@ def _require_sd_layout(folder: Path, source: str) -> None:
 
 
 def load_components(pretrained: str | Path | None = None, *, tiny: bool = False, seed: int = 0,
-                    dtype=None) -> DiffusionComponents:
+                    dtype=None, tiny_kind: str = "sd") -> DiffusionComponents:
     """The base model at ``pretrained`` (hub id or SD-layout folder), or random tiny parts when ``tiny``.
 
     ``dtype`` (a torch dtype or its name) applies to the U-Net, VAE and text encoder; None keeps float32.
-    ``seed`` only affects ``tiny``. A hub id that is not in the local cache is downloaded only when
+    ``seed`` and ``tiny_kind`` (one of :data:`TINY_KINDS`) only affect ``tiny``. A hub id that is not in the local cache is downloaded only when
     ``SAMEID_ALLOW_DOWNLOAD=1``; anything absent raises MissingModelError naming it. Never runs remote code.
     """
     from ..backends.pretrained import torch_dtype
@@ -164,13 +220,15 @@ def load_components(pretrained: str | Path | None = None, *, tiny: bool = False,
     if tiny:
         if pretrained is not None:
             raise ValueError("pass either a base model (id or folder) or tiny=True, not both")
-        components = _tiny_components(seed)
+        if tiny_kind not in TINY_KINDS:
+            raise ValueError(f"tiny_kind must be one of {', '.join(TINY_KINDS)}, got {tiny_kind!r}")
+        components = _world_components(seed) if tiny_kind == "world" else _tiny_components(seed)
         return components.to(dtype=resolved_dtype) if resolved_dtype is not None else components
     if pretrained is None or str(pretrained) == "":
         raise MissingModelError(
             f"no base model given: pass a hub id or Stable Diffusion-layout folder (e.g. {_EXAMPLE_BASE}), "
             "or --tiny for a random tiny base")
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     source = str(pretrained)
@@ -182,7 +240,7 @@ def load_components(pretrained: str | Path | None = None, *, tiny: bool = False,
         source = str(local)
     model_dtype = {} if resolved_dtype is None else {"torch_dtype": resolved_dtype}
     unet = load_pretrained(UNet2DConditionModel, source, what="base model U-Net", subfolder="unet", **model_dtype)
-    vae = load_pretrained(AutoencoderKL, source, what="base model VAE", subfolder="vae", **model_dtype)
+    vae = load_pretrained(_vae_class(source), source, what="base model VAE", subfolder="vae", **model_dtype)
     text_encoder = load_pretrained(
         CLIPTextModel, source, what="base model text encoder", subfolder="text_encoder",
         **({} if resolved_dtype is None else {"dtype": resolved_dtype}))

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from ..errors import SameIdError
+from ..models.components import TINY_KINDS
 from ..models.conditioning import LOCK_MODES
 from ..pairs.dataset import PairsConfig
 from ..settings import as_bool, as_choice, as_float, as_int, as_optional_text, as_text_list
@@ -49,6 +50,9 @@ class TrainConfig:
     # Base model: a Stable Diffusion 1.x id or folder (unet, vae, text_encoder, tokenizer, scheduler), or tiny.
     pretrained: str | None = None
     tiny: bool = False
+    # Which random base a tiny run builds: "sd" (Stable Diffusion's layout) or "world" (pixel space, for the small
+    # world of sameid.demo.world; sameid.models.components.TINY_KINDS).
+    tiny_kind: str = "sd"
     model: str = "retrinet"
     image_encoder: str | None = None  # ip-adapter: a CLIPVisionModelWithProjection id or folder
     lock: str = "full"
@@ -96,6 +100,7 @@ class TrainConfig:
         for name in ("tiny", "gradient_checkpointing"):
             checked[name] = as_bool(w, name, getattr(self, name))
         as_choice(w, "model", self.model, MODELS)
+        as_choice(w, "tiny_kind", self.tiny_kind, TINY_KINDS)
         as_choice(w, "lock", self.lock, LOCK_MODES)
         as_choice(w, "lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         as_choice(w, "mixed_precision", self.mixed_precision, MIXED_PRECISION)

@@ -139,7 +139,8 @@ class Trainer:
         if config.tiny and base.is_dir():
             self.components = load_components(base)
         else:
-            self.components = load_components(config.pretrained, tiny=config.tiny, seed=config.seed)
+            self.components = load_components(config.pretrained, tiny=config.tiny, seed=config.seed,
+                                              tiny_kind=config.tiny_kind)
             if config.tiny and self.accelerator.is_main_process:
                 self.run.fill_dir(base, lambda tmp: save_components(self.components, tmp))
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)

@@ -1,0 +1,89 @@
+"""The small world, its pixel-space base, and the claim experiment shortened (sameid.demo.world, .claim)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from sameid.demo.claim import UNTRAINED, ClaimSettings, generation_plan, run_claim
+from sameid.demo.world import (
+    FACTORS,
+    Identity,
+    Layout,
+    WorldSettings,
+    identity_score,
+    layout_agreement,
+    make_world,
+    measure,
+)
+from sameid.models.components import load_components, save_components
+from sameid.models.pixel_autoencoder import PixelAutoencoder
+from sameid.pairs.manifest import load_manifest
+
+SMALL_WORLD = WorldSettings(identities=10, images_per_identity=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("world") / "world", SMALL_WORLD)
+
+
+def test_world_is_a_dataset_dir_whose_ground_truth_measure_reads_back(world):
+    manifest = load_manifest(world)  # the pairs stage's contract
+    assert len(manifest) == 40 and len(set(manifest.identities)) == 10
+    frame = pd.read_parquet(world / "manifest.parquet")
+    for row in frame.itertuples():
+        measured = measure(Image.open(world / row.image))
+        assert identity_score(measured, Identity(row.hair, row.top, row.bottom)) == 1.0, row.id
+        assert layout_agreement(measured, Layout(row.background, row.position, row.size)) == 1.0, row.id
+        # the caption states the layout and never an identity colour
+        assert row.background in row.caption and row.hair not in row.caption.replace(row.background, "")
+
+
+def test_prompts_ask_for_a_layout_unlike_the_reference_in_every_factor(world):
+    frame = pd.read_parquet(world / "manifest.parquet")
+    plan = generation_plan(frame, sorted(frame["identity"].unique())[:3], 4, seed=0)
+    assert len(plan) == 12
+    for factor in FACTORS:
+        assert (plan[f"prompt_{factor}"] != plan[f"reference_{factor}"]).all()
+
+
+def test_pixel_autoencoder_is_exact_and_reloads_from_a_saved_base(tmp_path):
+    vae = PixelAutoencoder()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    latents = vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(0))
+    assert latents.shape == (2, 12, 16, 16)
+    assert torch.allclose(vae.decode(latents).sample, pixels, atol=1e-6)
+    components = load_components(tiny=True, tiny_kind="world")
+    assert components.vae_scale_factor == 2 and components.latent_channels == 12
+    reloaded = load_components(save_components(components, tmp_path / "base"))
+    assert isinstance(reloaded.vae, PixelAutoencoder)
+
+
+@pytest.fixture(scope="module")
+def claim(tmp_path_factory, torch_one_thread):
+    settings = ClaimSettings(steps=20, seeds=(0,), world=WorldSettings(identities=12, images_per_identity=4),
+                             holdout_identities=2, prompts_per_subject=2, inference_steps=4)
+    return run_claim(tmp_path_factory.mktemp("claim"), settings, echo=lambda line: None, progress=False)
+
+
+@pytest.mark.slow
+def test_claim_experiment_writes_one_table_row_per_model(claim):
+    table = claim.table
+    assert list(table["model"]) == [UNTRAINED, "same", "identity"]
+    assert {"identity", "prompt", "copy", "swd", "identity_sd", "seeds", "n"} <= set(table.columns)
+    assert (table["n"] == 4).all()  # 2 held-out identities x 2 prompts
+    assert (claim.out / "table.md").is_file() and (claim.out / "side_by_side.png").is_file()
+    assert np.isfinite(table[["identity", "prompt", "copy", "swd"]].to_numpy()).all()
+    assert len(claim.per_image) == 12 and set(claim.per_seed["model"]) == set(table["model"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured (docs/benchmarks.md): RetriNet on the random world base, whose "
+                   "U-Net encoder it keeps frozen, still draws noise after 100 steps; the base needs pretraining")
+def test_trained_model_beats_the_untrained_one_on_identity(claim):
+    scores = claim.table.set_index("model")["identity"]
+    assert scores["identity"] > scores[UNTRAINED] + 0.2
