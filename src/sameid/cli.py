@@ -246,7 +246,8 @@ def audit(
     similarity_threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which a reference "
                                                              "leaks (with --embedder).")] = 0.95,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
-    fail_on_leak: Annotated[bool, typer.Option(help="Exit with code 1 when any pair leaks (for CI).")] = False,
+    fail_on_leak: Annotated[bool, typer.Option(help="Exit with code 1 when any pair leaks or has a reference of "
+                                                    "another identity (for CI).")] = False,
 ):
     """Report leakage: references that are the target or a near-duplicate of it, small identities, failed crops."""
     from .pairs import PairsConfig
@@ -258,7 +259,7 @@ def audit(
                        similarity_threshold=similarity_threshold, json_out=json_out)
     for line in result.describe():
         typer.echo(line)
-    if fail_on_leak and result.leaking_pairs:
+    if fail_on_leak and result.failed:
         raise typer.Exit(1)
 
 
