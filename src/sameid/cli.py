@@ -357,14 +357,13 @@ def generate(
     from .generate.run import generate_manifest
 
     prompts, seed_list = read_prompts(prompt, prompts_file), parse_seeds(seeds)
-    manifest = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list,
-                                 identities=parse_identities(identity), samples_per_seed=samples_per_seed,
-                                 n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
-                                 reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
-                                 progress=sys.stderr.isatty())
-    rows = sum(1 for _ in manifest.open())
-    typer.echo(f"{rows} generations: {manifest}")
-    typer.echo(f"evaluate them: sameid eval {manifest} --out {out / 'eval'}")
+    result = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list,
+                               identities=parse_identities(identity), samples_per_seed=samples_per_seed,
+                               n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
+                               reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
+                               progress=sys.stderr.isatty())
+    for line in result.describe():
+        typer.echo(line)
 
 
 def _eval_metrics_help() -> tuple[str, str]:
