@@ -295,6 +295,7 @@ def no_model_loading(monkeypatch):
     (("--samples-per-seed", 0), "--samples-per-seed must be at least 1"),
     (("--device", "gpu"), "--device 'gpu' is not a device"),
     (("--identity", "nobody"), "no identity 'nobody'"),
+    (("--seeds=0,-1",), "--seeds: -1 is out of range"),
 ])
 def test_generate_bad_settings_are_one_line_before_loading(run_dir, dataset_dir, tmp_path, no_model_loading, args,
                                                            message):

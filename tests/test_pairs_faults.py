@@ -148,9 +148,10 @@ def test_similar_naming_another_identity_is_dropped_with_one_warning(tmp_path, c
                for target, refs in zip(frame["target_id"], frame["reference_ids"]) for ref in refs)
     assert audit_pairs(manifest, frame).identity_errors.empty
 
-    result = invoke("pairs", dataset, "--out", tmp_path / "p.parquet", "--n-references", 2)
+    result = invoke("audit", dataset, "--n-references", 2, "--epochs", 5, "--fail-on-leak")
     assert result.exit_code == 0, result.output
-    assert "2 'similar' entries of the manifest named an image of another identity" in result.output
+    assert "another identity than the target's: 0 in 0 pair(s)" in result.output
+    assert "manifest 'similar' entries naming another identity (dropped, never sampled): 2" in result.output
 
 
 def test_audit_reports_a_pairs_table_that_pairs_a_target_with_another_identity(dataset, tmp_path):

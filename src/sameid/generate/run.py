@@ -227,6 +227,9 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
         raise SameIdError("give at least one prompt, and no empty prompt (the evaluation needs the text)")
     if not seeds:
         raise SameIdError("give at least one seed")
+    out_of_range = [seed for seed in seeds if not 0 <= seed < 2**64]
+    if out_of_range:
+        raise SameIdError(f"--seeds: {out_of_range[0]} is out of range; a seed is a whole number from 0 to 2**64-1")
     if samples_per_seed < 1:
         raise SameIdError(f"--samples-per-seed must be at least 1, got {samples_per_seed}")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:

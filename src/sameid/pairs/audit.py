@@ -48,6 +48,7 @@ class AuditReport:
     crop_fallbacks: pd.DataFrame
     embeddings_checked: bool
     identity_errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(IDENTITY_ERROR_COLUMNS)))
+    cross_identity_similar: int = 0  # manifest ``similar`` entries naming another identity, dropped at load
 
     @property
     def leaking_pairs(self) -> int:
@@ -76,6 +77,7 @@ class AuditReport:
             "leak_reasons": reasons, "embeddings_checked": self.embeddings_checked,
             "wrong_identity_pairs": self.wrong_identity_pairs,
             "wrong_identity_references": int(len(self.identity_errors)),
+            "cross_identity_similar_dropped": self.cross_identity_similar,
             "identities_too_small": int(len(self.small_identities)),
             "crop_fallbacks": int(len(self.crop_fallbacks)),
             "crop_fallback_reasons": {str(k): int(v) for k, v in
@@ -181,6 +183,7 @@ def audit_pairs(manifest: DatasetManifest, pairs: pd.DataFrame,
                                                         "reason"]),
         embeddings_checked=bool(vectors),
         identity_errors=pd.DataFrame(wrong, columns=list(IDENTITY_ERROR_COLUMNS)),
+        cross_identity_similar=len(manifest.cross_identity_similar),
     )
 
 

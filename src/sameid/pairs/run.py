@@ -58,16 +58,6 @@ def check_epochs(epochs: int) -> None:
         raise SameIdError(f"--epochs must be at least 1, got {epochs!r}")
 
 
-def cross_identity_line(manifest) -> list[str]:
-    """The describe() line for ``similar`` entries that named another identity's image (dropped at load)."""
-    crossing = manifest.cross_identity_similar
-    if not crossing:
-        return []
-    named = ", ".join(f"{a} -> {b}" for a, b in crossing[:3]) + (", ..." if len(crossing) > 3 else "")
-    return [f"warning: {len(crossing)} 'similar' entr{'y' if len(crossing) == 1 else 'ies'} of the manifest named "
-            f"an image of another identity ({named}); dropped, never used as references"]
-
-
 @dataclass
 class PairsResult:
     out: Path
@@ -79,12 +69,10 @@ class PairsResult:
     short_identities: list[str]
     refused: int
     crop_fallbacks: int
-    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> list[str]:
         c = self.config
-        lines = list(self.notes)
-        lines += [f"{self.examples} examples ({self.targets} targets x {self.epochs} epoch(s)), mode {c.mode}, task "
+        lines = [f"{self.examples} examples ({self.targets} targets x {self.epochs} epoch(s)), mode {c.mode}, task "
                  f"{c.task}, N={c.n_references}, near-duplicate threshold {c.near_duplicate_bits} bits: {self.out}"]
         short = self.short_identities
         if short:
@@ -146,8 +134,7 @@ def write_pairs(dataset: str | os.PathLike, config: PairsConfig, out: str | os.P
     short = sorted({manifest.identities[r] for r in range(len(manifest)) if examples.sampler.is_short(r)})
     return PairsResult(out=out, contact_sheet=sheet, config=examples.config, epochs=epochs, targets=len(examples),
                        examples=len(frame), short_identities=short, refused=len(examples.refused),
-                       crop_fallbacks=sum(bool(reason) for row in frame["fallbacks"] for reason in row),
-                       notes=cross_identity_line(manifest))
+                       crop_fallbacks=sum(bool(reason) for row in frame["fallbacks"] for reason in row))
 
 
 @dataclass
@@ -161,7 +148,6 @@ class AuditResult:
     similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
     json_out: Path | None = None
     lines: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def leaking_pairs(self) -> int:
@@ -177,14 +163,16 @@ class AuditResult:
 
     def describe(self) -> list[str]:
         summary = self.report.summary()
-        lines = list(self.notes) + [
-                 f"pairs: {self.origin}",
+        lines = [f"pairs: {self.origin}",
                  f"{summary['pairs']} pairs, {summary['references']} references: {summary['leaking_pairs']} leaking "
                  f"pair(s), {summary['leaking_references']} leaking reference(s) (near-duplicate threshold "
                  f"{self.near_duplicate_bits} bits)"]
         lines += [f"  {reason}: {count}" for reason, count in summary["leak_reasons"].items()]
         lines.append(f"references of another identity than the target's: {summary['wrong_identity_references']} "
                      f"in {summary['wrong_identity_pairs']} pair(s)")
+        if summary["cross_identity_similar_dropped"]:
+            lines.append(f"  manifest 'similar' entries naming another identity (dropped, never sampled): "
+                         f"{summary['cross_identity_similar_dropped']}")
         for error in self.report.identity_errors.head(3).itertuples():
             lines.append(f"  target {error.target_id} ({error.target_identity}): reference {error.reference_id} is "
                          f"{error.reference_identity}")
@@ -243,7 +231,7 @@ def run_audit(dataset: str | os.PathLike, *, pairs_file: str | os.PathLike | Non
     result = AuditResult(report=report, origin=origin, near_duplicate_bits=config.near_duplicate_bits,
                          embedder=embedder if model is not None else None, embedded=len(embeddings or {}),
                          embed_requested=requested, similarity_threshold=similarity_threshold,
-                         json_out=None if json_out is None else Path(json_out), notes=cross_identity_line(manifest))
+                         json_out=None if json_out is None else Path(json_out))
     if result.json_out is not None:
         write_text_atomic(result.json_out, result.to_json())
     return result
