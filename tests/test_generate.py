@@ -202,8 +202,12 @@ def test_generate_manifest_end_to_end(run_dir, dataset_dir, pipeline, tmp_path):
     subjects = [identity for identity, rows in groups.items() if len(rows) >= 2][:2]
     (run_dir / "holdout.json").write_text(json.dumps({"identities": subjects}))
     out = tmp_path / "generations"
-    path = generate_manifest(run_dir, dataset_dir, out, prompts=["a girl", "a girl in a hat"], seeds=[0, 7],
-                             samples_per_seed=2, num_inference_steps=STEPS, progress=False)
+    result = generate_manifest(run_dir, dataset_dir, out, prompts=["a girl", "a girl in a hat"], seeds=[0, 7],
+                               samples_per_seed=2, num_inference_steps=STEPS, progress=False)
+    path = result.manifest
+    assert path == out / "generations.jsonl" and result.images == 16 and result.subjects == subjects
+    assert result.describe()[0].startswith(f"16 generations of 2 subject(s) with retrinet-identity, N=2 "
+                                           f"references each: {path}")
     generations = read_generations(path)  # raises on any problem
     frame = generations.frame
     assert len(generations.problems) == 0 and len(frame) == 2 * 2 * 2 * 2
@@ -251,3 +255,104 @@ def test_incomplete_run_dirs_say_what_is_missing(run_dir, tmp_path):
     (unfinished / "model").mkdir()
     with pytest.raises(SameIdError, match="base is missing"):
         load_run(unfinished)
+
+
+# -- issue 11: bad input to `sameid generate` is one line, checked before the model is loaded or a file written --
+
+from typer.testing import CliRunner  # noqa: E402
+
+from sameid.cli import app  # noqa: E402
+
+
+def invoke_generate(run, dataset, out, *args):
+    return CliRunner().invoke(app, ["generate", str(run), "--dataset", str(dataset), "--out", str(out),
+                                    "--prompt", "a girl", *map(str, args)])
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Any bad input must be refused before this: loading the model is the expensive, late step."""
+    import sameid.generate.run as run_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(run_module, "load_run", refuse)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--steps", 0), "--steps (denoising steps) must be at least 1, got 0"),
+    (("--steps", -3), "--steps (denoising steps) must be at least 1, got -3"),
+    (("--n-references", 0), "--n-references must be at least 1, got 0 (the run was trained with N=2; leave the "
+                            "option out to use that)"),
+    (("--samples-per-seed", 0), "--samples-per-seed must be at least 1"),
+    (("--device", "gpu"), "--device 'gpu' is not a device"),
+    (("--identity", "nobody"), "no identity 'nobody'"),
+    (("--seeds=0,-1",), "--seeds: -1 is out of range"),
+])
+def test_generate_bad_settings_are_one_line_before_loading(run_dir, dataset_dir, tmp_path, no_model_loading, args,
+                                                           message):
+    out = tmp_path / "out"
+    assert message in one_error_line(invoke_generate(run_dir, dataset_dir, out, *args))
+    assert not out.exists()
+
+
+def test_generate_cuda_without_cuda_is_one_line(run_dir, dataset_dir, tmp_path, no_model_loading, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:1"):
+        line = one_error_line(invoke_generate(run_dir, dataset_dir, tmp_path / "out", "--device", device))
+        assert line == "error: CUDA is not available on this machine; use --device cpu"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no prompt"),
+    ("  \n\t\n   \n", "holds no prompt"),
+    (None, "no such file"),
+])
+def test_generate_prompts_file_without_prompts_is_an_error_not_the_demo_prompts(run_dir, dataset_dir, tmp_path,
+                                                                                no_model_loading, content, message):
+    prompts = tmp_path / "prompts.txt"
+    if content is not None:
+        prompts.write_text(content)
+    result = CliRunner().invoke(app, ["generate", str(run_dir), "--dataset", str(dataset_dir), "--out",
+                                      str(tmp_path / "out"), "--prompts-file", str(prompts)])
+    assert message in one_error_line(result) and str(prompts) in result.output
+
+
+def test_generate_missing_run_and_dataset_dirs_are_one_line(run_dir, dataset_dir, tmp_path, no_model_loading):
+    out = tmp_path / "out"
+    assert "does not exist" in one_error_line(invoke_generate(tmp_path / "no-run", dataset_dir, out))
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("model", "base"))
+    assert "training has not finished" in one_error_line(invoke_generate(unfinished, dataset_dir, out))
+    assert "no such folder" in one_error_line(invoke_generate(run_dir, tmp_path / "no-dataset", out))
+    (tmp_path / "empty").mkdir()
+    assert "manifest.parquet not found" in one_error_line(invoke_generate(run_dir, tmp_path / "empty", out))
+    (tmp_path / "a_file").write_text("x")
+    assert "is a file, not a folder" in one_error_line(invoke_generate(run_dir, dataset_dir, tmp_path / "a_file"))
+    assert not out.exists()
+
+
+def test_a_generation_that_fails_part_way_leaves_nothing_behind(run_dir, dataset_dir, tmp_path, monkeypatch):
+    import sameid.records
+
+    def disk_full(frame, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sameid.records, "write_generations", disk_full)
+    from sameid.pairs.manifest import load_manifest
+
+    out = tmp_path / "out"
+    subject = next(iter(load_manifest(dataset_dir).identity_rows()))
+    with pytest.raises(OSError, match="No space left"):
+        generate_manifest(run_dir, dataset_dir, out, prompts=["a girl"], seeds=[0], identities=[subject],
+                          num_inference_steps=1, progress=False)
+    assert not out.exists()  # every image and folder this call made is gone again

@@ -252,7 +252,8 @@ def audit(
     similarity_threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which a reference "
                                                              "leaks (with --embedder).")] = 0.95,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
-    fail_on_leak: Annotated[bool, typer.Option(help="Exit with code 1 when any pair leaks (for CI).")] = False,
+    fail_on_leak: Annotated[bool, typer.Option(help="Exit with code 1 when any pair leaks or has a reference of "
+                                                    "another identity (for CI).")] = False,
 ):
     """Report leakage: references that are the target or a near-duplicate of it, small identities, failed crops."""
     from .pairs import PairsConfig
@@ -264,7 +265,7 @@ def audit(
                        similarity_threshold=similarity_threshold, json_out=json_out)
     for line in result.describe():
         typer.echo(line)
-    if fail_on_leak and result.leaking_pairs:
+    if fail_on_leak and result.failed:
         raise typer.Exit(1)
 
 
@@ -362,14 +363,13 @@ def generate(
     from .generate.run import generate_manifest
 
     prompts, seed_list = read_prompts(prompt, prompts_file), parse_seeds(seeds)
-    manifest = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list,
-                                 identities=parse_identities(identity), samples_per_seed=samples_per_seed,
-                                 n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
-                                 reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
-                                 progress=sys.stderr.isatty())
-    rows = sum(1 for _ in manifest.open())
-    typer.echo(f"{rows} generations: {manifest}")
-    typer.echo(f"evaluate them: sameid eval {manifest} --out {out / 'eval'}")
+    result = generate_manifest(run, dataset, out, prompts=prompts, seeds=seed_list,
+                               identities=parse_identities(identity), samples_per_seed=samples_per_seed,
+                               n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
+                               reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
+                               progress=sys.stderr.isatty())
+    for line in result.describe():
+        typer.echo(line)
 
 
 def _eval_metrics_help() -> tuple[str, str]:

@@ -117,7 +117,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings | None = None, *, ov
     echo("5/6 generate: held-out identities, new prompts")
     generations = generate_manifest(trained.run_dir, dataset, out / "generations", prompts=list(settings.prompts),
                                     seeds=list(settings.seeds), num_inference_steps=settings.inference_steps,
-                                    progress=progress)
+                                    progress=progress).manifest
 
     echo("6/6 eval")
     if settings.clip:

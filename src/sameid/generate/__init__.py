@@ -3,6 +3,6 @@ RetriBooru, arXiv 2312.02521, §3.1, A.3). The pipeline itself is :mod:`sameid.p
 needs torch and diffusers (the ``ml`` extra).
 """
 
-from .run import generate_manifest, load_run
+from .run import GenerationResult, generate_manifest, load_run
 
-__all__ = ["generate_manifest", "load_run"]
+__all__ = ["GenerationResult", "generate_manifest", "load_run"]

@@ -13,13 +13,25 @@ DEFAULT_PROMPTS = ("a figure standing on a beach", "a figure in the snow at nigh
 
 
 def read_prompts(prompts: list[str] | None = None, prompts_file: str | os.PathLike | None = None) -> list[str]:
-    """``prompts`` then the non-empty lines of ``prompts_file``; :data:`DEFAULT_PROMPTS` when both give none."""
+    """``prompts`` then the non-empty lines of ``prompts_file``; :data:`DEFAULT_PROMPTS` when neither is given.
+
+    A prompts file that is missing, unreadable, or holds no prompt (empty or whitespace only) is an error, never
+    a silent fall-back to the defaults."""
     result = list(prompts or [])
     if prompts_file is not None:
         path = Path(prompts_file)
         if not path.is_file():
-            raise SameIdError(f"--prompts-file {path}: no such file")
-        result += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise SameIdError(f"--prompts-file {path}: no such file" if not path.exists()
+                              else f"--prompts-file {path} is not a file; give a text file with one prompt per line")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SameIdError(f"--prompts-file {path}: not readable as UTF-8 text ({exc})") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise SameIdError(f"--prompts-file {path} holds no prompt (it is empty or whitespace only); write one "
+                              "prompt per line")
+        result += lines
     return result or list(DEFAULT_PROMPTS)
 
 

@@ -15,8 +15,10 @@ The samples of one seed are one batch drawn from one generator seeded with that 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -48,13 +50,9 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     from ..models.denoisers import load_denoiser
 
     run = RunDir(run_dir)
-    config = run.config  # says what is missing when run_dir is not a run
+    config = _finished_run_config(run)
     model_dir = run.model_dir
-    if not model_dir.is_dir():
-        checkpoint = run.latest_checkpoint()
-        state = (f"the latest checkpoint is {checkpoint}; finish the run with `sameid train --config "
-                 f"{run.config_file} --resume latest`" if checkpoint else "no checkpoint was written yet")
-        raise SameIdError(f"{model_dir} is missing: training has not finished ({state})")
+    check_device(device)
     device = torch_device(device)
     resolved = torch_dtype(dtype, device) if dtype is not None else None
     if config.pretrained:
@@ -75,6 +73,42 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     denoiser.to(device=device)
     denoiser.eval()
     return components, denoiser, config
+
+
+def _finished_run_config(run: RunDir):
+    """The run's config, after checking that training finished (``model/`` is there); says what to do if not."""
+    config = run.config  # says what is missing when run_dir is not a run
+    if not run.model_dir.is_dir():
+        checkpoint = run.latest_checkpoint()
+        state = (f"the latest checkpoint is {checkpoint}; finish the run with `sameid train --config "
+                 f"{run.config_file} --resume latest`" if checkpoint else "no checkpoint was written yet")
+        raise SameIdError(f"{run.model_dir} is missing: training has not finished ({state})")
+    return config
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, in one line, before any model is loaded. None: the default
+    (cuda when available, else cpu)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SameIdError(f"--device {device!r} is not a device; use cpu, cuda or cuda:<index>") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SameIdError("CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise SameIdError(f"--device {device}: this machine has {count} CUDA device(s) (cuda:0 to "
+                              f"cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SameIdError("MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise SameIdError(f"--device {device!r}: sameid generates on cpu, cuda or mps")
 
 
 def _run_identities(run: RunDir, manifest, identities) -> list[str]:
@@ -124,15 +158,41 @@ def _reference_images(manifest, rows: list[int], requested: list[str]) -> tuple[
     return images, concepts
 
 
+@dataclass
+class GenerationResult:
+    """What :func:`generate_manifest` wrote: ``manifest`` is ``out_dir/generations.jsonl``."""
+
+    manifest: Path
+    out_dir: Path
+    settings: Path
+    model: str
+    images: int
+    subjects: list[str]
+    n_references: int
+    left_out: list[str] = field(default_factory=list)
+
+    def describe(self) -> list[str]:
+        lines = [f"{self.images} generations of {len(self.subjects)} subject(s) with {self.model}, "
+                 f"N={self.n_references} references each: {self.manifest}"]
+        if self.left_out:
+            lines.append(f"left out {len(self.left_out)} subject(s) with fewer than {self.n_references} images (the "
+                         f"run's shortfall is 'refuse'): {', '.join(self.left_out[:5])}"
+                         f"{', ...' if len(self.left_out) > 5 else ''}")
+        lines.append(f"settings: {self.settings}")
+        lines.append(f"evaluate them: sameid eval {self.manifest} --out {self.out_dir / 'eval'}")
+        return lines
+
+
 def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                       prompts: list[str], seeds: list[int], identities: list[str] | str | None = None,
                       samples_per_seed: int = 1, n_references: int | None = None, num_inference_steps: int = 30,
                       guidance_scale: float = 7.0, reference_scale: float = 1.0,
                       concepts: list[str] | str | None = None, resolution: int | None = None,
                       negative_prompt: str | None = None, model_name: str | None = None,
-                      device: str | None = None, dtype=None, progress: bool | None = None) -> Path:
+                      device: str | None = None, dtype=None, progress: bool | None = None) -> GenerationResult:
     """Generate subjects x ``prompts`` x ``seeds`` x ``samples_per_seed`` images with the run in ``run_dir`` and
-    write ``out_dir/generations.jsonl`` (docs/architecture.md's generations manifest); returns its path.
+    write ``out_dir/generations.jsonl`` (docs/architecture.md's generations manifest); returns a
+    :class:`GenerationResult` (its ``manifest`` is that file's path).
 
     ``identities``: the subjects, identities of ``dataset_dir`` (default: the run's held-out identities when
     ``run_dir/holdout.json`` lists any, else every identity; ``"all"``: every identity). Each subject's references
@@ -143,13 +203,17 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     without a usable head box falls back to "figure" as in training). ``resolution`` defaults to the run's.
     ``model_name`` defaults to ``<model>-<mode>`` (e.g. "retrinet-identity"). Images go to
     ``out_dir/images/<subject>/p<prompt>_seed<seed>_<sample>.png``; the settings to ``out_dir/generation.json``.
-    Refuses to overwrite an existing ``generations.jsonl``.
+    Refuses to overwrite an existing ``generations.jsonl``. Every setting, the run dir, the dataset dir and the
+    device are checked before the model is loaded or anything is written; when generation fails part way, the
+    images this call wrote are removed again.
     """
     import pandas as pd
     import torch
     from tqdm.auto import tqdm
 
+    from ..pairs.concepts import CONCEPTS
     from ..pairs.manifest import load_manifest
+    from ..pairs.run import check_writable
     from ..pipelines import ReferencePipeline, safe_file_name
     from ..records import write_generations
 
@@ -157,20 +221,31 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     manifest_path = out_dir / GENERATIONS_FILE
     if manifest_path.exists():
         raise SameIdError(f"{manifest_path} already exists: choose another output folder or remove it first")
+    check_writable(manifest_path, "--out")
     prompts, seeds = list(prompts), [int(seed) for seed in seeds]
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise SameIdError("give at least one prompt, and no empty prompt (the evaluation needs the text)")
     if not seeds:
         raise SameIdError("give at least one seed")
+    out_of_range = [seed for seed in seeds if not 0 <= seed < 2**64]
+    if out_of_range:
+        raise SameIdError(f"--seeds: {out_of_range[0]} is out of range; a seed is a whole number from 0 to 2**64-1")
     if samples_per_seed < 1:
-        raise SameIdError(f"samples_per_seed must be at least 1, got {samples_per_seed}")
+        raise SameIdError(f"--samples-per-seed must be at least 1, got {samples_per_seed}")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise SameIdError(f"--steps (denoising steps) must be at least 1, got {num_inference_steps!r}")
+    for name, value in (("--guidance-scale", guidance_scale), ("--reference-scale", reference_scale)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SameIdError(f"{name} must be a finite number, got {value!r}")
+    check_device(device)
 
-    components, denoiser, config = load_run(run_dir, device=device, dtype=dtype)
-    dataset = load_manifest(dataset_dir)
-    subjects = _run_identities(RunDir(run_dir), dataset, identities)
-    count = int(n_references or config.n_references)
-    if count < 1:
-        raise SameIdError(f"n_references must be at least 1, got {count}")
+    run = RunDir(run_dir)
+    config = _finished_run_config(run)
+    if n_references is not None and (isinstance(n_references, bool) or not isinstance(n_references, int)
+                                     or n_references < 1):
+        raise SameIdError(f"--n-references must be at least 1, got {n_references!r} (the run was trained with "
+                          f"N={config.n_references}; leave the option out to use that)")
+    count = int(n_references if n_references is not None else config.n_references)
     if concepts is None:
         requested = _default_concepts(config.task, count)
     elif isinstance(concepts, str):
@@ -179,14 +254,14 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
         requested = list(concepts)
         if len(requested) != count:
             raise SameIdError(f"concepts: {len(requested)} given for {count} references per subject")
-    from ..pairs.concepts import CONCEPTS
-
     unknown = sorted(set(requested) - set(CONCEPTS))
     if unknown:
         raise SameIdError(f"unknown concept {unknown[0]!r}; choose from {', '.join(CONCEPTS)}")
     resolution = int(resolution or config.resolution)
     model_name = model_name or f"{config.model}-{config.mode}"
 
+    dataset = load_manifest(dataset_dir)
+    subjects = _run_identities(run, dataset, identities)
     groups = dataset.identity_rows()
     reference_rows: dict[str, list[int]] = {}
     refused = []
@@ -202,47 +277,74 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     if not reference_rows:
         raise SameIdError(f"no subject has {count} images; lower n_references")
 
+    components, denoiser, config = load_run(run_dir, device=device, dtype=dtype)
     pipeline = ReferencePipeline.from_components(components, denoiser)
     pipeline.set_progress_bar_config(disable=True)
     folders: dict[str, str] = {}
     rows = []
+    written: list[Path] = []  # files and folders this call made (not replaced), removed again if it fails
     total = len(reference_rows) * len(prompts) * len(seeds) * samples_per_seed
     show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=total, desc=f"generate {model_name}", unit="image", disable=not show) as bar:
-        for subject, subject_rows in reference_rows.items():
-            folder = safe_file_name(subject)
-            if folder in folders.values():
-                folder = f"{folder}_{len(folders)}"
-            folders[subject] = folder
-            (out_dir / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)
-            images, used_concepts = _reference_images(dataset, subject_rows, requested)
-            references = pipeline.prepare_references([images], [used_concepts], resolution)
-            reference_paths = [dataset.image_paths[row] for row in subject_rows]
-            for prompt_index, prompt in enumerate(prompts):
-                for seed in seeds:
-                    generated = pipeline(
-                        prompt, references, height=resolution, width=resolution,
-                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                        reference_scale=reference_scale, negative_prompt=negative_prompt,
-                        num_images_per_prompt=samples_per_seed, generator=torch.Generator().manual_seed(seed),
-                    ).images
-                    for sample, image in enumerate(generated):
-                        relative = Path(IMAGES_DIR, folder, f"p{prompt_index:02d}_seed{seed}_{sample}.png")
-                        write_atomic(out_dir / relative, image.save, suffix=".png")
-                        rows.append({"image": relative.as_posix(), "references": reference_paths,
-                                     "prompt": prompt, "subject": subject, "model": model_name, "seed": seed})
-                        bar.update(1)
+    try:
+        with tqdm(total=total, desc=f"generate {model_name}", unit="image", disable=not show) as bar:
+            for subject, subject_rows in reference_rows.items():
+                folder = safe_file_name(subject)
+                if folder in folders.values():
+                    folder = f"{folder}_{len(folders)}"
+                folders[subject] = folder
+                written.extend(_made_dirs(out_dir / IMAGES_DIR / folder))
+                (out_dir / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)
+                images, used_concepts = _reference_images(dataset, subject_rows, requested)
+                references = pipeline.prepare_references([images], [used_concepts], resolution)
+                reference_paths = [dataset.image_paths[row] for row in subject_rows]
+                for prompt_index, prompt in enumerate(prompts):
+                    for seed in seeds:
+                        generated = pipeline(
+                            prompt, references, height=resolution, width=resolution,
+                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                            reference_scale=reference_scale, negative_prompt=negative_prompt,
+                            num_images_per_prompt=samples_per_seed, generator=torch.Generator().manual_seed(seed),
+                        ).images
+                        for sample, image in enumerate(generated):
+                            relative = Path(IMAGES_DIR, folder, f"p{prompt_index:02d}_seed{seed}_{sample}.png")
+                            if not (out_dir / relative).exists():
+                                written.append(out_dir / relative)
+                            write_atomic(out_dir / relative, image.save, suffix=".png")
+                            rows.append({"image": relative.as_posix(), "references": reference_paths,
+                                         "prompt": prompt, "subject": subject, "model": model_name, "seed": seed})
+                            bar.update(1)
 
-    settings = {
-        "run_dir": str(run_dir.resolve()), "dataset": str(Path(dataset_dir).resolve()), "model": model_name,
-        "base_model": config.pretrained or str(RunDir(run_dir).base_dir.resolve()), "prompts": prompts,
-        "seeds": seeds, "samples_per_seed": samples_per_seed, "n_references": count, "concepts": requested,
-        "resolution": resolution, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-        "reference_scale": reference_scale, "negative_prompt": negative_prompt,
-        "scheduler": type(pipeline.scheduler).__name__, "subjects": {s: folders[s] for s in reference_rows},
-        "left_out": refused,
-    }
-    write_json_atomic(out_dir / GENERATION_SETTINGS, settings, sort_keys=False)
-    # Written last, atomically: a manifest on disk always describes a finished generation.
-    write_atomic(manifest_path, lambda tmp: write_generations(pd.DataFrame(rows), tmp), suffix=".jsonl")
-    return manifest_path
+        settings = {
+            "run_dir": str(run_dir.resolve()), "dataset": str(Path(dataset_dir).resolve()), "model": model_name,
+            "base_model": config.pretrained or str(run.base_dir.resolve()), "prompts": prompts,
+            "seeds": seeds, "samples_per_seed": samples_per_seed, "n_references": count, "concepts": requested,
+            "resolution": resolution, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+            "reference_scale": reference_scale, "negative_prompt": negative_prompt,
+            "scheduler": type(pipeline.scheduler).__name__, "subjects": {s: folders[s] for s in reference_rows},
+            "left_out": refused,
+        }
+        if not (out_dir / GENERATION_SETTINGS).exists():
+            written.append(out_dir / GENERATION_SETTINGS)
+        write_json_atomic(out_dir / GENERATION_SETTINGS, settings, sort_keys=False)
+        # Written last, atomically: a manifest on disk always describes a finished generation.
+        write_atomic(manifest_path, lambda tmp: write_generations(pd.DataFrame(rows), tmp), suffix=".jsonl")
+    except BaseException:
+        for path in reversed(written):
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    return GenerationResult(manifest=manifest_path, out_dir=out_dir, settings=out_dir / GENERATION_SETTINGS,
+                            model=model_name, images=len(rows), subjects=list(reference_rows),
+                            n_references=count, left_out=refused)
+
+
+def _made_dirs(folder: Path) -> list[Path]:
+    """``folder`` and the parents of it that do not exist yet, outermost first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing[::-1]

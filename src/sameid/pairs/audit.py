@@ -5,12 +5,17 @@ A pair leaks when a reference is the target, is listed as its near-duplicate, ha
 ``near_duplicate_bits`` of it, or (when embeddings are given) has an embedding cosine similarity at or above
 ``similarity_threshold``. The audit also lists identities too small for N references and crops that fell back to
 "figure". In ``identity`` mode a correct sampler yields zero leaks; in ``same`` mode every pair leaks by design.
+
+The other half of the rule is checked too: every reference must show the target's identity (the manifest's
+``identity`` column). A reference of another identity is an *identity error* (a hand-edited ``similar`` list, a
+pairs table from another dataset): it is listed apart from the leaks, and ``sameid audit --fail-on-leak`` fails on
+either.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,13 +28,17 @@ SELF = "reference is the target"
 LISTED = "listed near-duplicate"
 PHASH = "perceptual hash within threshold"
 EMBEDDING = "embedding similarity above threshold"
+OTHER_IDENTITY = "reference is another identity"
 DEFAULT_SIMILARITY_THRESHOLD = 0.95
+IDENTITY_ERROR_COLUMNS = ("epoch", "index", "target_id", "reference_id", "slot", "target_identity",
+                          "reference_identity")
 
 
 @dataclass
 class AuditReport:
-    """``leaks``: one row per leaking (pair, reference) with its reasons; ``small_identities``: identities whose
-    smallest eligible-reference count is below N; ``crop_fallbacks``: references whose crop fell back."""
+    """``leaks``: one row per leaking (pair, reference) with its reasons; ``identity_errors``: one row per
+    reference whose identity is not the target's; ``small_identities``: identities whose smallest
+    eligible-reference count is below N; ``crop_fallbacks``: references whose crop fell back."""
 
     pairs: int
     references: int
@@ -38,10 +47,24 @@ class AuditReport:
     small_identities: pd.DataFrame
     crop_fallbacks: pd.DataFrame
     embeddings_checked: bool
+    identity_errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(IDENTITY_ERROR_COLUMNS)))
+    cross_identity_similar: int = 0  # manifest ``similar`` entries naming another identity, dropped at load
 
     @property
     def leaking_pairs(self) -> int:
         return int(self.leaks[["epoch", "index"]].drop_duplicates().shape[0]) if len(self.leaks) else 0
+
+    @property
+    def wrong_identity_pairs(self) -> int:
+        """Pairs with at least one reference of another identity than the target's."""
+        if not len(self.identity_errors):
+            return 0
+        return int(self.identity_errors[["epoch", "index"]].drop_duplicates().shape[0])
+
+    @property
+    def failed(self) -> bool:
+        """Whether any pair leaks or has a reference of another identity (what ``--fail-on-leak`` fails on)."""
+        return bool(self.leaking_pairs or self.wrong_identity_pairs)
 
     def summary(self) -> dict:
         reasons = {}
@@ -52,6 +75,9 @@ class AuditReport:
             "pairs": self.pairs, "references": self.references, "n_references": self.n_references,
             "leaking_pairs": self.leaking_pairs, "leaking_references": int(len(self.leaks)),
             "leak_reasons": reasons, "embeddings_checked": self.embeddings_checked,
+            "wrong_identity_pairs": self.wrong_identity_pairs,
+            "wrong_identity_references": int(len(self.identity_errors)),
+            "cross_identity_similar_dropped": self.cross_identity_similar,
             "identities_too_small": int(len(self.small_identities)),
             "crop_fallbacks": int(len(self.crop_fallbacks)),
             "crop_fallback_reasons": {str(k): int(v) for k, v in
@@ -63,6 +89,7 @@ class AuditReport:
         return json.dumps({
             "summary": self.summary(),
             "leaks": self.leaks.head(1000).to_dict(orient="records"),
+            "identity_errors": self.identity_errors.head(1000).to_dict(orient="records"),
             "small_identities": self.small_identities.to_dict(orient="records"),
             "crop_fallbacks": self.crop_fallbacks.head(1000).to_dict(orient="records"),
         }, indent=2, default=_plain)
@@ -89,6 +116,13 @@ def audit_pairs(manifest: DatasetManifest, pairs: pd.DataFrame,
     for column in ("target_id", "reference_ids"):
         if column not in pairs.columns:
             raise SchemaError(f"pairs table: missing required column {column!r}")
+    not_lists = [position for position, value in enumerate(pairs["reference_ids"])
+                 if value is None or isinstance(value, (str, bytes, float)) or not hasattr(value, "__len__")]
+    if not_lists:
+        shown = ", ".join(str(position) for position in not_lists[:3])
+        raise SchemaError(f"pairs table: column 'reference_ids' is not a list of ids in {len(not_lists)} row(s) "
+                          f"(row number {shown}{', ...' if len(not_lists) > 3 else ''}); write pairs with "
+                          "`sameid pairs`")
     if n_references is None:
         n_references = int(pairs["reference_ids"].map(len).max()) if len(pairs) else 1
     vectors = {}
@@ -97,12 +131,17 @@ def audit_pairs(manifest: DatasetManifest, pairs: pd.DataFrame,
                    if v is not None and np.linalg.norm(v) > 0}
     epochs = pairs["epoch"] if "epoch" in pairs.columns else pd.Series(0, index=pairs.index)
     indices = pairs["index"] if "index" in pairs.columns else pd.Series(range(len(pairs)), index=pairs.index)
-    leaks, fallbacks, total = [], [], 0
+    leaks, wrong, fallbacks, total = [], [], [], 0
     for position, (target_id, references) in enumerate(zip(pairs["target_id"], pairs["reference_ids"])):
         target = _row(manifest, target_id)
         for slot, reference_id in enumerate(references):
             total += 1
             reference = _row(manifest, reference_id)
+            if manifest.identities[reference] != manifest.identities[target]:
+                wrong.append({"epoch": int(epochs.iloc[position]), "index": int(indices.iloc[position]),
+                              "target_id": str(target_id), "reference_id": str(reference_id), "slot": slot,
+                              "target_identity": manifest.identities[target],
+                              "reference_identity": manifest.identities[reference]})
             distance = (manifest.phash[target] ^ manifest.phash[reference]).bit_count()
             reasons = []
             if reference == target:
@@ -143,6 +182,8 @@ def audit_pairs(manifest: DatasetManifest, pairs: pd.DataFrame,
         crop_fallbacks=pd.DataFrame(fallbacks, columns=["target_id", "reference_id", "requested", "concept",
                                                         "reason"]),
         embeddings_checked=bool(vectors),
+        identity_errors=pd.DataFrame(wrong, columns=list(IDENTITY_ERROR_COLUMNS)),
+        cross_identity_similar=len(manifest.cross_identity_similar),
     )
 
 

@@ -19,7 +19,16 @@ _GAP = 4
 
 def contact_sheet(manifest: DatasetManifest, pairs: pd.DataFrame, out: str | os.PathLike, examples: int = 6,
                   thumbnail: int = 128) -> Path:
-    """Write a PNG of the first ``examples`` rows of ``pairs`` (columns of ``sameid pairs``) and return its path.
+    """Write :func:`render_contact_sheet` as a PNG to ``out`` (atomically) and return its path."""
+    from ..atomic import write_atomic
+
+    sheet = render_contact_sheet(manifest, pairs, examples, thumbnail)
+    return write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"), suffix=".png")
+
+
+def render_contact_sheet(manifest: DatasetManifest, pairs: pd.DataFrame, examples: int = 6,
+                         thumbnail: int = 128) -> Image.Image:
+    """The contact sheet of the first ``examples`` rows of ``pairs`` (columns of ``sameid pairs``), in memory.
 
     The first cell of a row is the target (labelled "target" and its id), then one cell per reference, cropped to
     its crop box and labelled with its concept, and "(fallback)" when the requested concept was not possible.
@@ -53,6 +62,4 @@ def contact_sheet(manifest: DatasetManifest, pairs: pd.DataFrame, out: str | os.
             sheet.paste(fitted, (x, y))
             draw.rectangle((x, y + thumbnail, x + cell_w - 1, y + cell_h - 1), fill=(0, 0, 0))
             draw.text((x + 3, y + thumbnail + 2), label[:22], fill=(255, 255, 255))
-    from ..atomic import write_atomic
-
-    return write_atomic(out, lambda tmp: sheet.save(tmp, format="PNG"), suffix=".png")
+    return sheet

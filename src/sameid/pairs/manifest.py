@@ -7,6 +7,7 @@ for every DataLoader worker to do per item.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import pandas as pd
 from ..errors import SameIdError, SchemaError
 from ..records import MANIFEST_COLUMNS
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_FILE = "manifest.parquet"
 _HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
 
@@ -28,7 +31,9 @@ class DatasetManifest:
 
     ``image_paths`` and ``mask_paths`` are absolute; ``head_boxes`` holds (x0, y0, x1, y1) tuples or None;
     ``near_duplicates`` holds the row numbers the build marked as near-duplicates (empty when the column is absent;
-    the sampler also compares perceptual hashes itself); ``phash`` holds 64-bit ints.
+    the sampler also compares perceptual hashes itself); ``phash`` holds 64-bit ints; ``similar`` holds the row
+    numbers of the other images of the row's identity (entries naming another identity are dropped and listed in
+    ``cross_identity_similar``).
     """
 
     root: Path
@@ -45,6 +50,8 @@ class DatasetManifest:
     similar: list[tuple[int, ...]]
     near_duplicates: list[frozenset[int]]
     row_of: dict[str, int] = field(default_factory=dict)
+    #: (row id, named id) of every ``similar`` entry that named another identity's image: dropped, never sampled.
+    cross_identity_similar: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -60,43 +67,122 @@ class DatasetManifest:
 def load_manifest(dataset_dir: str | os.PathLike) -> DatasetManifest:
     """Read ``DATASET/manifest.parquet`` and check it against the contract.
 
-    Raises :class:`SchemaError` naming the column and the file when a required column is missing or a value is
-    malformed (a ``similar`` list that names the row itself or an unknown id, a head box that is not 4 numbers,
-    a perceptual hash that is not 16 hex digits, a duplicate id).
+    Raises :class:`SchemaError`, one line naming the file, the column, the first few rows and what to do, when
+    the file is not readable Parquet, a required column is missing, a required value is null (``id``, ``image``,
+    ``identity``, ``width``, ``height``) or malformed (a size that is not a positive integer, a ``similar`` list
+    that names the row itself or an unknown id, a head box that is not 4 numbers, a perceptual hash that is not 16
+    hex digits, a duplicate id).
+
+    A ``similar`` entry that names an image of *another* identity breaks the contract (``similar`` lists the other
+    images of the row's own identity) and would make the sampler condition on the wrong subject: such entries are
+    dropped, counted in :attr:`DatasetManifest.cross_identity_similar` and reported in one warning line. The
+    ``identity`` column is the group key; ``similar`` never overrides it.
     """
     root = Path(dataset_dir)
     path = root / MANIFEST_FILE
+    if not root.exists():
+        raise SameIdError(f"{root}: no such folder; DATASET must be a dataset dir written by `sameid build`")
+    if not root.is_dir():
+        raise SameIdError(f"{root} is a file, not a folder; DATASET must be a dataset dir written by `sameid build`")
     if not path.is_file():
         raise SameIdError(f"{path} not found: DATASET must be a dataset dir written by `sameid build`")
-    frame = pd.read_parquet(path)
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a garbage or truncated file
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SchemaError(f"{path}: not a readable parquet file ({detail}); rebuild the dataset with `sameid build` "
+                          "or restore the file") from None
     missing = [column for column in MANIFEST_COLUMNS if column not in frame.columns]
     if missing:
         raise SchemaError(f"{path}: missing required column{'s' if len(missing) > 1 else ''} "
                           f"{', '.join(repr(c) for c in missing)} (required: {', '.join(MANIFEST_COLUMNS)})")
     frame = frame.reset_index(drop=True)
+    fix = "fix those rows or rebuild the dataset with `sameid build`"
+
+    def null(value) -> bool:
+        return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA \
+            or (isinstance(value, str) and not value.strip())
+
+    bad = [row for row, value in enumerate(frame["id"]) if null(value)]
+    if bad:
+        raise SchemaError(f"{path}: column 'id' is empty in {_rows(bad, None)}; every image needs a unique id; "
+                          f"{fix}")
     ids = [str(value) for value in frame["id"]]
     duplicated = pd.Index(ids).duplicated()
     if duplicated.any():
         raise SchemaError(f"{path}: column 'id' repeats {ids[int(np.argmax(duplicated))]!r}; ids must be unique")
+    for column in ("image", "identity"):
+        bad = [row for row, value in enumerate(frame[column]) if null(value)]
+        if bad:
+            raise SchemaError(f"{path}: column {column!r} is empty in {_rows(bad, ids)}; every image needs its "
+                              f"{column}; {fix}")
+    sizes = {}
+    for column in ("width", "height"):
+        values, bad = [], []
+        for row, value in enumerate(frame[column]):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not np.isfinite(number) or number < 1 or number != int(number):
+                bad.append(row)
+            else:
+                values.append(int(number))
+        if bad:
+            shown = ", ".join(repr(frame[column].iloc[row]) for row in bad[:3])
+            raise SchemaError(f"{path}: column {column!r} is not a positive whole number of pixels in "
+                              f"{_rows(bad, ids)} (got {shown}); {fix}")
+        sizes[column] = values
+    identities = [str(v) for v in frame["identity"]]
     row_of = {value: row for row, value in enumerate(ids)}
     root_abs = root.resolve()
 
-    def rows_of(column: str, row: int, values) -> tuple[int, ...]:
-        if values is None or (isinstance(values, float) and np.isnan(values)):
-            return ()
-        out = []
-        for value in values:
-            other = row_of.get(str(value))
-            if other is None:
-                raise SchemaError(f"{path}: column {column!r}, row {ids[row]!r} names unknown id {value!r}")
-            if other == row:
-                raise SchemaError(f"{path}: column {column!r}, row {ids[row]!r} names the row itself")
-            out.append(other)
-        return tuple(out)
+    def rows_of(column: str) -> list[tuple[int, ...]]:
+        out, unknown, itself, not_lists = [], [], [], []
+        for row, values in enumerate(frame[column]):
+            if values is None or (isinstance(values, float) and np.isnan(values)):
+                out.append(())
+                continue
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                not_lists.append(row)
+                out.append(())
+                continue
+            found = []
+            for value in values:
+                other = row_of.get(str(value))
+                if other is None:
+                    unknown.append((row, value))
+                elif other == row:
+                    itself.append(row)
+                else:
+                    found.append(other)
+            out.append(tuple(found))
+        if not_lists:
+            raise SchemaError(f"{path}: column {column!r} is not a list of ids in {_rows(not_lists, ids)}; {fix}")
+        if unknown:
+            named = ", ".join(f"row {ids[row]!r} names {value!r}" for row, value in unknown[:3])
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise SchemaError(f"{path}: column {column!r} names ids that are not in the manifest ({named}{more}); "
+                              f"remove them or rebuild the dataset with `sameid build`")
+        if itself:
+            raise SchemaError(f"{path}: column {column!r} names the row itself in {_rows(itself, ids)}; it lists "
+                              f"the *other* images only; {fix}")
+        return out
 
-    similar = [rows_of("similar", row, values) for row, values in enumerate(frame["similar"])]
+    similar = rows_of("similar")
+    crossing: list[tuple[str, str]] = []
+    for row, others in enumerate(similar):
+        kept = tuple(other for other in others if identities[other] == identities[row])
+        if len(kept) != len(others):
+            crossing += [(ids[row], ids[other]) for other in others if identities[other] != identities[row]]
+            similar[row] = kept
+    if crossing:
+        named = ", ".join(f"{a!r} -> {b!r}" for a, b in crossing[:3])
+        logger.warning("%s: dropped %d 'similar' entr%s naming an image of another identity (%s%s); they are never "
+                       "used as references", path, len(crossing), "y" if len(crossing) == 1 else "ies", named,
+                       ", ..." if len(crossing) > 3 else "")
     if "near_duplicates" in frame.columns:
-        near = [frozenset(rows_of("near_duplicates", row, v)) for row, v in enumerate(frame["near_duplicates"])]
+        near = [frozenset(rows) for rows in rows_of("near_duplicates")]
     else:
         near = [frozenset() for _ in ids]
 
@@ -105,10 +191,13 @@ def load_manifest(dataset_dir: str | os.PathLike) -> DatasetManifest:
         if box is None or (isinstance(box, float) and np.isnan(box)):
             head_boxes.append(None)
             continue
-        values = np.asarray(box, dtype=np.float64).ravel()
+        try:
+            values = np.asarray(box, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            values = np.asarray([np.nan])
         if values.size != 4 or not np.isfinite(values).all():
             raise SchemaError(f"{path}: column 'head_box', row {ids[row]!r}: expected 4 numbers x0,y0,x1,y1 or "
-                              f"null, got {list(values)}")
+                              f"null, got {box!r}")
         head_boxes.append(tuple(float(v) for v in values))
 
     phash = []
@@ -124,12 +213,20 @@ def load_manifest(dataset_dir: str | os.PathLike) -> DatasetManifest:
         return str(candidate if candidate.is_absolute() else root_abs / candidate)
 
     return DatasetManifest(
-        root=root_abs, frame=frame, ids=ids, identities=[str(v) for v in frame["identity"]],
+        root=root_abs, frame=frame, ids=ids, identities=identities,
         image_paths=[absolute(v) for v in frame["image"]], mask_paths=[absolute(v) for v in frame["mask"]],
-        head_boxes=head_boxes, widths=[int(v) for v in frame["width"]], heights=[int(v) for v in frame["height"]],
+        head_boxes=head_boxes, widths=sizes["width"], heights=sizes["height"],
         captions=["" if v is None else str(v) for v in frame["caption"]], phash=phash, similar=similar,
-        near_duplicates=near, row_of=row_of,
+        near_duplicates=near, row_of=row_of, cross_identity_similar=crossing,
     )
+
+
+def _rows(rows: list[int], ids: list[str] | None, limit: int = 3) -> str:
+    """``row 'a'``, ``3 rows ('a', 'b', 'c')``, ``5 rows ('a', 'b', 'c', ...)``; row numbers when ids is None."""
+    names = [f"{ids[row]!r}" if ids is not None else str(row) for row in rows[:limit]]
+    shown = ", ".join(names) + (", ..." if len(rows) > limit else "")
+    label = "row" if ids is not None else "row number"
+    return f"{label} {shown}" if len(rows) == 1 else f"{len(rows)} {label}s ({shown})"
 
 
 def dataset_near_duplicate_bits(dataset: str | os.PathLike | DatasetManifest) -> int:

@@ -39,6 +39,25 @@ def _refuse_to_replace(path: Path, overwrite: bool) -> None:
         raise SameIdError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing folder, a path under a file,
+    a folder without write permission. Missing folders are fine (:func:`sameid.atomic.write_atomic` makes them)."""
+    if path.is_dir():
+        raise SameIdError(f"{option} {path} is a folder; give a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SameIdError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SameIdError(f"{option} {path}: no permission to write in {parent}; choose another path")
+
+
+def check_epochs(epochs: int) -> None:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise SameIdError(f"--epochs must be at least 1, got {epochs!r}")
+
+
 @dataclass
 class PairsResult:
     out: Path
@@ -74,14 +93,20 @@ def write_pairs(dataset: str | os.PathLike, config: PairsConfig, out: str | os.P
     """Sample ``epochs`` epochs of pairs from ``dataset`` and write them to ``out`` (parquet: ids, concepts, crop
     boxes) with a contact sheet (default ``<out>.contact_sheet.png``). ``embedder`` (a spec, see
     :func:`embedder_from_spec`) is what curriculum "embedding" orders by. Refuses to replace files unless
-    ``overwrite``; nothing is written when anything is refused."""
-    from ..atomic import write_parquet_atomic
-    from .contact_sheet import contact_sheet as write_contact_sheet
+    ``overwrite``; nothing is written when anything is refused or fails: both files are made in memory first,
+    then the contact sheet and last the pairs table are written atomically."""
+    from ..atomic import write_atomic, write_parquet_atomic
+    from .contact_sheet import render_contact_sheet
 
-    if epochs < 1:
-        raise SameIdError(f"--epochs must be at least 1, got {epochs}")
+    check_epochs(epochs)
+    if contact_sheet_examples < 0:
+        raise SameIdError(f"--contact-sheet-examples must be 0 or more, got {contact_sheet_examples}")
     out = Path(out)
     sheet = Path(contact_sheet) if contact_sheet is not None else out.with_suffix(".contact_sheet.png")
+    if sheet.resolve() == out.resolve():
+        raise SameIdError(f"--contact-sheet {sheet} is --out; give the contact sheet its own path")
+    check_writable(out, "--out")
+    check_writable(sheet, "--contact-sheet")
     _refuse_to_replace(out, overwrite)
     _refuse_to_replace(sheet, overwrite)
     manifest = load_manifest(dataset)
@@ -97,8 +122,15 @@ def write_pairs(dataset: str | os.PathLike, config: PairsConfig, out: str | os.P
                           f"{config.n_references} eligible references; lower --n-references or use --shortfall "
                           "repeat")
     frame = examples.pairs_frame(epochs)
-    write_parquet_atomic(out, frame)
-    write_contact_sheet(examples.manifest, frame, sheet, examples=contact_sheet_examples)
+    picture = render_contact_sheet(examples.manifest, frame, examples=contact_sheet_examples)  # reads images
+    sheet_existed = sheet.exists()
+    write_atomic(sheet, lambda tmp: picture.save(tmp, format="PNG"), suffix=".png")
+    try:
+        write_parquet_atomic(out, frame)
+    except BaseException:
+        if not sheet_existed:  # ours alone: no half of a result is left behind
+            sheet.unlink(missing_ok=True)
+        raise
     short = sorted({manifest.identities[r] for r in range(len(manifest)) if examples.sampler.is_short(r)})
     return PairsResult(out=out, contact_sheet=sheet, config=examples.config, epochs=epochs, targets=len(examples),
                        examples=len(frame), short_identities=short, refused=len(examples.refused),
@@ -121,6 +153,11 @@ class AuditResult:
     def leaking_pairs(self) -> int:
         return self.report.leaking_pairs
 
+    @property
+    def failed(self) -> bool:
+        """A pair leaks or has a reference of another identity: ``--fail-on-leak`` exits 1."""
+        return self.report.failed
+
     def to_json(self) -> str:
         return self.report.to_json()
 
@@ -131,6 +168,14 @@ class AuditResult:
                  f"pair(s), {summary['leaking_references']} leaking reference(s) (near-duplicate threshold "
                  f"{self.near_duplicate_bits} bits)"]
         lines += [f"  {reason}: {count}" for reason, count in summary["leak_reasons"].items()]
+        lines.append(f"references of another identity than the target's: {summary['wrong_identity_references']} "
+                     f"in {summary['wrong_identity_pairs']} pair(s)")
+        if summary["cross_identity_similar_dropped"]:
+            lines.append(f"  manifest 'similar' entries naming another identity (dropped, never sampled): "
+                         f"{summary['cross_identity_similar_dropped']}")
+        for error in self.report.identity_errors.head(3).itertuples():
+            lines.append(f"  target {error.target_id} ({error.target_identity}): reference {error.reference_id} is "
+                         f"{error.reference_identity}")
         if self.embedder is None:
             lines.append("embedding check: off (pass --embedder to compare embeddings too)")
         else:
@@ -154,14 +199,18 @@ def run_audit(dataset: str | os.PathLike, *, pairs_file: str | os.PathLike | Non
     ``config``, against ``dataset``; write the full report as JSON to ``json_out`` when given."""
     from ..atomic import write_text_atomic
 
+    check_epochs(epochs)
+    if json_out is not None:
+        check_writable(Path(json_out), "--json")
+    if pairs_file is not None:
+        pairs_file = Path(pairs_file)
+        if not pairs_file.is_file():
+            raise SameIdError(f"--pairs {pairs_file}: no such file (write one with `sameid pairs`)")
     config = config or PairsConfig()
     manifest = load_manifest(dataset)
     config = config.with_dataset_settings(manifest)
     model = embedder_from_spec(embedder)
     if pairs_file is not None:
-        pairs_file = Path(pairs_file)
-        if not pairs_file.is_file():
-            raise SameIdError(f"--pairs {pairs_file}: no such file (write one with `sameid pairs`)")
         try:
             frame = pd.read_parquet(pairs_file)
         except Exception as exc:  # pyarrow raises several types for a file that is not parquet
