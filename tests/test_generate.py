@@ -221,7 +221,18 @@ def test_generate_manifest_end_to_end(run_dir, dataset_dir, pipeline, tmp_path):
 
     # a row is the pipeline's output for its subject's first two images (whole figures), prompt and seed
     row = frame.iloc[5]
-    references = [Image.open(p).convert("RGB") for p in row["references"]]
+    # whole figures keep only their figure mask's pixels, as training prepares them (concept_masks, the default)
+    from sameid.images import load_mask
+    from sameid.pairs.concepts import apply_figure_mask
+
+    references = []
+    for reference in row["references"]:
+        pixels = np.asarray(Image.open(reference).convert("RGB"))
+        rows = [r for r, image in enumerate(manifest.image_paths) if image == reference]
+        mask_path = manifest.mask_paths[rows[0]]
+        if mask_path is not None:
+            pixels = apply_figure_mask(pixels, load_mask(mask_path, size=(pixels.shape[1], pixels.shape[0])))
+        references.append(Image.fromarray(pixels))
     images = pipeline(row["prompt"], [references], height=SIDE, width=SIDE, num_inference_steps=STEPS,
                       num_images_per_prompt=2, generator=torch.Generator().manual_seed(int(row["seed"]))).images
     sample = int(row["image"].rsplit("_", 1)[1].removesuffix(".png"))

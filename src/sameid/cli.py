@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 
 from . import __version__
 from .errors import SameIdError
+from .verbosity import show_progress
 
 app = typer.Typer(
     name="sameid",
@@ -124,7 +124,7 @@ def build(
         export_hf=None if export_hf is None else str(export_hf),
         is_generated_sample=is_generated_sample(Path(source).parent if Path(source).is_file() else source),
     )
-    result = build_dataset(config, resume=resume, overwrite=overwrite, progress=not quiet and sys.stderr.isatty())
+    result = build_dataset(config, resume=resume, overwrite=overwrite, progress=not quiet and show_progress())
     _print_build_summary(result)
 
 
@@ -176,7 +176,7 @@ def demo(
                             inference_steps=inference_steps)
     if pretrained:
         settings.resolution = 384
-    result = run_demo(out, settings, overwrite=overwrite, progress=sys.stderr.isatty(), echo=typer.echo)
+    result = run_demo(out, settings, overwrite=overwrite, progress=show_progress(), echo=typer.echo)
     typer.echo(f"report: {result.report}")
     for line in result.lines:
         typer.echo(line)
@@ -367,7 +367,7 @@ def generate(
                                identities=parse_identities(identity), samples_per_seed=samples_per_seed,
                                n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
                                reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
-                               progress=sys.stderr.isatty())
+                               progress=show_progress())
     for line in result.describe():
         typer.echo(line)
 
@@ -419,7 +419,7 @@ def eval_(
     config = EvalConfig(metrics=tuple(metrics.split(",")), clip=f"clip:{clip}", dino=f"dino:{dino}",
                         face=face_embedder, vqa=vqa, vqa_text=vqa_text_embedder,
                         cache_dir=None if no_cache else (cache_dir or Path.home() / ".cache" / "sameid" / "embeddings"),
-                        batch_size=batch_size, progress=not quiet and sys.stderr.isatty())
+                        batch_size=batch_size, progress=not quiet and show_progress())
     if vqa_question:
         config.vqa_questions = tuple(vqa_question)
     result = evaluate_manifest(manifest, out, config, skip_invalid=skip_invalid, overwrite=overwrite,
@@ -466,6 +466,6 @@ def experiment_claim(
     except ValueError:
         raise SameIdError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     result = run_claim(out, ClaimSettings(steps=steps, seeds=seed_list, inference_steps=inference_steps),
-                       echo=typer.echo, progress=sys.stderr.isatty())
+                       echo=typer.echo, progress=show_progress())
     for line in result.describe():
         typer.echo(line)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from PIL import Image
 from ..atomic import write_atomic, write_json_atomic
 from ..errors import SameIdError
 from ..train.run_dir import RunDir
+from ..verbosity import show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -140,19 +140,26 @@ def _default_concepts(task: str, count: int) -> list[str]:
     return ["figure"] * count
 
 
-def _reference_images(manifest, rows: list[int], requested: list[str]) -> tuple[list[Image.Image], list[str]]:
-    """Each reference cropped as its concept says (falling back to "figure" as training does), with the concept."""
+def _reference_images(manifest, rows: list[int], requested: list[str], *, concept_masks: bool = True
+                      ) -> tuple[list[Image.Image], list[str]]:
+    """Each reference prepared as training prepares it (RetriBooru, arXiv 2312.02521, §5.2): cropped as its concept
+    says (falling back to "figure" as training does) and, with ``concept_masks``, "figure" and "clothes" crops
+    keep only the figure mask's pixels. Returns the images and the concepts used."""
     import numpy as np
 
-    from ..images import load_image
-    from ..pairs.concepts import concept_crop
+    from ..images import load_image, load_mask
+    from ..pairs.concepts import MASKED_CONCEPTS, apply_figure_mask, concept_crop
     from ..references import crop_clipped
 
     images, concepts = [], []
     for row, concept in zip(rows, requested):
         crop = concept_crop(concept, manifest.head_boxes[row], manifest.widths[row], manifest.heights[row])
+        pixels = np.asarray(load_image(manifest.image_paths[row])[0].convert("RGB"))
+        if concept_masks and crop.concept in MASKED_CONCEPTS and manifest.mask_paths[row] is not None:
+            pixels = apply_figure_mask(pixels, load_mask(manifest.mask_paths[row],
+                                                         size=(pixels.shape[1], pixels.shape[0])))
         # The crop was planned on the manifest's size; crop_clipped clips it to the file on disk, as training does.
-        pixels = crop_clipped(np.asarray(load_image(manifest.image_paths[row])[0].convert("RGB")), crop.box)
+        pixels = crop_clipped(pixels, crop.box)
         images.append(Image.fromarray(np.ascontiguousarray(pixels)))
         concepts.append(crop.concept)
     return images, concepts
@@ -284,7 +291,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     rows = []
     written: list[Path] = []  # files and folders this call made (not replaced), removed again if it fails
     total = len(reference_rows) * len(prompts) * len(seeds) * samples_per_seed
-    show = sys.stderr.isatty() if progress is None else progress
+    show = show_progress() if progress is None else progress
     try:
         with tqdm(total=total, desc=f"generate {model_name}", unit="image", disable=not show) as bar:
             for subject, subject_rows in reference_rows.items():
@@ -294,7 +301,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                 folders[subject] = folder
                 written.extend(_made_dirs(out_dir / IMAGES_DIR / folder))
                 (out_dir / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)
-                images, used_concepts = _reference_images(dataset, subject_rows, requested)
+                images, used_concepts = _reference_images(dataset, subject_rows, requested,
+                                                          concept_masks=config.pairs.concept_masks)
                 references = pipeline.prepare_references([images], [used_concepts], resolution)
                 reference_paths = [dataset.image_paths[row] for row in subject_rows]
                 for prompt_index, prompt in enumerate(prompts):
