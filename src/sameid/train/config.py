@@ -46,6 +46,14 @@ PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "r
 _WHERE = "training config"
 
 
+def has_gpu() -> bool:
+    """Whether torch sees a GPU (CUDA, XPU or Apple MPS); without one, training runs on the CPU."""
+    import torch
+
+    return torch.cuda.is_available() or (getattr(torch, "xpu", None) is not None and torch.xpu.is_available()) or (
+        torch.backends.mps.is_available())
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on. Paths are stored as given; ``out`` is the run dir. Make one with keyword
@@ -211,9 +219,7 @@ class TrainConfig:
         import torch
 
         cuda = torch.cuda.is_available()
-        other = (getattr(torch, "xpu", None) is not None and torch.xpu.is_available()) or (
-            torch.backends.mps.is_available())
-        if self.mixed_precision == "fp16" and not (cuda or other):
+        if self.mixed_precision == "fp16" and not has_gpu():
             raise SameIdError(f"{_WHERE}: mixed_precision fp16 needs a GPU, and this machine has none; use no "
                               "(or bf16, which works on the CPU)")
         if self.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():

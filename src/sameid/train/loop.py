@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import torch
 from ..errors import SameIdError
 from ..pairs.dataset import PairsDataset, collate_examples
 from ..references import ReferenceInputs, normalize_pixels, reference_inputs
-from .config import TrainConfig
+from .config import TrainConfig, has_gpu
 from .losses import masked_diffusion_loss
 from .run_dir import CONFIG_FILE, TRAINABLE_WEIGHTS, RunDir
 
@@ -71,9 +72,10 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return iter(np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size).tolist())
 
 
-def step_generator(seed: int, micro_batch: int) -> torch.Generator:
-    """The generator of every random draw (noise, timesteps, VAE sample) of one micro-batch."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch))
+def step_generator(seed: int, micro_batch: int, process: int = 0) -> torch.Generator:
+    """The generator of every random draw (noise, timesteps, VAE sample) of one micro-batch of one process (each
+    process of a multi-process run draws its own noise; process 0 draws what a one-process run draws)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch) + int(process) * 7_919_993_123)
 
 
 def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor,
@@ -135,6 +137,9 @@ class Trainer:
         self._resume_from = self._check_run_dir(resume)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = Accelerator(
+            # Without a GPU, several processes (`accelerate launch --num_processes N`) train together on the CPU
+            # (gloo) instead of each alone, which is what accelerate does unless told cpu.
+            cpu=not has_gpu(),
             mixed_precision=config.mixed_precision,
             # sync_with_dataloader=False: an optimizer step is always the same number of micro-batches, also
             # across epoch boundaries, which is what makes the step <-> data position mapping exact on resume.
@@ -143,6 +148,11 @@ class Trainer:
             log_with=list(config.log_with) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run.logs_dir)),
         )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            raise SameIdError(f"launched as {launched} processes, but accelerate trains with "
+                              f"{self.accelerator.num_processes}: each would train alone into {self.run_dir}; launch "
+                              "with `accelerate launch --num_processes N -m sameid.cli train ...` (see docs/train.md)")
         self.accelerator.wait_for_everyone()  # every process has checked the run dir before any writes to it
         set_seed(config.seed)
         base = self.run.base_dir
@@ -350,7 +360,8 @@ class Trainer:
             batches = accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
             for batch in batches:
                 with accelerator.accumulate(self.denoiser):
-                    parts = self.loss(batch, step_generator(config.seed, self.micro_batches))
+                    parts = self.loss(batch, step_generator(config.seed, self.micro_batches,
+                                                            accelerator.process_index))
                     value = parts.total.detach()
                     # One process alone: stop before the step. Several: every process stops together below, on
                     # the loss reduced over them (one stopping alone would leave the others waiting).
