@@ -412,8 +412,8 @@ class Trainer:
         where = f"last good checkpoint: {last} (kept)" if last else "no checkpoint was written yet"
         raise TrainingDivergedError(
             f"loss is {value} at step {self.global_step + 1} (micro-batch {self.micro_batches}); training stopped, "
-            f"{where}. Lower learning_rate (now {self.config.learning_rate}) or use mixed_precision no/bf16, then "
-            f"resume from the checkpoint.")
+            f"{where}. An exact resume would repeat this step: start a run with another --out and a lower "
+            f"learning_rate (now {self.config.learning_rate}) or mixed_precision no/bf16.")
 
     def save_checkpoint(self) -> Path:
         """accelerate's state into a hidden temporary folder of ``checkpoints/`` (one name, chosen by the main
