@@ -259,7 +259,12 @@ def test_incomplete_run_dirs_say_what_is_missing(run_dir, tmp_path):
     shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("model"))
     with pytest.raises(SameIdError, match="training has not finished.*no checkpoint"):
         load_run(unfinished)
+    # the latest checkpoint is the latest complete one (trainer_state.json written last); a bare step-* is not one
+    (unfinished / "checkpoints" / "step-0000011").mkdir(parents=True)
+    with pytest.raises(SameIdError, match="training has not finished.*no checkpoint"):
+        load_run(unfinished)
     (unfinished / "checkpoints" / "step-0000010").mkdir(parents=True)
+    (unfinished / "checkpoints" / "step-0000010" / "trainer_state.json").write_text("{}")
     with pytest.raises(SameIdError, match="training has not finished.*step-0000010"):
         load_run(unfinished)
     shutil.rmtree(unfinished / "base")

@@ -68,7 +68,7 @@ def test_retrinet_trains_saves_and_reloads(dataset, tmp_path):
     assert [line["loss"] for line in lines] == result.losses
     held = json.loads((tmp_path / "run" / "holdout.json").read_text())["identities"]
     assert len(held) == 2
-    assert TrainConfig.load(tmp_path / "run" / "config.yaml") == config
+    assert TrainConfig.load(tmp_path / "run" / "config.yaml") == config.resolved()
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*")), "no tensorboard log"
 
     denoiser = load_denoiser(result.model_dir)  # the model folder holds its U-Net

@@ -95,11 +95,12 @@ def test_run_dir_names_and_contents(tmp_path):
     assert json.loads(run.holdout_file.read_text()) == {"identities": ["b", "a"]}
     assert run.latest_checkpoint() is None
     for step in (2, 10):
-        run.write_trainer_state(run.checkpoint_dir(step), {"global_step": step})
+        run.write_trainer_state(run.checkpoint_dir(step), {"global_step": step, "micro_batches": step, "losses": []})
+    run.checkpoint_dir(11).mkdir()  # no trainer_state.json: not a checkpoint
     assert run.latest_checkpoint() == run.path / "checkpoints" / "step-0000010"
-    assert run.read_trainer_state(run.latest_checkpoint()) == {"global_step": 10}
+    assert run.read_trainer_state(run.latest_checkpoint())["global_step"] == 10
     run.remove_old_checkpoints(1)
-    assert run.checkpoints() == [run.checkpoint_dir(10)]
+    assert run.checkpoints() == [run.checkpoint_dir(10)] and run.checkpoint_dir(11).is_dir()
     run.write_loss_log([0.5, 0.25])
     assert [json.loads(line) for line in run.loss_log.read_text().splitlines()] == [
         {"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]

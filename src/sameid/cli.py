@@ -312,12 +312,16 @@ def train(
                                                                  "reference is a near-duplicate of the target "
                                                                  "(default: the dataset's, from its build).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of data order, noise and initialisation.")] = None,
-    resume: Annotated[str | None, typer.Option(help="latest | a checkpoint dir: continue the run in --out "
-                                                    "exactly where it stopped.")] = None,
+    log_with: Annotated[str | None, typer.Option(help="accelerate trackers, comma-separated: tensorboard "
+                                                      "(default), wandb, mlflow, comet_ml, ... (installed ones).")] = None,
+    resume: Annotated[str | None, typer.Option(help="latest (the latest complete checkpoint that loads) | a "
+                                                    "checkpoint dir: continue the run in --out exactly where it "
+                                                    "stopped.")] = None,
 ):
     """Train RetriNet (or a baseline) on leakage-free pairs with one accelerate loop; variants by configuration.
 
-    Multi-GPU: `accelerate launch -m sameid.cli train ...`."""
+    Several GPUs or processes: `accelerate launch --num_processes N -m sameid.cli train ...` (the logged loss is
+    the mean over the processes)."""
     from .train import grid_configs, train_grid
 
     settings = dict(dataset=str(dataset) if dataset else None, out=str(out) if out else None,
@@ -328,7 +332,7 @@ def train(
                     mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
                     checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
                     holdout_identities=holdout_identities, seed=seed, curriculum=curriculum,
-                    near_duplicate_bits=near_duplicate_bits)
+                    near_duplicate_bits=near_duplicate_bits, log_with=log_with)
     configs = grid_configs(settings, config_file=config, models=model, modes=mode)  # all checked, nothing written
 
     result = train_grid(configs, resume=resume, echo=typer.echo)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import write_atomic
 from .pipeline_reference import ReferencePipeline
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -28,6 +29,11 @@ def safe_file_name(text: str, limit: int = 80) -> str:
 
 def _pil(chw: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(chw.numpy().transpose(1, 2, 0)))
+
+
+def save_png(image: Image.Image, path: Path) -> Path:
+    """``image`` as a PNG at ``path``, atomically (:mod:`sameid.atomic`): a killed run leaves no half image."""
+    return write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def strip_image(references: list[Image.Image], generation: Image.Image, target: Image.Image | None = None
@@ -74,8 +80,8 @@ def validation_images(components, denoiser, dataset, config, out_dir: Path) -> l
             generator=torch.Generator().manual_seed(int(config.seed)),
         ).images[0]
         name = f"{index}_{safe_file_name(example.target_id)}"
-        generation.save(out_dir / f"{name}.png")
+        save_png(generation, out_dir / f"{name}.png")
         strip = strip_image(references, generation, _pil(example.target))
-        strip.save(out_dir / f"{name}_strip.png")
+        save_png(strip, out_dir / f"{name}_strip.png")
         strips.append(strip)
     return strips

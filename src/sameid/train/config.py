@@ -31,6 +31,13 @@ MODELS = ("retrinet", "controlnet", "ip-adapter")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # diffusers.optimization.get_scheduler's names (less "piecewise_constant", which needs step rules a config has not)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+#: accelerate's trackers (``Accelerator(log_with=...)``, accelerate.utils.LoggerType less "all"), each used when its
+#: package is installed; tensorboard is the default.
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio")
+#: Settings a resume may change: how long to train and how often to checkpoint, validate and log, none of which
+#: changes the losses of the steps in between. Where the run dir is (``out``) is the folder resumed, not a setting.
+RESUMABLE_CHANGES = ("out", "max_train_steps", "validation_steps", "checkpointing_steps", "checkpoints_total_limit",
+                     "validation_prompts", "validation_examples", "log_with")
 #: Flat YAML key -> PairsConfig field. The run's ``seed`` is also the pairs' seed, so it is not among them.
 PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "resolution": "resolution",
               "prompt_drop": "prompt_drop", "shortfall": "shortfall", "near_duplicate_bits": "near_duplicate_bits",
@@ -38,6 +45,14 @@ PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "r
               "curriculum": "curriculum", "curriculum_source_column": "source_column",
               "curriculum_source_order": "source_order", "concept_masks": "concept_masks"}
 _WHERE = "training config"
+
+
+def has_gpu() -> bool:
+    """Whether torch sees a GPU (CUDA, XPU or Apple MPS); without one, training runs on the CPU."""
+    import torch
+
+    return torch.cuda.is_available() or (getattr(torch, "xpu", None) is not None and torch.xpu.is_available()) or (
+        torch.backends.mps.is_available())
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,8 @@ class TrainConfig:
     validation_inference_steps: int = 20
     validation_guidance_scale: float = 7.0
     validation_prompts: tuple[str, ...] = ()
+    # accelerate trackers (TRACKERS); a YAML list or a comma-separated text; empty: none (loss.jsonl still written)
+    log_with: tuple[str, ...] = ("tensorboard",)
 
     def __post_init__(self):
         w = _WHERE
@@ -120,6 +137,13 @@ class TrainConfig:
         for name in ("face_loss_weight", "adam_weight_decay", "validation_guidance_scale"):
             checked[name] = as_float(w, name, getattr(self, name), minimum=0.0)
         checked["validation_prompts"] = as_text_list(w, "validation_prompts", self.validation_prompts)
+        log_with = self.log_with
+        if isinstance(log_with, str):  # accelerate's own form: one name, or "a,b" as the CLI gives it
+            log_with = [name.strip() for name in log_with.split(",") if name.strip()]
+        log_with = as_text_list(w, "log_with", log_with)
+        for name in log_with:
+            as_choice(w, "log_with", name, TRACKERS)
+        checked["log_with"] = tuple(dict.fromkeys(log_with))
         # The run's seed is the pairs' seed: one setting, one place.
         checked["pairs"] = dataclasses.replace(self.pairs, seed=checked["seed"])
         for name, value in checked.items():
@@ -164,18 +188,43 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.out)
 
+    def resolved(self) -> TrainConfig:
+        """This config as a run records it in ``config.yaml``: ``dataset`` and ``out`` absolute (and
+        ``pretrained`` / ``image_encoder`` when they name an existing local folder), so the file means the same
+        from any working directory, under ``accelerate launch`` too; ``near_duplicate_bits`` the dataset's
+        recorded threshold when none was set (:meth:`sameid.pairs.PairsConfig.with_dataset_settings`)."""
+
+        def local(value: str | None) -> str | None:
+            return os.path.abspath(value) if value and os.path.exists(value) else value
+
+        return dataclasses.replace(self, dataset=os.path.abspath(self.dataset), out=os.path.abspath(self.out),
+                                   pretrained=local(self.pretrained), image_encoder=local(self.image_encoder),
+                                   pairs=self.pairs.with_dataset_settings(self.dataset))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """The flat settings in which ``other`` differs from this config in a way a resume cannot accept (both
+        resolved first, so ``runs/r`` and ``/abs/runs/r``, or an unset and the dataset's own
+        ``near_duplicate_bits``, are the same)."""
+        mine, theirs = self.resolved().to_dict(), other.resolved().to_dict()
+        return [name for name, value in mine.items() if name not in RESUMABLE_CHANGES and value != theirs[name]]
+
     def check_machine(self) -> None:
-        """Refuse settings this machine cannot train with (before anything is written): fp16 mixed precision
-        without a GPU (accelerate would silently train without autocast or a loss scaler, with half-precision
-        frozen models), bf16 on a GPU without bf16. bf16 on the CPU works (CPU autocast)."""
+        """Refuse settings this machine cannot train with (before anything is written): a tracker whose package
+        is not installed (accelerate would drop it with a log line), fp16 mixed precision without a GPU
+        (accelerate would silently train without autocast or a loss scaler, with half-precision frozen models),
+        bf16 on a GPU without bf16. bf16 on the CPU works (CPU autocast)."""
+        import accelerate.utils
+
+        for name in self.log_with:
+            if not getattr(accelerate.utils, f"is_{name}_available")():
+                raise SameIdError(f"{_WHERE}: log_with {name}: the {name} package is not installed; install it "
+                                  f"(pip install {name}) or log with tensorboard")
         if self.mixed_precision == "no":
             return
         import torch
 
         cuda = torch.cuda.is_available()
-        other = (getattr(torch, "xpu", None) is not None and torch.xpu.is_available()) or (
-            torch.backends.mps.is_available())
-        if self.mixed_precision == "fp16" and not (cuda or other):
+        if self.mixed_precision == "fp16" and not has_gpu():
             raise SameIdError(f"{_WHERE}: mixed_precision fp16 needs a GPU, and this machine has none; use no "
                               "(or bf16, which works on the CPU)")
         if self.mixed_precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():

@@ -69,6 +69,8 @@ def train_grid(configs: Sequence[TrainConfig], *, resume: str | None = None, pro
     grid = len(configs) > 1
     if grid and resume and resume != "latest":
         raise SameIdError("--resume with several models or modes: use --resume latest (each run resumes its own)")
+    for config in configs:  # what this machine cannot train is refused before the first run starts
+        config.check_machine()
     result = GridResult(root=Path(configs[0].out).parent if grid else None)
     for config in configs:
         echo(f"training {config.model} ({config.mode}, lock {config.lock}, {config.max_train_steps} steps) into "

@@ -6,11 +6,17 @@ data order of an epoch from (seed, epoch), so a run resumed from a checkpoint (m
 via ``accelerator.save_state``) repeats the uninterrupted run's losses. Checkpoints hold only the trainable weights
 (the frozen base is rebuilt from ``pretrained`` or the run dir's ``base/``), so a Stable Diffusion run does not
 write gigabytes per checkpoint.
+
+Several processes (``accelerate launch --num_processes N``): each draws its own micro-batches; the loss logged for
+an optimizer step (``loss.jsonl``, the trackers, the progress bar) is the mean over the processes, with each
+process's own value beside it in ``loss.jsonl`` (``process_losses``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +28,11 @@ import torch
 from ..errors import SameIdError
 from ..pairs.dataset import PairsDataset, collate_examples
 from ..references import ReferenceInputs, normalize_pixels, reference_inputs
-from .config import TrainConfig
+from .config import TrainConfig, has_gpu
 from .losses import masked_diffusion_loss
 from .run_dir import CONFIG_FILE, TRAINABLE_WEIGHTS, RunDir
+
+logger = logging.getLogger(__name__)
 
 #: What makes validation images: ``validator(components, denoiser, dataset, config, out_dir) -> [PIL images]``.
 #: The default is :func:`sameid.pipelines.validation.validation_images` (the reference pipeline, a stage below
@@ -64,9 +72,10 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return iter(np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.size).tolist())
 
 
-def step_generator(seed: int, micro_batch: int) -> torch.Generator:
-    """The generator of every random draw (noise, timesteps, VAE sample) of one micro-batch."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch))
+def step_generator(seed: int, micro_batch: int, process: int = 0) -> torch.Generator:
+    """The generator of every random draw (noise, timesteps, VAE sample) of one micro-batch of one process (each
+    process of a multi-process run draws its own noise; process 0 draws what a one-process run draws)."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch) + int(process) * 7_919_993_123)
 
 
 def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor,
@@ -108,6 +117,8 @@ class Trainer:
         from ..models.denoisers import create_denoiser, tiny_image_encoder
         from ..pairs.manifest import load_manifest
 
+        # Paths absolute and the dataset's near-duplicate threshold filled in: what config.yaml records.
+        config = config.resolved()
         self.config = config
         self.run = RunDir(config.out)
         self.run_dir = self.run.path
@@ -123,20 +134,29 @@ class Trainer:
         if not len(self.dataset):
             raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
                               f"references; lower n_references or use shortfall repeat)")
-        self._check_run_dir(resume)
+        self._resume_from = self._check_run_dir(resume)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator = Accelerator(
+            # Without a GPU, several processes (`accelerate launch --num_processes N`) train together on the CPU
+            # (gloo) instead of each alone, which is what accelerate does unless told cpu.
+            cpu=not has_gpu(),
             mixed_precision=config.mixed_precision,
             # sync_with_dataloader=False: an optimizer step is always the same number of micro-batches, also
             # across epoch boundaries, which is what makes the step <-> data position mapping exact on resume.
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=config.gradient_accumulation_steps, sync_with_dataloader=False),
-            log_with="tensorboard",
+            log_with=list(config.log_with) or None,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run.logs_dir)),
         )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            raise SameIdError(f"launched as {launched} processes, but accelerate trains with "
+                              f"{self.accelerator.num_processes}: each would train alone into {self.run_dir}; launch "
+                              "with `accelerate launch --num_processes N -m sameid.cli train ...` (see docs/train.md)")
+        self.accelerator.wait_for_everyone()  # every process has checked the run dir before any writes to it
         set_seed(config.seed)
         base = self.run.base_dir
-        if config.tiny and base.is_dir():
+        if config.tiny and base.is_dir() and self._resume_from:  # a fresh start makes its base from its seed
             self.components = load_components(base)
         else:
             self.components = load_components(config.pretrained, tiny=config.tiny, seed=config.seed,
@@ -169,6 +189,7 @@ class Trainer:
 
         # Written only now that the base model and the data have loaded: a run dir holding config.yaml is a run.
         if self.accelerator.is_main_process:
+            self.run.remove_temporary_checkpoints()  # what a kill during a checkpoint write left
             self.run.write_config(config)
             if self.holdout:
                 self.run.write_holdout(self.holdout)
@@ -189,29 +210,57 @@ class Trainer:
         self.accelerator.register_load_state_pre_hook(self._load_trainable)
         self._concept_cache: dict[str, torch.Tensor] = {}
         self.global_step, self.micro_batches, self.losses = 0, 0, []
-        if resume:
-            self._resume(resume)
-        if self.accelerator.is_main_process:
-            self.accelerator.init_trackers("sameid")
+        self.process_losses: list[list[float]] = []  # per optimizer step, each process's own loss (N > 1)
+        if self._resume_from:
+            self._resume(self._resume_from)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.init_trackers("sameid", config=_tracker_config(config))
 
     # -- run dir -------------------------------------------------------------------------------------------------
-    def _check_run_dir(self, resume: str | None) -> None:
+    def _check_run_dir(self, resume: str | None) -> list[Path]:
+        """Refuse what cannot be started or resumed here; return the checkpoints to resume from, best first
+        (empty: start at step 0). A run dir holds a run once it has a complete checkpoint or ``model/``: one with
+        only ``config.yaml`` (a run that stopped before its first checkpoint) starts again, with the settings
+        given now, with or without ``--resume``."""
         config_path = self.run.config_file
-        if config_path.exists() and not resume:
-            raise SameIdError(f"{self.run_dir} already holds a run; resume it (--resume latest) or choose another --out")
         if resume and not config_path.exists():
             raise SameIdError(f"--resume: {self.run_dir} holds no run (no {CONFIG_FILE})")
-        if resume:
-            saved = self.run.config
-            changed = [name for name, value in saved.to_dict().items()
-                       if name not in ("max_train_steps", "validation_steps", "checkpointing_steps",
-                                       "checkpoints_total_limit", "validation_prompts")
-                       and value != self.config.to_dict()[name]]
-            if changed:
-                raise SameIdError(f"--resume: the config differs from the run's {config_path} in "
-                                  f"{', '.join(changed)}; an exact resume needs the same settings")
-            if resume == "latest" and self.run.latest_checkpoint() is None:
-                raise SameIdError(f"--resume latest: no checkpoint found in {self.run.checkpoints_dir}")
+        if not config_path.exists():
+            return []
+        complete = self.run.checkpoints()
+        if resume and resume != "latest":
+            self._check_same_config()
+            checkpoint = Path(resume)
+            problem = self.run.checkpoint_problem(checkpoint) if checkpoint.is_dir() else "no such folder"
+            if problem:
+                raise SameIdError(f"--resume {resume}: cannot resume from it: {problem}; use another checkpoint "
+                                  f"of {self.run.checkpoints_dir} or --resume latest")
+            return [checkpoint]
+        if not complete and not self.run.model_dir.is_dir():
+            logger.warning("%s: the run there stopped before its first checkpoint; starting it again from step 0",
+                           self.run_dir)
+            return []
+        if not resume:
+            raise SameIdError(f"{self.run_dir} already holds a run; resume it (--resume latest) or choose another "
+                              "--out")
+        self._check_same_config()
+        usable = []
+        for checkpoint in reversed(complete):
+            problem = self.run.checkpoint_problem(checkpoint)
+            if problem:
+                logger.warning("checkpoint %s is damaged (%s); trying the one before it", checkpoint, problem)
+            else:
+                usable.append(checkpoint)
+        if not usable:
+            raise SameIdError(f"--resume latest: no checkpoint in {self.run.checkpoints_dir} can be loaded (each is "
+                              "damaged, see the warnings above); start a new run with another --out")
+        return usable
+
+    def _check_same_config(self) -> None:
+        changed = self.run.config.differences(self.config)
+        if changed:
+            raise SameIdError(f"--resume: the config differs from the run's {self.run.config_file} in "
+                              f"{', '.join(changed)}; an exact resume needs the same settings")
 
     def _hold_out(self, count: int) -> list[str]:
         """Keep ``count`` identities out of training, chosen by seed (listed in holdout.json once the run starts)."""
@@ -228,21 +277,35 @@ class Trainer:
                                     if self.dataset.manifest.identities[r] not in excluded]
         return held
 
-    def _resume(self, resume: str) -> None:
-        checkpoint = self.run.latest_checkpoint() if resume == "latest" else Path(resume)
-        if checkpoint is None:
-            raise SameIdError(f"--resume {resume}: no checkpoint found in {self.run.checkpoints_dir}")
-        state = self.run.read_trainer_state(checkpoint)
-        self.accelerator.load_state(str(checkpoint))
-        self.global_step, self.micro_batches = state["global_step"], state["micro_batches"]
-        self.losses = list(state["losses"])
-        self._write_loss_log()
+    def _resume(self, checkpoints: list[Path]) -> None:
+        """Load the first of ``checkpoints`` that loads; one that fails (a file damaged past what
+        :meth:`RunDir.checkpoint_problem` reads) is reported in one warning line and the next is tried."""
+        for checkpoint in checkpoints:
+            try:
+                state = self.run.read_trainer_state(checkpoint)
+                self.accelerator.load_state(str(checkpoint))
+            except SameIdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any library error while reading: fall back
+                logger.warning("checkpoint %s cannot be loaded (%s: %s); trying the one before it", checkpoint,
+                               type(exc).__name__, exc)
+                continue
+            self.global_step, self.micro_batches = state["global_step"], state["micro_batches"]
+            self.losses = [float(value) for value in state["losses"]]
+            self.process_losses = [list(values) for values in state.get("process_losses", [])]
+            logger.info("resuming from %s (step %d)", checkpoint, self.global_step)
+            self._write_loss_log()
+            return
+        raise SameIdError(f"--resume: no checkpoint of {self.run.checkpoints_dir} could be loaded (see the warnings "
+                          "above); start a new run with another --out")
 
     def _save_trainable(self, models, weights, output_dir) -> None:
         from safetensors.torch import save_file
 
-        for model in models:
-            save_file(_trainable_state(self.accelerator.unwrap_model(model)), str(Path(output_dir) / TRAINABLE_WEIGHTS))
+        if self.accelerator.is_main_process:  # every process runs the hook; one writes the shared file
+            for model in models:
+                save_file(_trainable_state(self.accelerator.unwrap_model(model)),
+                          str(Path(output_dir) / TRAINABLE_WEIGHTS))
         weights.clear()  # the frozen base is not checkpointed
 
     def _load_trainable(self, models, input_dir) -> None:
@@ -259,7 +322,7 @@ class Trainer:
 
     def _write_loss_log(self) -> None:
         if self.accelerator.is_main_process:
-            self.run.write_loss_log(self.losses)
+            self.run.write_loss_log(self.losses, self.process_losses)
 
     # -- one micro-batch -----------------------------------------------------------------------------------------
     def loss(self, batch: dict, generator: torch.Generator):
@@ -298,9 +361,12 @@ class Trainer:
             batches = accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
             for batch in batches:
                 with accelerator.accumulate(self.denoiser):
-                    parts = self.loss(batch, step_generator(config.seed, self.micro_batches))
+                    parts = self.loss(batch, step_generator(config.seed, self.micro_batches,
+                                                            accelerator.process_index))
                     value = parts.total.detach()
-                    if not torch.isfinite(value):
+                    # One process alone: stop before the step. Several: every process stops together below, on
+                    # the loss reduced over them (one stopping alone would leave the others waiting).
+                    if accelerator.num_processes == 1 and not torch.isfinite(value):
                         self._diverged(float(value))
                     accelerator.backward(parts.total)
                     if accelerator.sync_gradients:
@@ -313,13 +379,22 @@ class Trainer:
                 step_losses.append(float(value))
                 if not accelerator.sync_gradients:
                     continue
-                self.global_step += 1
-                self.losses.append(float(np.mean(step_losses)))
+                # This process's step loss and last loss terms, gathered from every process: the logged loss is
+                # their mean over processes, not the main process's own.
+                local = torch.tensor([[float(np.mean(step_losses)), float(parts.valid_area.detach()),
+                                       float(parts.face.detach())]], dtype=torch.float64, device=accelerator.device)
+                gathered = accelerator.gather(local).cpu()
                 step_losses = []
+                loss, valid_area, face = (float(v) for v in gathered.mean(dim=0))
+                if not np.isfinite(loss):
+                    self._diverged(loss)
+                self.global_step += 1
+                self.losses.append(loss)
+                if accelerator.num_processes > 1:
+                    self.process_losses.append([float(v) for v in gathered[:, 0]])
                 self._write_loss_log()
-                accelerator.log({"loss": self.losses[-1], "lr": self.lr_scheduler.get_last_lr()[0],
-                                 "loss_valid_area": float(parts.valid_area.detach()), "loss_face": float(parts.face.detach())},
-                                step=self.global_step)
+                accelerator.log({"loss": loss, "lr": self.lr_scheduler.get_last_lr()[0],
+                                 "loss_valid_area": valid_area, "loss_face": face}, step=self.global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.losses[-1]:.4f}")
                 if self.global_step % config.checkpointing_steps == 0 or self.global_step == config.max_train_steps:
@@ -338,19 +413,32 @@ class Trainer:
         where = f"last good checkpoint: {last} (kept)" if last else "no checkpoint was written yet"
         raise TrainingDivergedError(
             f"loss is {value} at step {self.global_step + 1} (micro-batch {self.micro_batches}); training stopped, "
-            f"{where}. Lower learning_rate (now {self.config.learning_rate}) or use mixed_precision no/bf16, then "
-            f"resume from the checkpoint.")
+            f"{where}. An exact resume would repeat this step: start a run with another --out and a lower "
+            f"learning_rate (now {self.config.learning_rate}) or mixed_precision no/bf16.")
 
     def save_checkpoint(self) -> Path:
+        """accelerate's state into a hidden temporary folder of ``checkpoints/`` (one name, chosen by the main
+        process, for every process), the trainer state last, then a rename to ``step-N``
+        (:meth:`RunDir.commit_checkpoint`): a kill leaves the previous checkpoints as they were."""
+        from accelerate.utils import broadcast_object_list
+
         accelerator = self.accelerator
-        path = self.run.checkpoint_dir(self.global_step)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(path))
+        names = [str(self.run.new_checkpoint_dir(self.global_step)) if accelerator.is_main_process else None]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(names)
+        tmp = Path(names[0])
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()  # every process's files (its RNG state) are in before the rename
+        path = self.run.checkpoint_dir(self.global_step)
         if accelerator.is_main_process:
-            self.run.write_trainer_state(path, {
-                "global_step": self.global_step, "micro_batches": self.micro_batches, "losses": self.losses})
+            state = {"global_step": self.global_step, "micro_batches": self.micro_batches, "losses": self.losses}
+            if self.process_losses:
+                state["process_losses"] = self.process_losses
+            self.run.commit_checkpoint(tmp, self.global_step, state)
             if self.config.checkpoints_total_limit:
                 self.run.remove_old_checkpoints(self.config.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
         return path
 
     def save_model(self) -> Path:
@@ -370,10 +458,20 @@ class Trainer:
         images = self.validator(self.components, denoiser, self.dataset, self.config,
                                 self.run.validation_dir(self.global_step))
         denoiser.train()
-        tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
-        if images and tracker is not None:
-            stacked = np.stack([np.asarray(image) for image in images])
-            tracker.add_images("validation", stacked, self.global_step, dataformats="NHWC")
+        if not images:
+            return
+        arrays = [np.asarray(image) for image in images]
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard" and len({a.shape for a in arrays}) == 1:
+                tracker.log_images({"validation": np.stack(arrays)}, self.global_step, dataformats="NHWC")
+            elif tracker.name != "tensorboard" and hasattr(tracker, "log_images"):
+                tracker.log_images({"validation": arrays}, self.global_step)
+
+
+def _tracker_config(config: TrainConfig) -> dict:
+    """The run's settings as trackers take them (tensorboard's hparams want numbers, text or booleans)."""
+    return {key: (", ".join(map(str, value)) if isinstance(value, list) else "none" if value is None else value)
+            for key, value in config.to_dict().items()}
 
 
 def train(config: TrainConfig, *, resume: str | None = None, progress: bool | None = None,
