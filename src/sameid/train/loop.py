@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from ..errors import SameIdError
 from ..pairs.dataset import PairsDataset, collate_examples
 from ..references import ReferenceInputs, normalize_pixels, reference_inputs
+from ..verbosity import show_progress
 from .config import TrainConfig, has_gpu
 from .losses import masked_diffusion_loss
 from .run_dir import CONFIG_FILE, TRAINABLE_WEIGHTS, RunDir
@@ -122,7 +122,7 @@ class Trainer:
         self.config = config
         self.run = RunDir(config.out)
         self.run_dir = self.run.path
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = show_progress() if progress is None else progress
         if validator is None:
             from ..pipelines.validation import validation_images as validator
         self.validator = validator
