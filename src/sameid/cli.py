@@ -46,6 +46,13 @@ def main(
     set_verbosity("quiet" if quiet else "verbose" if verbose else "normal")
 
 
+def say(result) -> None:
+    """Print what a stage function returned: its ``describe()`` (one line, or a list of lines)."""
+    described = result.describe()
+    for line in [described] if isinstance(described, str) else described:
+        typer.echo(line)
+
+
 def user_errors(command):
     """Report a :class:`SameIdError` as one line on stderr with exit code 2, without a traceback."""
 
@@ -125,17 +132,7 @@ def build(
         is_generated_sample=is_generated_sample(Path(source).parent if Path(source).is_file() else source),
     )
     result = build_dataset(config, resume=resume, overwrite=overwrite, progress=not quiet and show_progress())
-    _print_build_summary(result)
-
-
-def _print_build_summary(result) -> None:
-    typer.echo(f"kept {len(result.manifest)} images in {result.manifest['identity'].nunique() if len(result.manifest) else 0} "
-               f"identities; rejected {len(result.rejected)} (reasons in rejected.parquet)")
-    typer.echo(f"dataset: {result.out}")
-    typer.echo(f"  manifest: {result.out / 'manifest.parquet'}")
-    typer.echo(f"  card:     {result.out / 'README.md'} (datasets.load_dataset reads the manifest from it)")
-    if result.hf_dataset is not None:
-        typer.echo(f"  datasets: {result.hf_dataset} (datasets.load_from_disk)")
+    say(result)
 
 
 @app.command()
@@ -228,8 +225,7 @@ def pairs(
                          near_duplicate_bits=near_duplicate_bits)
     result = write_pairs(dataset, config, out, epochs=epochs, contact_sheet=contact_sheet,
                          contact_sheet_examples=contact_sheet_examples, embedder=embedder, overwrite=overwrite)
-    for line in result.describe():
-        typer.echo(line)
+    say(result)
 
 
 @app.command()
@@ -263,8 +259,7 @@ def audit(
                          near_duplicate_bits=near_duplicate_bits)
     result = run_audit(dataset, pairs_file=pairs_file, config=config, epochs=epochs, embedder=embedder,
                        similarity_threshold=similarity_threshold, json_out=json_out)
-    for line in result.describe():
-        typer.echo(line)
+    say(result)
     if fail_on_leak and result.failed:
         raise typer.Exit(1)
 
@@ -336,8 +331,7 @@ def train(
     configs = grid_configs(settings, config_file=config, models=model, modes=mode)  # all checked, nothing written
 
     result = train_grid(configs, resume=resume, echo=typer.echo)
-    for line in result.describe():
-        typer.echo(line)
+    say(result)
 
 
 @app.command()
@@ -372,8 +366,7 @@ def generate(
                                n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
                                reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
                                progress=show_progress())
-    for line in result.describe():
-        typer.echo(line)
+    say(result)
 
 
 def _eval_metrics_help() -> tuple[str, str]:
@@ -428,7 +421,7 @@ def eval_(
         config.vqa_questions = tuple(vqa_question)
     result = evaluate_manifest(manifest, out, config, skip_invalid=skip_invalid, overwrite=overwrite,
                                bootstrap=bootstrap)
-    typer.echo(result.describe())
+    say(result)
 
 
 @app.command()
@@ -443,7 +436,7 @@ def export(
     """Write a trained baseline in the form diffusers' standard pipelines load (controlnet/ or ip_adapter/, unet/)."""
     from .generate.export import export_run
 
-    typer.echo(export_run(run, out, include_unet=unet).describe())
+    say(export_run(run, out, include_unet=unet))
 
 
 if __name__ == "__main__":  # pragma: no cover
@@ -471,5 +464,4 @@ def experiment_claim(
         raise SameIdError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     result = run_claim(out, ClaimSettings(steps=steps, seeds=seed_list, inference_steps=inference_steps),
                        echo=typer.echo, progress=show_progress())
-    for line in result.describe():
-        typer.echo(line)
+    say(result)

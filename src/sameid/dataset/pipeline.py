@@ -168,6 +168,17 @@ class BuildResult:
     stats: dict
     hf_dataset: Path | None = None
 
+    def describe(self) -> list[str]:
+        identities = self.manifest["identity"].nunique() if len(self.manifest) else 0
+        lines = [f"kept {len(self.manifest)} images in {identities} identities; rejected {len(self.rejected)} "
+                 "(reasons in rejected.parquet)",
+                 f"dataset: {self.out}",
+                 f"  manifest: {self.out / 'manifest.parquet'}",
+                 f"  card:     {self.out / 'README.md'} (datasets.load_dataset reads the manifest from it)"]
+        if self.hf_dataset is not None:
+            lines.append(f"  datasets: {self.hf_dataset} (datasets.load_from_disk)")
+        return lines
+
 
 def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool = False,
                   progress: bool = True) -> BuildResult:
