@@ -95,3 +95,21 @@ def write_directory_atomic(path: str | os.PathLike, write: Callable[[Path], Any]
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing folder, a path under a file,
+    a folder without write permission (``option`` names it in the message, e.g. ``--out``). Missing folders are
+    fine: :func:`write_atomic` makes them."""
+    from .errors import SameIdError
+
+    path = Path(path)
+    if path.is_dir():
+        raise SameIdError(f"{option} {path} is a folder; give a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SameIdError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SameIdError(f"{option} {path}: no permission to write in {parent}; choose another path")

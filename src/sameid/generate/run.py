@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..atomic import write_atomic, write_json_atomic
+from ..atomic import check_writable, write_atomic, write_json_atomic
 from ..errors import SameIdError
 from ..train.run_dir import RunDir
 from ..verbosity import show_progress
@@ -220,7 +220,6 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
 
     from ..pairs.concepts import CONCEPTS
     from ..pairs.manifest import load_manifest
-    from ..pairs.run import check_writable
     from ..pipelines import ReferencePipeline, safe_file_name
     from ..records import write_generations
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import check_writable
 from ..errors import SameIdError
 from .audit import DEFAULT_SIMILARITY_THRESHOLD, AuditReport, audit_pairs, embed_rows
 from .dataset import PairsConfig, PairsDataset
@@ -37,20 +38,6 @@ def embedder_from_spec(spec: str | None):
 def _refuse_to_replace(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise SameIdError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
-
-
-def check_writable(path: Path, option: str) -> None:
-    """Refuse, before any work, an output file that cannot be written: an existing folder, a path under a file,
-    a folder without write permission. Missing folders are fine (:func:`sameid.atomic.write_atomic` makes them)."""
-    if path.is_dir():
-        raise SameIdError(f"{option} {path} is a folder; give a file path")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise SameIdError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SameIdError(f"{option} {path}: no permission to write in {parent}; choose another path")
 
 
 def check_epochs(epochs: int) -> None:
