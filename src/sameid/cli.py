@@ -300,7 +300,7 @@ def train(
     checkpointing_steps: Annotated[int | None, typer.Option(help="Save a checkpoint every this many steps.")] = None,
     validation_steps: Annotated[int | None, typer.Option(help="Validation generations every this many steps.")] = None,
     curriculum: Annotated[str | None, typer.Option(help="Order identities easy to hard instead of shuffling: "
-                                                        "phash | source (set curriculum_source_order in --config).")] = None,
+                                                        "phash | source (set curriculum_source_order in --config) | dataset (curriculum_rank from sameid augment).")] = None,
     holdout_identities: Annotated[int | None, typer.Option(help="Identities kept out of training for "
                                                                 "`sameid generate` (listed in holdout.json).")] = None,
     near_duplicate_bits: Annotated[int | None, typer.Option(help="Perceptual-hash bits at or below which a "
@@ -437,6 +437,190 @@ def export(
     from .generate.export import export_run
 
     say(export_run(run, out, include_unet=unet))
+
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset dir to write (source: synthetic).")],
+    text_to_image: Annotated[str, typer.Option(help="Any diffusers text-to-image pipeline, hub id or folder (e.g. "
+                                                    "an SDXL or SD 1.5 folder); makes one reference per identity.")],
+    expander: Annotated[str, typer.Option(help="Reference-conditioned generator of the variants: run:<sameid "
+                                               "training run dir> | ip-adapter (the --text-to-image pipeline with "
+                                               "--ip-adapter loaded).")],
+    identities: Annotated[int, typer.Option(help="New identities to make.")] = 10,
+    variants: Annotated[int, typer.Option(help="Variants generated per identity (before screening).")] = 8,
+    ip_adapter: Annotated[str, typer.Option(help="IP-Adapter repo id or folder.")] = "h94/IP-Adapter",
+    ip_adapter_subfolder: Annotated[str, typer.Option(help="Its subfolder.")] = "models",
+    ip_adapter_weight: Annotated[str, typer.Option(help="Its weight file.")] = "ip-adapter-full-face_sd15.safetensors",
+    ip_adapter_scale: Annotated[float, typer.Option(help="Its strength.")] = 0.7,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 512,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.0,
+    identity_check: Annotated[str, typer.Option(help="Embedder of the drift check: face:dlib | "
+                                                     "face:arcface-onnx:<path> | image:clip:<id or path>.")] = "face:dlib",
+    min_similarity: Annotated[float, typer.Option(help="A variant whose cosine similarity to its reference is "
+                                                       "lower is dropped as identity drift (dlib: 0.91).")] = 0.91,
+    near_duplicate_bits: Annotated[int, typer.Option(help="Perceptual-hash bits at or below which a variant is a "
+                                                          "near-duplicate.")] = 6,
+    seed: Annotated[int, typer.Option(help="Identity i depends on (seed, i) only.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cuda | cpu (default: cuda when available).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float16 | bfloat16 | float32.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run: identities written are skipped.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier synth output in --out.")] = False,
+):
+    """Synthetic identities: a text-to-image reference per identity, expanded to variants, screened for identity
+    drift and near-duplicates (Hybrid Generative Fusion, arXiv 2508.10672, §3.2). Writes a dataset dir."""
+    from .synth.identities import SynthConfig, synthesize_identities
+
+    config = SynthConfig(out=str(out), text_to_image=text_to_image, expander=expander, identities=identities,
+                         variants=variants, ip_adapter=ip_adapter, ip_adapter_subfolder=ip_adapter_subfolder,
+                         ip_adapter_weight=ip_adapter_weight, ip_adapter_scale=ip_adapter_scale, size=size,
+                         steps=steps, guidance=guidance, identity_check=identity_check, min_similarity=min_similarity,
+                         near_duplicate_bits=near_duplicate_bits, seed=seed, device=device, dtype=dtype)
+    typer.echo(synthesize_identities(config, resume=resume, overwrite=overwrite).describe())
+
+
+@app.command()
+@user_errors
+def augment(
+    datasets: Annotated[list[Path], typer.Argument(help="Dataset dirs to fuse (sameid build: real; sameid synth: "
+                                                         "synthetic).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset dir to write.")],
+    per_identity: Annotated[int, typer.Option(help="Images per identity after augmentation (the paper: 50).")] = 50,
+    curriculum: Annotated[str, typer.Option(help="Spread that ranks identities easy to hard, written as "
+                                                 "curriculum_rank: phash | embedding | none.")] = "phash",
+    embedder: Annotated[str | None, typer.Option(help="For --curriculum embedding: face:dlib | image:clip:<id or "
+                                                      "path>.")] = None,
+    source_order: Annotated[str, typer.Option(help="Sources from easy to hard, comma-separated.")] = "synthetic,real",
+    seed: Annotated[int, typer.Option(help="Augmentation seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier output in --out.")] = False,
+):
+    """Fuse dataset dirs, augment every identity to a fixed number of images (marked augmented) and write the
+    curriculum (Hybrid Generative Fusion, arXiv 2508.10672, §3.3)."""
+    from .synth.augment import AugmentConfig, augment_dataset
+
+    config = AugmentConfig(inputs=tuple(str(d) for d in datasets), out=str(out), per_identity=per_identity,
+                           curriculum=curriculum, embedder=embedder,
+                           source_order=tuple(s.strip() for s in source_order.split(",") if s.strip()), seed=seed)
+    typer.echo(augment_dataset(config, resume=resume, overwrite=overwrite).describe())
+
+
+recognition_app = typer.Typer(help="Score a dataset by training a face-recognition model on it (IResNet + ArcFace/"
+                              "CosFace) and verifying on LFW-style pairs.", no_args_is_help=True)
+app.add_typer(recognition_app, name="recognition")
+
+
+@recognition_app.command("pairs")
+@user_errors
+def recognition_pairs(
+    dataset: Annotated[Path, typer.Argument(help="Dataset dir.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="pairs.txt to write (LFW format).")],
+    holdout: Annotated[float, typer.Option(help="Fraction of identities held out for the pairs.")] = 0.2,
+    folds: Annotated[int, typer.Option(help="Folds (LFW: 10).")] = 10,
+    per_fold: Annotated[int, typer.Option(help="Same and different pairs per fold, at most (LFW: 300).")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+):
+    """Write LFW-format verification pairs over held-out identities of a dataset dir."""
+    from .recognition.verification import write_dataset_pairs
+
+    typer.echo(write_dataset_pairs(dataset, out, holdout=holdout, folds=folds, per_fold=per_fold, seed=seed).describe())
+
+
+def _recognition_config(dataset, out, order, pairs, backbone, width, embedding_size, image_size, loss, margin, scale,
+                        optimizer, learning_rate, batch_size, epochs, max_steps, curriculum_by, seed, device, amp,
+                        workers):
+    from .recognition.train import RecognitionConfig
+
+    return RecognitionConfig(dataset=str(dataset), out=str(out), order=order, exclude_pairs=pairs, backbone=backbone,
+                             width=width, embedding_size=embedding_size, image_size=image_size, loss=loss,
+                             margin=margin, scale=scale, optimizer=optimizer, learning_rate=learning_rate,
+                             batch_size=batch_size, epochs=epochs, max_steps=max_steps, curriculum_by=curriculum_by,
+                             seed=seed, device=device, amp=amp, workers=workers)
+
+
+_TrainDataset = Annotated[Path, typer.Argument(help="Dataset dir to train on.")]
+_Pairs = Annotated[Path | None, typer.Option(help="pairs.txt whose identities are left out of training.")]
+_Backbone = Annotated[str, typer.Option(help="tiny | iresnet18 | iresnet34 | iresnet50 | iresnet100.")]
+_Width = Annotated[int, typer.Option(help="Channels of the first stage (64 as in ArcFace).")]
+_Embedding = Annotated[int, typer.Option(help="Embedding size.")]
+_ImageSize = Annotated[int, typer.Option(help="Input side in pixels (112).")]
+_Loss = Annotated[str, typer.Option(help="arcface | cosface (pytorch-metric-learning).")]
+_Margin = Annotated[float | None, typer.Option(help="ArcFace angular margin in radians (0.5) or CosFace margin "
+                                                    "(0.35).")]
+_Scale = Annotated[float, typer.Option(help="Logit scale.")]
+_Optimizer = Annotated[str, typer.Option(help="sgd | adamw.")]
+_LR = Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")]
+_Batch = Annotated[int, typer.Option(help="Batch size.")]
+_Epochs = Annotated[int, typer.Option(help="Epochs (unless --max-steps).")]
+_MaxSteps = Annotated[int | None, typer.Option(help="Steps, overriding --epochs.")]
+_CurriculumBy = Annotated[str, typer.Option(help="Identity order for curriculum: dataset (curriculum_rank from "
+                                                 "sameid augment) | phash.")]
+_Seed = Annotated[int, typer.Option(help="Seed.")]
+_Device = Annotated[str | None, typer.Option(help="cuda | cpu.")]
+_Amp = Annotated[bool, typer.Option(help="bf16 autocast on cuda.")]
+_Workers = Annotated[int, typer.Option(help="DataLoader workers.")]
+
+
+@recognition_app.command("train")
+@user_errors
+def recognition_train(
+    dataset: _TrainDataset,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run dir to write.")],
+    order: Annotated[str, typer.Option(help="curriculum (easy to hard) | shuffle.")] = "curriculum",
+    pairs: _Pairs = None, backbone: _Backbone = "iresnet50", width: _Width = 64, embedding_size: _Embedding = 512,
+    image_size: _ImageSize = 112, loss: _Loss = "arcface", margin: _Margin = None, scale: _Scale = 64.0,
+    optimizer: _Optimizer = "sgd", learning_rate: _LR = 0.1, batch_size: _Batch = 128, epochs: _Epochs = 20,
+    max_steps: _MaxSteps = None, curriculum_by: _CurriculumBy = "dataset", seed: _Seed = 0, device: _Device = None,
+    amp: _Amp = False, workers: _Workers = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint.")] = False,
+):
+    """Train a face-recognition model on a dataset dir (one class per identity)."""
+    from .recognition.train import train_recognition
+
+    config = _recognition_config(dataset, out, order, pairs, backbone, width, embedding_size, image_size, loss, margin,
+                                 scale, optimizer, learning_rate, batch_size, epochs, max_steps, curriculum_by, seed,
+                                 device, amp, workers)
+    typer.echo(train_recognition(config, resume=resume).describe())
+
+
+@recognition_app.command("eval")
+@user_errors
+def recognition_eval(
+    run: Annotated[Path, typer.Argument(help="Recognition run dir.")],
+    pairs: Annotated[Path, typer.Option(help="pairs.txt (LFW format).")],
+    images: Annotated[Path, typer.Option(help="Dataset dir, or a folder in LFW's <name>/<name>_<n:04d>.jpg layout.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON file for the metrics.")] = None,
+    device: _Device = None,
+):
+    """10-fold verification accuracy and TAR@FAR of a recognition run on a pairs file."""
+    from .recognition.evaluate import evaluate_recognition
+
+    typer.echo(evaluate_recognition(run, pairs, images, out=out, device=device).describe())
+
+
+@recognition_app.command("compare")
+@user_errors
+def recognition_compare(
+    dataset: _TrainDataset,
+    pairs: Annotated[Path, typer.Option(help="pairs.txt over held-out identities (sameid recognition pairs).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for both runs and comparison.json.")],
+    backbone: _Backbone = "iresnet50", width: _Width = 64, embedding_size: _Embedding = 512,
+    image_size: _ImageSize = 112, loss: _Loss = "arcface", margin: _Margin = None, scale: _Scale = 64.0,
+    optimizer: _Optimizer = "sgd", learning_rate: _LR = 0.1, batch_size: _Batch = 128, epochs: _Epochs = 20,
+    max_steps: _MaxSteps = None, curriculum_by: _CurriculumBy = "dataset", seed: _Seed = 0, device: _Device = None,
+    amp: _Amp = False, workers: _Workers = 0,
+    resume: Annotated[bool, typer.Option(help="Continue interrupted runs.")] = False,
+):
+    """The curriculum vs shuffle experiment: the same model trained in both orders, verified on the same pairs."""
+    from .recognition.experiment import compare_orders
+
+    config = _recognition_config(dataset, out, "curriculum", pairs, backbone, width, embedding_size, image_size, loss,
+                                 margin, scale, optimizer, learning_rate, batch_size, epochs, max_steps, curriculum_by,
+                                 seed, device, amp, workers)
+    typer.echo(compare_orders(config, pairs, resume=resume).describe())
 
 
 if __name__ == "__main__":  # pragma: no cover

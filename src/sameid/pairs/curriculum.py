@@ -3,8 +3,10 @@
 The paper orders low-variance identities (synthetic, consistent) before high-variance ones (cleaned real data).
 Here difficulty is measurable offline: the mean pairwise perceptual-hash distance of an identity's images (a
 consistent identity's images look alike), or the mean cosine distance of its image embeddings to their centroid
-when embeddings are given; or identities are ordered by a source column, in a given order of sources. Off by
-default: :class:`sameid.pairs.PairsConfig` ``curriculum=None`` keeps manifest order.
+when embeddings are given; or identities are ordered by a source column, in a given order of sources; or by the
+order written into the dataset (``dataset``: the ``curriculum_rank`` column that ``sameid augment --curriculum``
+writes, :mod:`sameid.synth.curriculum`). Off by default: :class:`sameid.pairs.PairsConfig` ``curriculum=None``
+keeps manifest order.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import numpy as np
 from ..errors import SameIdError
 from .manifest import DatasetManifest
 
-CURRICULA = ("phash", "embedding", "source")
+CURRICULA = ("phash", "embedding", "source", "dataset")
+#: The manifest column holding each row's identity rank, easy (0) to hard, for curriculum "dataset".
+RANK_COLUMN = "curriculum_rank"
 
 
 def phash_spread(manifest: DatasetManifest) -> dict[str, float]:
@@ -68,6 +72,12 @@ def curriculum_order(manifest: DatasetManifest, rows: list[int], by: str = "phas
         difficulty = {}
         for identity, identity_rows in manifest.identity_rows().items():
             difficulty[identity] = min(rank.get(sources[r], len(rank)) for r in identity_rows)
+    elif by == "dataset":
+        if RANK_COLUMN not in manifest.frame.columns:
+            raise SameIdError(f"curriculum 'dataset' needs a {RANK_COLUMN!r} column in "
+                              f"{manifest.root / 'manifest.parquet'}: write one with `sameid augment --curriculum`")
+        ranks = manifest.frame[RANK_COLUMN].tolist()
+        difficulty = {manifest.identities[r]: int(ranks[r]) for r in range(len(manifest))}
     else:
         raise SameIdError(f"unknown curriculum {by!r}; choose one of: {', '.join(CURRICULA)}")
     return sorted(rows, key=lambda r: (difficulty[manifest.identities[r]], manifest.identities[r], r))

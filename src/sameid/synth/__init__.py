@@ -1,0 +1,3 @@
+"""Synthetic same-identity data after Hybrid Generative Fusion (arXiv 2508.10672): new identities from a
+text-to-image model expanded by a reference-conditioned generator, offline augmentation to a fixed number of images
+per identity, and a curriculum written into the dataset. Each stage function writes an ordinary dataset dir."""
