@@ -2,6 +2,7 @@
 subjects by matching each figure against the single-subject identities, checked against the ground truth."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -136,30 +137,80 @@ def test_default_build_still_rejects_multi_character_posts(sample, built_sample)
     assert "subjects" not in built_sample.manifest.columns or built_sample.manifest["subjects"].isna().all()
 
 
-def test_build_with_max_subjects_writes_the_subject_columns_and_counts_them(sample, tmp_path):
-    """End to end on one artist's posts: the contract columns, the card and the pairs reader."""
-    from sameid.dataset.pipeline import BuildConfig, build_dataset
-    from sameid.pairs.manifest import load_manifest
+ARTIST = "kumo_pen_(sample)"
 
+
+@pytest.fixture(scope="module")
+def subset_dataset(sample, tmp_path_factory):
+    """One artist's posts built with --max-subjects 2 (end to end, small)."""
+    from sameid.dataset.pipeline import BuildConfig, build_dataset
+
+    tmp_path = tmp_path_factory.mktemp("subset")
     truth = _truth(sample)
-    artist = "kumo_pen_(sample)"
-    keep = set(truth.loc[truth["artist"] == artist, "id"])
+    keep = set(truth.loc[truth["artist"] == ARTIST, "id"])
     lines = [line for line in sample.metadata.read_text().splitlines() if str(json.loads(line)["id"]) in keep]
     metadata = tmp_path / "metadata.jsonl"
     metadata.write_text("\n".join(lines) + "\n")
-    result = build_dataset(BuildConfig(source=str(metadata), out=str(tmp_path / "out"),
-                                       image_root=str(sample.image_root), workers=1, shard_size=64, max_subjects=2),
-                           progress=False)
-    manifest = pd.read_parquet(tmp_path / "out" / "manifest.parquet")
+    return build_dataset(BuildConfig(source=str(metadata), out=str(tmp_path / "out"),
+                                     image_root=str(sample.image_root), workers=1, shard_size=64, max_subjects=2),
+                         progress=False)
+
+
+def test_build_with_max_subjects_writes_the_subject_columns_and_counts_them(sample, subset_dataset):
+    """End to end on one artist's posts: the contract columns, the card and the pairs reader."""
+    from sameid.pairs.manifest import load_manifest
+
+    out = subset_dataset.out
+    truth = _truth(sample)
+    manifest = pd.read_parquet(out / "manifest.parquet")
     assert set(SUBJECT_COLUMNS) <= set(manifest.columns)
     multi = manifest[manifest["subjects"].notna()]
-    expected = truth[(truth["artist"] == artist) & (truth["plant"] == "two_subjects")]
-    assert len(multi) >= len(expected) - 1
+    expected = truth[(truth["artist"] == ARTIST) & (truth["plant"] == "two_subjects")]
+    assert len(multi) >= len(expected) - 1 and len(expected) == 6
     for row in multi.itertuples():
-        assert all(path and (tmp_path / "out" / "masks").exists() for path in row.subject_masks)
+        assert all(Path(path).is_file() for path in row.subject_masks)
         assert row.head_box is None and len(row.similar) == 0
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    stats = json.loads((out / "stats.json").read_text())
     assert stats["multi_subject"]["n_images"] == len(multi)
-    assert f"| Multi-subject images | {len(multi)} " in (tmp_path / "out" / "README.md").read_text()
-    assert load_manifest(tmp_path / "out").frame["subjects"].notna().sum() == len(multi)
-    assert result.stats["multi_subject"]["subjects_per_image"] == {"2": len(multi)}
+    assert f"| Multi-subject images | {len(multi)} " in (out / "README.md").read_text()
+    assert load_manifest(out).frame["subjects"].notna().sum() == len(multi)
+    assert subset_dataset.stats["multi_subject"]["subjects_per_image"] == {"2": len(multi)}
+
+
+def test_multi_subject_examples_per_subject_references_and_masks(subset_dataset):
+    import torch
+
+    from sameid.pairs import PairsDataset
+    from sameid.pairs.audit import audit_pairs
+    from sameid.pairs.dataset import collate_examples, sample_pairs
+    from sameid.pairs.multi_subject import MultiSubjectDataset
+
+    out = subset_dataset.out
+    dataset = MultiSubjectDataset(out, n_references=2, resolution=64, task="composition")
+    manifest = dataset.manifest
+    assert len(dataset) == int(manifest.frame["subjects"].notna().sum()) > 0
+    example = dataset[0]
+    assert example.references.shape == (4, 3, 64, 64) and example.reference_subjects == [0, 0, 1, 1]
+    assert example.subject_masks.shape == (2, 1, 64, 64) and example.subject_masks.sum() > 0
+    left, right = example.subject_masks[0, 0], example.subject_masks[1, 0]
+    assert not (left.bool() & right.bool()).any()  # two regions apart
+    for reference_id, subject in zip(example.reference_ids, example.reference_subjects):
+        assert manifest.identities[manifest.row_of[reference_id]] == example.subject_identities[subject]
+        assert reference_id != example.target_id
+    assert [e.reference_ids for e in (dataset[0], dataset[0])][0] == example.reference_ids  # planned from seeds
+    # single-subject examples never take a multi-subject row as target
+    single = PairsDataset(out, n_references=2, resolution=64)
+    assert not set(single.refused) & {example.target_id}
+    assert all(manifest.frame["subjects"].iloc[r] is None for r in single.target_rows)
+    # a batch of a 2-subject and a 1-subject example: K padded with empty masks, references with reference_valid
+    batch = collate_examples([example, single[0]])
+    assert batch["subject_masks"].shape == (2, 2, 1, 64, 64) and batch["subject_masks"][1, 1].sum() == 0
+    assert batch["reference_valid"].tolist() == [[True] * 4, [True, True, False, False]]
+    assert batch["reference_subjects"][0].tolist() == [0, 0, 1, 1] and batch["references"].dtype == torch.uint8
+    # the audit covers every subject: a clean build has no leaks, a planted one is found
+    report = audit_pairs(manifest, sample_pairs(out, n_references=2))
+    assert report.leaking_pairs == 0
+    row = dataset.target_rows[0]
+    manifest.frame.at[row, "subject_references"] = [[manifest.ids[row]], list(manifest.frame.at[row, "subject_references"][1])]
+    report = audit_pairs(manifest, sample_pairs(out, n_references=2))
+    assert report.leaking_pairs == 1 and "subject reference is the target" in report.leaks["reasons"].iloc[0]
