@@ -91,6 +91,10 @@ def build(
                                                       "= blue).")] = "strict",
     allow_no_artist: Annotated[bool, typer.Option(help="Tags grouping: keep posts without an artist tag, grouped "
                                                        "under '(unknown artist)' (refused by default).")] = False,
+    max_subjects: Annotated[int, typer.Option(help="Tags grouping: also keep posts of 2..K characters as "
+                                                   "multi-subject samples, each figure assigned to a single-subject "
+                                                   "identity (docs/multi_subject.md); 1 = single-character posts "
+                                                   "only.")] = 1,
     face_embedder: Annotated[str | None, typer.Option(help="dlib (offline) | arcface-onnx:<path.onnx>.")] = None,
     unwanted_tag: Annotated[list[str] | None, typer.Option(help="A tag whose images are dropped; repeat it. "
                                                                 "Replaces the default list (monochrome, greyscale, sketch, comic, ...).")] = None,
@@ -127,6 +131,7 @@ def build(
         near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, face_clustering=face_clustering,
         label_check=label_check,
         reject_monochrome=not keep_monochrome, answer_matching=answer_matching, allow_no_artist=allow_no_artist,
+        max_subjects=max_subjects,
         engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
         export_hf=None if export_hf is None else str(export_hf),
         is_generated_sample=is_generated_sample(Path(source).parent if Path(source).is_file() else source),

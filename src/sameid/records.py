@@ -165,7 +165,9 @@ def read_dataset_settings(dataset_dir) -> dict[str, Any]:
 #: The generations manifest (JSON lines or Parquet, one row per generated image): what ``sameid generate`` writes
 #: and ``sameid eval`` reads; any other tool can write it too.
 GENERATIONS_REQUIRED_COLUMNS = ("image", "references", "prompt", "subject", "model")
-GENERATIONS_OPTIONAL_COLUMNS = ("seed",)
+#: ``subjects`` (multi-subject generations, docs/multi_subject.md): a list of ``{"identity": str, "references":
+#: [paths]}`` per row, one entry per subject (K >= 2), null for a single-subject row.
+GENERATIONS_OPTIONAL_COLUMNS = ("seed", "subjects")
 
 
 def write_generations(frame, path):

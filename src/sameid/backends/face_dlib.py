@@ -281,6 +281,22 @@ class DlibFaceEmbedder(FaceEmbedder):
         face = self.find_face(rgb, box)
         if face is None:
             return None
+        return self._describe(rgb, face)
+
+    def embed_faces(self, image: Image.Image) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
+        """Every frontal face of ``image`` with its embedding, best first: (face box in pixels, unit vector).
+
+        One detection pass (``upsample`` doublings) and one descriptor per face, for images that show several
+        people (multi-subject evaluation, :mod:`sameid.evaluate.subjects`)."""
+        rgb = _rgb_array(image)
+        found = []
+        for box, _ in detect_faces(rgb, self.upsample, 0.0, self.max_side):
+            vector = self._describe(rgb, box)
+            if vector is not None:
+                found.append((box, vector))
+        return found
+
+    def _describe(self, rgb: np.ndarray, face: tuple[float, float, float, float]) -> np.ndarray | None:
         region, shape, _ = landmark_shape(rgb, face)
         with _dlib_lock:
             descriptor = np.asarray(_recognition_model().compute_face_descriptor(region, shape, self.num_jitters))

@@ -91,6 +91,12 @@ class BuildConfig:
     reject_monochrome: bool = True
     answer_matching: str = "strict"  # outfit answers: strict (A.1) | color-family
     allow_no_artist: bool = False  # tag grouping: keep posts without an artist tag (grouped as "(unknown artist)")
+    # Multi-subject posts (docs/multi_subject.md): 1 keeps single-character posts only (RetriBooru A.1); K >= 2
+    # also keeps posts of 2..K characters, each figure assigned to a single-subject identity (dataset/subjects.py).
+    max_subjects: int = 1
+    subject_descriptor: str = "colors"  # colors | image:<image embedder spec>
+    subject_min_similarity: float = 0.6
+    subject_min_margin: float = 0.05
     shard_size: int = 32
     # How to run, not what to build: excluded from the resume check.
     engine: str = "local"
@@ -151,7 +157,17 @@ class BuildConfig:
             config.image_root = str(Path(config.image_root).resolve())
         if config.workers < 1 or config.shard_size < 1:
             raise SameIdError("--workers and --shard-size must be at least 1")
+        config.subject_config()  # checks the multi-subject settings
+        if config.max_subjects > 1 and config.grouping != "tags":
+            raise SameIdError("--max-subjects above 1 needs tag grouping (Danbooru-style posts with K character "
+                              "tags); multi-subject photos are not built yet (docs/multi_subject.md)")
         return config
+
+    def subject_config(self):
+        from .subjects import SubjectConfig
+
+        return SubjectConfig(max_subjects=self.max_subjects, descriptor=self.subject_descriptor,
+                             min_similarity=self.subject_min_similarity, min_margin=self.subject_min_margin)
 
     def content_dict(self) -> dict:
         content = asdict(self)
@@ -202,7 +218,7 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
     if table.num_rows == 0:
         raise SameIdError(f"{config.source}: no rows to build from{_counted(source.rejected, ' (rejected: ', ')')}; "
                           "check that it is the right file")
-    kept, filtered_out = apply_tag_filters(table, _filter_config(config))
+    kept, filtered_out = _apply_filters(table, config)
     filtered = filtered_out.select(["id", "reason", "detail"]).to_pandas()
     rejected.append(_rejected_frame(filtered, "filter"))
     if kept.num_rows == 0:
@@ -252,6 +268,9 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     rejected.append(_rejected_frame(rows.loc[bad, ["id", "image", "reason", "detail"]], "annotate"))
     rows = rows.loc[~bad].reset_index(drop=True)
 
+    multi = rows["characters"].map(lambda c: c is not None and len(c) > 1).to_numpy() \
+        if config.max_subjects > 1 else np.zeros(len(rows), dtype=bool)
+    multi_rows, rows = rows.loc[multi].reset_index(drop=True), rows.loc[~multi].reset_index(drop=True)
     if config.grouping == "tags":
         rows, not_grouped = _group_by_outfit(rows, config.answer_matching)
     else:
@@ -262,6 +281,14 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     rejected.append(_rejected_frame(unreferenceable, "clean"))
 
     manifest = _manifest(rows, out)
+    if config.max_subjects > 1:
+        from .subjects import append_subject_rows, assign_drawn_subjects
+
+        multi_rows["artist"] = [_artist_key(a) for a in multi_rows["artists"]]
+        assigned, not_assigned = assign_drawn_subjects(multi_rows, rows, build_dir, config.subject_config(),
+                                                       config.near_duplicate_bits)
+        rejected.append(_rejected_frame(not_assigned, "group"))
+        manifest = append_subject_rows(manifest, assigned, out)
     rejected_frame = _finish_rejected(rejected, table)
     write_parquet_atomic(build_dir / "manifest.parquet", manifest)
     write_parquet_atomic(build_dir / "rejected.parquet",
@@ -302,6 +329,10 @@ def dataset_settings(config: BuildConfig) -> dict:
             "reject_monochrome": config.reject_monochrome,
         },
         "label_check": config.label_check,
+        "multi_subject": {
+            "max_subjects": config.max_subjects, "descriptor": config.subject_descriptor,
+            "min_similarity": config.subject_min_similarity, "min_margin": config.subject_min_margin,
+        },
         "face_clustering": {
             "method": config.face_clustering, "eps": config.face_eps, "main_fraction": config.face_main_fraction,
             "min_samples": config.min_samples,
@@ -351,6 +382,33 @@ def _filter_config(config: BuildConfig) -> FilterConfig:
     elif config.allow_no_artist:
         options["require_artist"] = False
     return FilterConfig(**options)
+
+
+def _apply_filters(table: pa.Table, config: BuildConfig) -> tuple[pa.Table, pa.Table]:
+    """The tag filters; with ``max_subjects`` K >= 2 (tag grouping), posts of 2..K characters pass every filter
+    but the one-character rule and go on as multi-subject candidates (dataset/subjects.py)."""
+    filters = _filter_config(config)
+    if config.max_subjects < 2 or not filters.require_single_character:
+        return apply_tag_filters(table, filters)
+    import pyarrow.compute as pc
+
+    counts = pc.fill_null(pc.list_value_length(table.column("characters")), 0).to_numpy()
+    several = (counts >= 2) & (counts <= config.max_subjects)
+    if not several.any():
+        return apply_tag_filters(table, filters)
+    from dataclasses import replace as replaced
+
+    single_kept, single_out = apply_tag_filters(table.filter(pa.array(~several)), filters)
+    multi_kept, multi_out = apply_tag_filters(table.filter(pa.array(several)),
+                                              replaced(filters, require_single_character=False))
+    return pa.concat_tables([single_kept, multi_kept]), pa.concat_tables([single_out, multi_out])
+
+
+def _artist_key(artists) -> str:
+    """The artist key of the outfit grouping (dataset/outfits.py): the artist tags joined by "+"."""
+    from .outfits import UNKNOWN_ARTIST
+
+    return "+".join(artists) if artists is not None and len(artists) else UNKNOWN_ARTIST
 
 
 def _drop_duplicate_ids(table: pa.Table) -> tuple[pa.Table, pd.DataFrame]:

@@ -64,6 +64,12 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "cloth_tags": "The clothing tags of the image used to group outfits.",
     "near_duplicates": "Ids of images whose perceptual hash is within the near-duplicate distance.",
     "vqa_backend": "The VQA backend whose answers grouped this image's outfit.",
+    "subjects": "Multi-subject rows: the identity of each subject, left to right (null on single-subject rows).",
+    "subject_head_boxes": "Multi-subject rows: each subject's head box x0, y0, x1, y1 in pixels.",
+    "subject_boxes": "Multi-subject rows: each subject's figure box x0, y0, x1, y1 in pixels.",
+    "subject_masks": "Multi-subject rows: absolute path of each subject's figure mask.",
+    "subject_references": "Multi-subject rows: per subject, the ids of single-subject images of its identity "
+    "(never this image, never a near-duplicate of it).",
 }
 
 # Hugging Face `size_categories` buckets, upper bounds exclusive.
@@ -256,6 +262,19 @@ def compute_stats(
         "near_duplicate_pairs": len(near_pairs),
         "vqa_backends": {name: int(count) for name, count in sorted(vqa_backends.items())},
         "label_checks": {name: int(count) for name, count in sorted(label_checks.items())},
+        "multi_subject": _multi_subject_counts(manifest),
+    }
+
+
+def _multi_subject_counts(manifest: pd.DataFrame) -> dict[str, Any]:
+    """Multi-subject rows (docs/multi_subject.md): how many, subjects per image, references per subject."""
+    subjects = [_as_list(v) for v in _column(manifest, "subjects")]
+    references = [_as_list(v) for v in _column(manifest, "subject_references")]
+    per_subject = [len(_as_list(r)) for refs in references for r in refs]
+    return {
+        "n_images": sum(1 for s in subjects if s),
+        "subjects_per_image": _histogram(len(s) for s in subjects if s),
+        "references_per_subject": _summary(per_subject),
     }
 
 

@@ -46,7 +46,14 @@ SAMPLE_ENTRIES = ("README.md", "metadata.jsonl", "ground_truth.csv", "images", "
 
 #: Values of the ``plant`` column of ``ground_truth.csv``.
 PLANTS = ("missing", "corrupt", "empty", "two_characters", "monochrome", "no_clothing", "outside_root",
-          "unsafe_rating", "near_duplicate")
+          "unsafe_rating", "near_duplicate", "two_subjects", "same_character_twice", "three_figures")
+#: The multi-subject images (appended after every other row, so the rest of the sample is byte-identical to a
+#: sample made before they existed): ``two_subjects`` shows two characters of one artist side by side, each with
+#: its outfit (``ground_truth.csv`` names them left to right in ``character`` and ``outfit``, space-separated);
+#: ``same_character_twice`` is tagged with two characters but shows the first one twice, ``three_figures`` is
+#: tagged with two characters but shows three figures: a build must reject both rather than guess.
+MULTI_SUBJECT_PLANTS = ("two_subjects", "same_character_twice", "three_figures")
+TWO_SUBJECT_IMAGES_PER_ARTIST = 6
 #: Clothing tags the sample uses (all in the clothing vocabulary).
 CLOTHING_TAGS = frozenset({"shirt", "skirt", "dress", "jacket", "pants", "hoodie", "sweater", "shorts", "coat",
                            "t-shirt", "blouse", "vest", "school_uniform", "serafuku", "kimono"})
@@ -570,6 +577,9 @@ class _Drawing:
     mask: np.ndarray
     head_box: list[float]
     background_tags: list[str]
+    # per figure, left to right: its head box and its own mask (the two-character images' ground truth)
+    head_boxes: list[list[float]] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
 
 
 def _compose(rng: np.random.Generator, size: tuple[int, int],
@@ -582,6 +592,8 @@ def _compose(rng: np.random.Generator, size: tuple[int, int],
     background, tags = _background(rng, size, _background_choices(colours))
     mask = np.zeros((height, width), dtype=bool)
     head_box: list[float] = []
+    head_boxes: list[list[float]] = []
+    masks: list[np.ndarray] = []
     margin = max(6, int(round(0.035 * min(width, height))))
     slots = len(figures)
     for index, (character, outfit, artist) in enumerate(figures):
@@ -607,12 +619,14 @@ def _compose(rng: np.random.Generator, size: tuple[int, int],
         head_layer = Image.new("L", size, 0)
         head_layer.paste(Image.fromarray(figure.head.astype(np.uint8) * 255, "L"), (x, y))
         head = np.asarray(head_layer) > 127
+        head_rows, head_cols = np.nonzero(head)
+        head_boxes.append([float(head_cols.min()), float(head_rows.min()), float(head_cols.max() + 1),
+                           float(head_rows.max() + 1)])
+        masks.append(placed)
         if index == 0:
-            head_rows, head_cols = np.nonzero(head)
-            head_box = [float(head_cols.min()), float(head_rows.min()), float(head_cols.max() + 1),
-                        float(head_rows.max() + 1)]
+            head_box = head_boxes[0]
     image = Image.fromarray(background.clip(0, 255).round().astype(np.uint8), "RGB")
-    return _Drawing(image, mask, head_box, tags)
+    return _Drawing(image, mask, head_box, tags, head_boxes, masks)
 
 
 def _encode(image: Image.Image, ext: str, quality: int = 92) -> bytes:
@@ -745,6 +759,56 @@ def _plant_rows(rng, size, pairs, good: list[_Row]) -> list[_Row]:
     return rows
 
 
+def _multi_subject_rows(rng, size: tuple[int, int], pairs) -> list[_Row]:
+    """The two-character images and the two planted ambiguous posts (see :data:`MULTI_SUBJECT_PLANTS`).
+
+    Each artist draws :data:`TWO_SUBJECT_IMAGES_PER_ARTIST` images of two of the characters it draws elsewhere in
+    the sample (so each subject has single-subject images of its identity to be matched against), in a wider
+    frame (5/3 of the sample's width) so that the figures stand apart. ``_Row.characters`` lists the characters
+    left to right (the metadata sorts them, as Danbooru does), ``_Row.file_name`` their outfit labels, and
+    ``_Row.id`` the id increment (the caller numbers the rows after every other row of the sample).
+    """
+    wide = (int(round(size[0] * 5 / 3)), size[1])
+    by_artist: dict[str, list[Character]] = {}
+    for character, artist in pairs:
+        by_artist.setdefault(artist.name, []).append(character)
+    artists = {artist.name: artist for artist in ARTISTS}
+    rows = []
+
+    def row(figures, plant, tagged, outfits=""):
+        drawing = _compose(rng, wide, figures)
+        girls = sum(c.gender == "girl" for c in tagged)
+        boys = len(tagged) - girls
+        general = {"standing", "full_body", *drawing.background_tags}
+        general |= {f"{girls}girl{'s' if girls > 1 else ''}"} if girls else set()
+        general |= {f"{boys}boy{'s' if boys > 1 else ''}"} if boys else set()
+        general |= {"multiple_girls"} if girls > 1 else set()
+        for _, outfit, _ in figures:
+            general |= set(GARMENT_STYLES[outfit.style].tags)
+        made = _Row(None, figures[0][2], None, plant=plant, data=_encode(drawing.image, "png"), width=wide[0],
+                    height=wide[1], general=sorted(general), characters=[c.name for c in tagged],
+                    file_name=outfits, id=int(rng.integers(1, 40)))
+        made.head_box, made.mask = drawing.head_box, drawing.mask
+        rows.append(made)
+
+    for name in sorted(by_artist):
+        artist, cast = artists[name], by_artist[name]
+        for _ in range(TWO_SUBJECT_IMAGES_PER_ARTIST):
+            first, second = (cast[int(i)] for i in rng.choice(len(cast), size=2, replace=False))
+            figures = [(c, c.outfits[int(rng.integers(2))], artist) for c in (first, second)]
+            row(figures, "two_subjects", [first, second], " ".join(o.label for _, o, _ in figures))
+    for name in sorted(by_artist)[:2]:  # tagged with two characters, drawn with the first one twice
+        artist, cast = artists[name], by_artist[name]
+        first, second = (cast[int(i)] for i in rng.choice(len(cast), size=2, replace=False))
+        outfit = first.outfits[0]
+        row([(first, outfit, artist), (first, outfit, artist)], "same_character_twice", [first, second])
+    name = sorted(by_artist)[2]  # tagged with two characters, three figures drawn
+    artist, cast = artists[name], by_artist[name]
+    chosen = [cast[int(i)] for i in rng.choice(len(cast), size=3, replace=False)]
+    row([(c, c.outfits[0], artist) for c in chosen], "three_figures", chosen[:2])
+    return rows
+
+
 def _prepare_directory(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise SameIdError(f"{root} exists and is not a directory; choose a new directory for the sample")
@@ -825,6 +889,20 @@ def make_sample(out_dir, seed: int = 0, image_size: tuple[int, int] = (192, 256)
                       "outfit": row.outfit.label if row.outfit else "", "identity": row.identity,
                       "plant": row.plant, "near_duplicate_of": duplicate_of})
 
+    multi = _multi_subject_rows(np.random.default_rng([seed, 13]), size, pairs)
+    next_id = max(row.id for row in rows) + 1
+    for row in multi:
+        next_id += int(row.id)  # the increment drawn with the row
+        row.id = next_id
+        md5 = hashlib.md5(row.data).hexdigest()
+        (image_root / f"{md5}.{row.ext}").write_bytes(row.data)
+        records.append({"id": row.id, "md5": md5, "file_ext": row.ext, "tag_string_general": " ".join(row.general),
+                        "tag_string_character": " ".join(sorted(row.characters)),
+                        "tag_string_artist": row.artist.name, "rating": row.rating, "image_width": row.width,
+                        "image_height": row.height})
+        truth.append({"id": row.id, "character": " ".join(row.characters), "artist": row.artist.name,
+                      "outfit": row.file_name, "identity": "", "plant": row.plant, "near_duplicate_of": ""})
+
     metadata = root / "metadata.jsonl"
     metadata.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     ground_truth = root / "ground_truth.csv"
@@ -848,6 +926,8 @@ Danbooru 2019 Figures collection (the source of RetriBooru): {len(CHARACTERS)} i
   `image_height`, and on some rows precomputed `head_box` and `mask`).
 - `images/`: the images, named `<md5>.<ext>` or `<id>.<ext>`; `images/masks/`: figure masks.
 - `ground_truth.csv`: the identity (character|artist|outfit) of every row and what was planted in it.
+- The last rows are multi-subject posts: two characters of one artist side by side (`two_subjects`; `character`
+  and `outfit` of `ground_truth.csv` name them left to right) and two planted ambiguous posts.
 
 Running `make_sample` again on this directory replaces these files.
 """

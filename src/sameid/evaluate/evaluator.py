@@ -62,7 +62,9 @@ def evaluate_generations(generations: pd.DataFrame, config: EvalConfig | None = 
     context = MetricContext(config, EmbeddingCache(config.cache_dir))
     images = generations["image"].tolist()
     references = [list(refs) for refs in generations["references"]]
-    inputs = {"images": images, "references": references, "prompts": generations["prompt"].tolist()}
+    inputs = {"images": images, "references": references, "prompts": generations["prompt"].tolist(),
+              # multi-subject rows: [{identity, references}, ...]; None for a single-subject row
+              "subjects": generations["subjects"].tolist() if "subjects" in generations else [None] * len(images)}
     per_image = pd.DataFrame({
         "row": generations["row"].to_numpy() if "row" in generations else np.arange(len(generations)),
         "image": images, "subject": generations["subject"].to_numpy(), "model": generations["model"].to_numpy(),

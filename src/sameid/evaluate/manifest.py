@@ -1,7 +1,9 @@
 """The generations manifest (docs/architecture.md, Contracts): one row per generated image.
 
 Columns: ``image`` (path), ``references`` (list of paths), ``prompt`` (str), ``subject`` (str), ``model`` (str),
-``seed`` (int, may be null). Files are JSON lines (``.jsonl``) or parquet. Relative paths are resolved against the
+``seed`` (int, may be null), and for multi-subject generations ``subjects`` (a list of ``{"identity": str,
+"references": [paths]}``, one per subject; null on a single-subject row; ``references`` may then be empty: it
+becomes every subject's references in order). Files are JSON lines (``.jsonl``) or parquet. Relative paths are resolved against the
 manifest's folder; absolute paths are kept. A ``references`` value that is a single string is a list of one.
 
 Problems are reported, not guessed around. A missing column, or a file that is not a readable JSON-lines or parquet
@@ -129,15 +131,24 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
     root = Path(root)
     problems: list[tuple[int, str, str]] = []
     rows = []
+    subject_lists = [_subjects(value) for value in frame["subjects"]] if "subjects" in frame.columns \
+        else [None] * len(frame)
     reference_lists = [_as_list(value) for value in frame["references"]]
-    counts = Counter(len(refs) for refs in reference_lists if refs)
-    usual_count = counts.most_common(1)[0][0] if counts else 0
+    for row, subjects in enumerate(subject_lists):
+        if isinstance(subjects, list) and not reference_lists[row]:
+            reference_lists[row] = [path for subject in subjects for path in subject["references"]]
+    # The usual reference count, per number of subjects (a two-subject row has twice a one-subject row's).
+    counts: dict[int, Counter] = {}
+    for refs, subjects in zip(reference_lists, subject_lists):
+        if refs:
+            counts.setdefault(len(subjects) if isinstance(subjects, list) else 1, Counter())[len(refs)] += 1
+    usual_counts = {k: c.most_common(1)[0][0] for k, c in counts.items()}
     seeds = frame["seed"] if "seed" in frame.columns else [None] * len(frame)
     duplicates: list[tuple[int, str, str]] = []
     first_of: dict[tuple, int] = {}  # every column of a valid row -> its row
     image_row: dict[str, tuple[int, tuple]] = {}  # image path of a valid row -> (row, every column)
-    for row, (record, references, seed_value) in enumerate(
-        zip(frame.to_dict("records"), reference_lists, seeds, strict=True)
+    for row, (record, references, seed_value, subjects) in enumerate(
+        zip(frame.to_dict("records"), reference_lists, seeds, subject_lists, strict=True)
     ):
         image_value = record["image"]
         row_problems = []
@@ -154,9 +165,22 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
             resolved = [_resolve(root, reference) for reference in references]
             for reference in resolved:
                 row_problems.extend(_file_problems(reference, "reference"))
+            n_subjects = len(subjects) if isinstance(subjects, list) else 1
+            usual_count = usual_counts.get(n_subjects, 0)
             if len(resolved) != usual_count:
-                row_problems.append(f"{len(resolved)} references where most rows have {usual_count}")
+                rows_like = "most rows" if n_subjects == 1 else f"most rows of {n_subjects} subjects"
+                row_problems.append(f"{len(resolved)} references where {rows_like} have {usual_count}")
             references = resolved
+        if isinstance(subjects, str):
+            row_problems.append(subjects)
+            subjects = None
+        elif subjects is not None:
+            subjects = [{"identity": s["identity"], "references": [_resolve(root, p) for p in s["references"]]}
+                        for s in subjects]
+            for subject in subjects:
+                for reference in subject["references"]:
+                    if reference not in references:
+                        row_problems.extend(_file_problems(reference, "subject reference"))
         prompt = record["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             row_problems.append("empty prompt")
@@ -169,7 +193,8 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
             row_problems.append(f"seed {seed_value!r} is not an integer")
             seed = None
         if not row_problems:
-            identity = (image, tuple(references), prompt, record["subject"], record["model"], seed)
+            identity = (image, tuple(references), prompt, record["subject"], record["model"], seed,
+                        None if subjects is None else tuple((s["identity"], tuple(s["references"])) for s in subjects))
             if identity in first_of:
                 duplicates.append((row, str(image_value), f"duplicate of row {first_of[identity]}"))
                 continue
@@ -182,8 +207,11 @@ def check_generations(frame: pd.DataFrame, root: str | os.PathLike, *, source: s
         first_of[identity] = row
         image_row[image] = (row, identity)
         rows.append({"row": row, "image": image, "references": references, "prompt": prompt,
-                     "subject": record["subject"], "model": record["model"], "seed": seed})
-    valid = pd.DataFrame(rows, columns=["row", "image", "references", "prompt", "subject", "model", "seed"])
+                     "subject": record["subject"], "model": record["model"], "seed": seed, "subjects": subjects})
+    columns = ["row", "image", "references", "prompt", "subject", "model", "seed", "subjects"]
+    valid = pd.DataFrame(rows, columns=columns)
+    if valid["subjects"].isna().all():
+        valid = valid.drop(columns="subjects")
     valid["seed"] = valid["seed"].astype("Int64")
     return Generations(valid, pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)),
                        pd.DataFrame(duplicates, columns=list(PROBLEM_COLUMNS)))
@@ -199,7 +227,28 @@ def _file_problems(path: str, what: str) -> list[str]:
     return [f"{what} file is empty (0 bytes): {path}"] if size == 0 else []
 
 
-_IDENTITY_COLUMNS = ("image", "references", "prompt", "subject", "model", "seed")
+_IDENTITY_COLUMNS = ("image", "references", "prompt", "subject", "model", "seed", "subjects")
+
+
+def _subjects(value):
+    """A ``subjects`` cell: None (single subject), a list of {identity, references}, or a problem (str)."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    try:
+        entries = list(value)
+    except TypeError:
+        return "subjects is not a list of {identity, references}"
+    out = []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("identity"), str) or not entry["identity"].strip():
+            return f"subject {number}: expected {{\"identity\": <non-empty str>, \"references\": [paths]}}"
+        references = _as_list(entry.get("references"))
+        if not references:
+            return f"subject {number} ({entry['identity']}): no references"
+        out.append({"identity": entry["identity"], "references": references})
+    if len(out) < 2:
+        return "subjects lists fewer than 2 subjects (leave it null for a single-subject generation)"
+    return out
 
 
 def _differing(first: tuple, other: tuple) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 
 from ..errors import SameIdError
 
-ROLES = ("similarity", "diversity")
+#: similarity and diversity metrics pair up in SWD; a rate (subject_missing, subject_mixing) is reported alone.
+ROLES = ("similarity", "diversity", "rate")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def metrics_of_role(role: str) -> tuple[str, ...]:
 
 
 def pair_order() -> tuple[str, ...]:
-    """How a SWD pair's two metrics are ordered: diversities first (SWD(CLIP-T, CLIP-I)), then similarities."""
+    """How a SWD pair's two metrics are ordered: diversities first (SWD(CLIP-T, CLIP-I)), then similarities
+    (rates take no part in SWD)."""
     return metrics_of_role("diversity") + metrics_of_role("similarity")
 
 
@@ -167,3 +169,11 @@ register_metric("face", "sameid.evaluate.metrics:face_metric", default=True,
                 help="face identity similarity, with face_detected")
 register_metric("effnet", "sameid.evaluate.metrics:effnet_metric",
                 help="offline image similarity: EfficientNet-Lite0 features")
+register_metric("subject_face", "sameid.evaluate.subjects:subject_face_metric",
+                help="multi-subject: face similarity per given subject after Hungarian matching of the faces found")
+register_metric("subject_figure", "sameid.evaluate.subjects:subject_figure_metric",
+                help="multi-subject: figure (colour) similarity per given subject after matching, for drawings")
+register_metric("subject_missing", "sameid.evaluate.subjects:subject_missing_metric", role="rate",
+                help="multi-subject: share of given subjects with no matching face/figure")
+register_metric("subject_mixing", "sameid.evaluate.subjects:subject_mixing_metric", role="rate",
+                help="multi-subject: share of found subjects that look like another given subject (identity mixing)")

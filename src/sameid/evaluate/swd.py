@@ -80,8 +80,12 @@ def metric_pairs(metrics: Sequence[str]) -> list[tuple[str, str]]:
 
     SWD is symmetric in its two arguments, so each pair is reported once.
     """
+    from .registry import metrics_of_role
+
     order = pair_order()
     rank = {name: i for i, name in enumerate(order)}
+    rates = set(metrics_of_role("rate"))
+    metrics = [m for m in metrics if m not in rates]
     ordered = sorted(dict.fromkeys(metrics), key=lambda m: (rank.get(m, len(order)), list(metrics).index(m)))
     return list(combinations(ordered, 2))
 

@@ -166,9 +166,18 @@ def audit_pairs(manifest: DatasetManifest, pairs: pd.DataFrame,
                     fallbacks.append({"target_id": str(target_id), "reference_id": str(references[slot]),
                                       "requested": row["requested_concepts"][slot], "concept": row["concepts"][slot],
                                       "reason": reason})
+    # Every subject of every multi-subject row: its reference pool (sameid.pairs.multi_subject).
+    from .multi_subject import subject_reference_leaks
+
+    leaks.extend(subject_reference_leaks(manifest, near_duplicate_bits).to_dict("records"))
     sampler = ReferenceSampler(manifest, "identity", n_references, "repeat", near_duplicate_bits)
     small = []
+    from ..dataset.subjects import is_multi_subject
+
+    multi = is_multi_subject(manifest.frame)
     for identity, rows in manifest.identity_rows().items():
+        if multi[rows[0]]:
+            continue  # a multi-subject row's pools are per subject (above)
         eligible = min(len(sampler.eligible[r]) for r in rows)
         if eligible < n_references:
             small.append({"identity": identity, "images": len(rows), "min_eligible_references": eligible,

@@ -157,7 +157,11 @@ class PairsDataset(torch.utils.data.Dataset):
         self.config = replace(config or PairsConfig(), **overrides).with_dataset_settings(self.manifest)
         self.sampler = ReferenceSampler(self.manifest, self.config.mode, self.config.n_references,
                                         self.config.shortfall, self.config.near_duplicate_bits)
-        rows = range(len(self.manifest))
+        # Multi-subject rows are targets of sameid.pairs.multi_subject, never of single-subject examples.
+        from ..dataset.subjects import is_multi_subject
+
+        multi = is_multi_subject(self.manifest.frame)
+        rows = [row for row in range(len(self.manifest)) if not multi[row]]
         self.refused: list[str] = [self.manifest.ids[r] for r in rows if not self.sampler.can_sample(r)]
         self.target_rows: list[int] = [r for r in rows if self.sampler.can_sample(r)]
         if self.config.curriculum:
@@ -352,7 +356,15 @@ def _augment_box(box, fractions: tuple[float, float, float, float], mirror: bool
 
 
 def collate_examples(examples: list[TrainingExample]) -> dict:
-    """Stack a list of examples into a batch dict (tensors stacked, strings and ids as lists)."""
+    """Stack a list of examples into a batch dict (tensors stacked, strings and ids as lists).
+
+    A batch with multi-subject examples (:mod:`.multi_subject`) also gets ``subject_identities`` (lists),
+    ``reference_subjects`` (B, N) long, ``subject_masks`` (B, K, 1, H, W) with K the batch's most subjects (a
+    missing subject is an empty mask) and ``reference_valid`` (B, N) bool: references are padded to the batch's
+    most (zeros, ``reference_valid`` False), so examples of 2 and 3 subjects share a batch. A single-subject
+    example in such a batch is one subject (index 0) whose mask is its valid area."""
+    if any(e.subject_identities is not None for e in examples):
+        return _collate_multi_subject(examples)
     first = examples[0]
     if any(e.references.shape != first.references.shape or e.target.shape != first.target.shape for e in examples):
         raise SameIdError("examples of one batch must have the same number of references and resolution")
@@ -364,4 +376,38 @@ def collate_examples(examples: list[TrainingExample]) -> dict:
     for name in ("target_id", "identity", "reference_ids", "reference_concepts", "reference_boxes", "caption",
                  "full_caption", "task", "mode"):
         batch[name] = [getattr(e, name) for e in examples]
+    return batch
+
+
+def _collate_multi_subject(examples: list[TrainingExample]) -> dict:
+    first = examples[0]
+    if any(e.target.shape != first.target.shape for e in examples):
+        raise SameIdError("examples of one batch must have the same resolution")
+    n = max(e.references.shape[0] for e in examples)
+    k = max(len(e.subject_identities or [None]) for e in examples)
+    size = first.target.shape[-2:]
+    batch = {name: torch.utils.data.default_collate([getattr(e, name) for e in examples])
+             for name in ("target", "valid_mask", "face_mask")}
+    references = torch.zeros((len(examples), n, *first.references.shape[1:]), dtype=first.references.dtype)
+    reference_masks = torch.zeros((len(examples), n, 1, *size), dtype=first.reference_valid_masks.dtype)
+    reference_valid = torch.zeros((len(examples), n), dtype=torch.bool)
+    reference_subjects = torch.zeros((len(examples), n), dtype=torch.long)
+    subject_masks = torch.zeros((len(examples), k, 1, *size), dtype=torch.uint8)
+    for b, e in enumerate(examples):
+        count = e.references.shape[0]
+        references[b, :count] = e.references
+        reference_masks[b, :count] = e.reference_valid_masks
+        reference_valid[b, :count] = True
+        if e.subject_identities is None:
+            subject_masks[b, 0] = e.valid_mask
+        else:
+            reference_subjects[b, :count] = torch.as_tensor(e.reference_subjects, dtype=torch.long)
+            subject_masks[b, :len(e.subject_identities)] = e.subject_masks
+    batch.update(references=references, reference_valid_masks=reference_masks, reference_valid=reference_valid,
+                 reference_subjects=reference_subjects, subject_masks=subject_masks)
+    batch["caption_dropped"] = torch.tensor([e.caption_dropped for e in examples], dtype=torch.bool)
+    for name in ("target_id", "identity", "reference_ids", "reference_concepts", "reference_boxes", "caption",
+                 "full_caption", "task", "mode"):
+        batch[name] = [getattr(e, name) for e in examples]
+    batch["subject_identities"] = [e.subject_identities or [e.identity] for e in examples]
     return batch
