@@ -30,10 +30,10 @@ def _looks_like_path(source: str) -> bool:
 
 def missing_model_message(what: str, source: str, cause: BaseException | None = None) -> str:
     if _looks_like_path(source) or Path(source).expanduser().exists():
-        how = f"no usable model folder at {source}: pass a folder written by save_pretrained or huggingface-cli download"
+        how = f"no usable model folder at {source}: pass a folder written by save_pretrained or hf download"
     else:
         how = (
-            f"{source!r} is not in the local Hugging Face cache: run `huggingface-cli download {source}` on a "
+            f"{source!r} is not in the local Hugging Face cache: run `hf download {source}` on a "
             f"connected machine and pass the local folder, or set {ALLOW_DOWNLOAD_ENV}=1 to let transformers download it"
         )
     reason = f" ({str(cause).splitlines()[0][:200]})" if cause is not None and str(cause) else ""

@@ -202,7 +202,7 @@ def _require_sd_layout(folder: Path, source: str) -> None:
     if missing:
         raise MissingModelError(
             f"base model folder {source} lacks {', '.join(n + '/' for n in missing)}: a Stable Diffusion layout has "
-            f"{', '.join(n + '/' for n in SD_SUBFOLDERS)} (e.g. `huggingface-cli download {_EXAMPLE_BASE} "
+            f"{', '.join(n + '/' for n in SD_SUBFOLDERS)} (e.g. `hf download {_EXAMPLE_BASE} "
             f"--local-dir DIR`), or pass --tiny for a random tiny base")
 
 
