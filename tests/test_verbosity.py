@@ -73,3 +73,17 @@ def test_unknown_level_is_refused_and_state_restored(monkeypatch):
     finally:
         logging.getLogger("datasets").setLevel(previous)
         monkeypatch.setitem(verbosity._state, "level", None)
+
+
+def test_sameid_quiet_build_prints_only_its_result(sample, tmp_path):
+    # A real command whose workers start mediapipe (TensorFlow Lite, absl) and a process pool: with --quiet the
+    # user sees the result lines and nothing else, native lines of the worker processes included.
+    pytest.importorskip("mediapipe")
+    out = tmp_path / "dataset"
+    run = subprocess.run(
+        [sys.executable, "-m", "sameid.cli", "--quiet", "build", str(sample.metadata), "--image-root",
+         str(sample.image_root), "--out", str(out), "--head-detector", "mediapipe", "--workers", "2"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == "", run.stderr
+    assert run.stdout.startswith("kept ") and f"dataset: {out}" in run.stdout

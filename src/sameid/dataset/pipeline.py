@@ -15,6 +15,7 @@ killed run and ends with the same manifest as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections import Counter
@@ -34,6 +35,7 @@ from ..errors import SameIdError
 from ..images import MISSING
 from ..records import DATASET_SETTINGS_FILE, MANIFEST_COLUMNS
 from ..sources import read_source
+from ..verbosity import get_verbosity
 from .annotate import ANNOTATION_COLUMNS, AnnotateConfig, annotate_rows
 from .clean import DEFAULT_NEAR_DUPLICATE_BITS, drop_unreferenceable
 from .filters import FilterConfig, apply_tag_filters
@@ -543,7 +545,10 @@ def _run_ray(config: BuildConfig, annotate_config: AnnotateConfig,
     if started_here:
         # A cluster named by RAY_ADDRESS brings its own resources; a local instance gets --workers CPUs.
         local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": config.workers, "include_dashboard": False}
-        ray.init(log_to_driver=False, configure_logging=False, ignore_reinit_error=True, **local)
+        ray.init(log_to_driver=False, configure_logging=False, ignore_reinit_error=True,
+                 logging_level=logging.ERROR if get_verbosity() == "quiet" else logging.WARNING, **local)
+    # Ray Data draws its own progress bars and logs its plan; they follow sameid's --quiet / progress setting.
+    ray.data.DataContext.get_current().enable_progress_bars = get_verbosity() != "quiet"
     try:
         items = [{"index": index, "rows": json.dumps(chunk)} for index, chunk in jobs]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map(
