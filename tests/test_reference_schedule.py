@@ -136,7 +136,8 @@ def test_multi_subject_trains_in_the_one_loop_with_subject_fields(built_sample, 
     add = MultiSubjectDenoiser.add_reference_features
 
     def spy(self, references):
-        seen.append((references.subjects.tolist(), tuple(references.subject_masks.shape)))
+        masks = references.subject_masks
+        seen.append((references.subjects.tolist(), None if masks is None else tuple(masks.shape)))
         return add(self, references)
 
     monkeypatch.setattr(loop, "collate_examples", with_subjects)
@@ -149,3 +150,20 @@ def test_multi_subject_trains_in_the_one_loop_with_subject_fields(built_sample, 
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     assert seen and seen[0] == ([[0, 1], [0, 1]], (2, 2, 1, 64, 64))
     assert load_denoiser(result.model_dir).kind == "multi-subject"
+
+    # `sameid generate --identity "a&b" --reference-schedule 0.3@0.5`: both identities in one image.
+    from sameid.evaluate.manifest import read_generations
+    from sameid.generate import generate_manifest
+    from sameid.pairs.manifest import load_manifest
+
+    first, second = sorted(load_manifest(built_sample.out).identity_rows())[:2]
+    seen.clear()
+    manifest = generate_manifest(result.run_dir, built_sample.out, tmp_path / "gen", prompts=["two figures"],
+                                 seeds=[0], identities=[f"{first}&{second}"], num_inference_steps=2,
+                                 resolution=32, reference_schedule="0.3@0.5")
+    rows = read_generations(manifest).frame
+    assert len(rows) == 1 and rows["subject"][0] == f"{first}&{second}" and len(rows["references"][0]) == 4
+    assert seen[0][0] == [[0, 0, 1, 1]]
+    with pytest.raises(SameIdError, match="at most 2 per image"):
+        generate_manifest(result.run_dir, built_sample.out, tmp_path / "gen3", prompts=["x"], seeds=[0],
+                          identities=["&".join(sorted(load_manifest(built_sample.out).identity_rows())[:3])])

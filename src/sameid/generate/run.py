@@ -93,11 +93,24 @@ def _run_identities(run: RunDir, manifest, identities) -> list[str]:
         if identities == "all":
             return list(groups)
         identities = [identities]
-    unknown = [identity for identity in identities if identity not in groups]
+    unknown = [identity for identity in identities if any(member not in groups for member in
+                                                          subject_members(identity, groups))]
     if unknown:
         raise SameIdError(f"{manifest.root}: no identity {unknown[0]!r}"
                           f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
     return list(dict.fromkeys(identities))
+
+
+#: Joins the identities of one multi-subject generation: ``--identity "alice&bob"`` (PairHuman, arXiv 2511.16712:
+#: two people in one image). An identity whose own name contains it is still read as that identity.
+SUBJECT_SEPARATOR = "&"
+
+
+def subject_members(subject: str, groups) -> list[str]:
+    """The identities of one generation subject: itself, or its ``&``-joined parts (each a subject index)."""
+    if subject in groups or SUBJECT_SEPARATOR not in subject:
+        return [subject]
+    return [member.strip() for member in subject.split(SUBJECT_SEPARATOR)]
 
 
 def _default_concepts(task: str, count: int) -> list[str]:
@@ -130,7 +143,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                       guidance_scale: float = 7.0, reference_scale: float = 1.0,
                       concepts: list[str] | str | None = None, resolution: int | None = None,
                       negative_prompt: str | None = None, model_name: str | None = None,
-                      device: str | None = None, dtype=None, progress: bool | None = None) -> Path:
+                      device: str | None = None, dtype=None, progress: bool | None = None,
+                      reference_schedule=None) -> Path:
     """Generate subjects x ``prompts`` x ``seeds`` x ``samples_per_seed`` images with the run in ``run_dir`` and
     write ``out_dir/generations.jsonl`` (docs/architecture.md's generations manifest); returns its path.
 
@@ -144,6 +158,11 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     ``model_name`` defaults to ``<model>-<mode>`` (e.g. "retrinet-identity"). Images go to
     ``out_dir/images/<subject>/p<prompt>_seed<seed>_<sample>.png``; the settings to ``out_dir/generation.json``.
     Refuses to overwrite an existing ``generations.jsonl``.
+
+    Several subjects in one image (a multi-subject run): a subject ``"alice&bob"`` takes ``n_references`` of each
+    identity, alice's as subject 0 and bob's as subject 1. ``reference_schedule``: a
+    :class:`~sameid.pipelines.ReferenceSchedule` or its text ``"λ@fraction"`` (cascaded inference: weight λ for
+    the first steps, then full weight); None: ``reference_scale`` at every step.
     """
     import pandas as pd
     import torch
@@ -165,6 +184,10 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     if samples_per_seed < 1:
         raise SameIdError(f"samples_per_seed must be at least 1, got {samples_per_seed}")
 
+    if isinstance(reference_schedule, str):
+        from ..pipelines.guidance import ReferenceSchedule
+
+        reference_schedule = ReferenceSchedule.parse(reference_schedule)
     components, denoiser, config = load_run(run_dir, device=device, dtype=dtype)
     dataset = load_manifest(dataset_dir)
     subjects = _run_identities(RunDir(run_dir), dataset, identities)
@@ -189,13 +212,21 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
 
     groups = dataset.identity_rows()
     reference_rows: dict[str, list[int]] = {}
+    reference_subjects: dict[str, list[int] | None] = {}
     refused = []
     for subject in subjects:
-        rows = groups[subject]
-        if len(rows) < count and config.shortfall == "refuse":
+        members = subject_members(subject, groups)
+        if len(members) > 1 and getattr(denoiser, "num_subjects", 1) < len(members):
+            raise SameIdError(f"subject {subject!r} has {len(members)} identities, but the run's model "
+                              f"({config.model}) takes at most {getattr(denoiser, 'num_subjects', 1)} per image; "
+                              "train with --model multi-subject for several")
+        if any(len(groups[member]) < count for member in members) and config.shortfall == "refuse":
             refused.append(subject)
             continue
-        reference_rows[subject] = [rows[i % len(rows)] for i in range(count)]
+        reference_rows[subject] = [groups[member][i % len(groups[member])] for member in members
+                                   for i in range(count)]
+        reference_subjects[subject] = ([index for index in range(len(members)) for _ in range(count)]
+                                       if len(members) > 1 else None)
     if refused:
         logger.warning("left out %d subject(s) with fewer than %d images (the run's shortfall is 'refuse'): %s",
                        len(refused), count, ", ".join(refused))
@@ -215,8 +246,10 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                 folder = f"{folder}_{len(folders)}"
             folders[subject] = folder
             (out_dir / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)
-            images, used_concepts = _reference_images(dataset, subject_rows, requested)
-            references = pipeline.prepare_references([images], [used_concepts], resolution)
+            slots = reference_subjects[subject]
+            images, used_concepts = _reference_images(dataset, subject_rows, requested * (len(subject_rows) // count))
+            references = pipeline.prepare_references([images], [used_concepts], resolution,
+                                                     subjects=None if slots is None else [slots])
             reference_paths = [dataset.image_paths[row] for row in subject_rows]
             for prompt_index, prompt in enumerate(prompts):
                 for seed in seeds:
@@ -225,6 +258,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                         reference_scale=reference_scale, negative_prompt=negative_prompt,
                         num_images_per_prompt=samples_per_seed, generator=torch.Generator().manual_seed(seed),
+                        reference_schedule=reference_schedule,
                     ).images
                     for sample, image in enumerate(generated):
                         relative = Path(IMAGES_DIR, folder, f"p{prompt_index:02d}_seed{seed}_{sample}.png")
@@ -239,6 +273,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
         "seeds": seeds, "samples_per_seed": samples_per_seed, "n_references": count, "concepts": requested,
         "resolution": resolution, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
         "reference_scale": reference_scale, "negative_prompt": negative_prompt,
+        "reference_schedule": None if reference_schedule is None else {
+            "early_weight": reference_schedule.early_weight, "switch_fraction": reference_schedule.switch_fraction},
         "scheduler": type(pipeline.scheduler).__name__, "subjects": {s: folders[s] for s in reference_rows},
         "left_out": refused,
     }
