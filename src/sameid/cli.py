@@ -352,14 +352,19 @@ def generate(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     samples_per_seed: Annotated[int, typer.Option(help="Images per (subject, prompt, seed).")] = 1,
     identity: Annotated[list[str] | None, typer.Option(help="An identity to generate for; repeat it; `all` for "
-                                                            "every one. Default: the run's held-out identities "
-                                                            "(holdout.json), else all.")] = None,
+                                                            "every one; `alice&bob` for both in one image (a "
+                                                            "multi-subject run). Default: the run's held-out "
+                                                            "identities (holdout.json), else all.")] = None,
     n_references: Annotated[int | None, typer.Option(help="References per subject (default: the run's).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance on the prompt.")] = 7.0,
     reference_scale: Annotated[float, typer.Option(help="Strength of the references (0: the plain base model).")] = 1.0,
     negative_prompt: Annotated[str | None, typer.Option(help="Prompt of the unconditional branch.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:1 ... (default: cuda when available).")] = None,
+    reference_schedule: Annotated[str | None, typer.Option(
+        help="Cascaded inference: WEIGHT@FRACTION, the reference weight λ for the first FRACTION of the steps, "
+             "then full weight (e.g. 0.3@0.4; PairHuman's adaptive guidance). Default: --reference-scale at "
+             "every step.")] = None,
 ):
     """Generate images of subjects from their reference images and prompts; write a generations manifest."""
     from .generate.prompts import parse_identities, parse_seeds, read_prompts
@@ -370,7 +375,7 @@ def generate(
                                identities=parse_identities(identity), samples_per_seed=samples_per_seed,
                                n_references=n_references, num_inference_steps=steps, guidance_scale=guidance_scale,
                                reference_scale=reference_scale, negative_prompt=negative_prompt, device=device,
-                               progress=show_progress())
+                               progress=show_progress(), reference_schedule=reference_schedule)
     say(result)
 
 

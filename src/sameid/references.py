@@ -51,6 +51,9 @@ class ReferenceInputs:
     #: region masks of the K subjects (None for single-subject batches: every reference is of the one subject).
     subjects: torch.Tensor | None = None
     subject_masks: torch.Tensor | None = None
+    #: (B, N, D) local identity feature of each reference (a face embedding, e.g. dlib's 128-d one), computed
+    #: outside the torch forward by a denoiser that reads it (``add_reference_features``); None when not used.
+    face_embeds: torch.Tensor | None = None
 
     @property
     def count(self) -> int:

@@ -127,11 +127,24 @@ def _run_identities(run: RunDir, manifest, identities) -> list[str]:
         if identities == "all":
             return list(groups)
         identities = [identities]
-    unknown = [identity for identity in identities if identity not in groups]
+    unknown = [identity for identity in identities if any(member not in groups for member in
+                                                          subject_members(identity, groups))]
     if unknown:
         raise SameIdError(f"{manifest.root}: no identity {unknown[0]!r}"
                           f"{f' (and {len(unknown) - 1} more unknown)' if len(unknown) > 1 else ''}")
     return list(dict.fromkeys(identities))
+
+
+#: Joins the identities of one multi-subject generation: ``--identity "alice&bob"`` (PairHuman, arXiv 2511.16712:
+#: two people in one image). An identity whose own name contains it is still read as that identity.
+SUBJECT_SEPARATOR = "&"
+
+
+def subject_members(subject: str, groups) -> list[str]:
+    """The identities of one generation subject: itself, or its ``&``-joined parts (each a subject index)."""
+    if subject in groups or SUBJECT_SEPARATOR not in subject:
+        return [subject]
+    return [member.strip() for member in subject.split(SUBJECT_SEPARATOR)]
 
 
 def _default_concepts(task: str, count: int) -> list[str]:
@@ -196,7 +209,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                       guidance_scale: float = 7.0, reference_scale: float = 1.0,
                       concepts: list[str] | str | None = None, resolution: int | None = None,
                       negative_prompt: str | None = None, model_name: str | None = None,
-                      device: str | None = None, dtype=None, progress: bool | None = None) -> GenerationResult:
+                      device: str | None = None, dtype=None, progress: bool | None = None,
+                      reference_schedule=None) -> GenerationResult:
     """Generate subjects x ``prompts`` x ``seeds`` x ``samples_per_seed`` images with the run in ``run_dir`` and
     write ``out_dir/generations.jsonl`` (docs/architecture.md's generations manifest); returns a
     :class:`GenerationResult` (its ``manifest`` is that file's path).
@@ -213,6 +227,11 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     Refuses to overwrite an existing ``generations.jsonl``. Every setting, the run dir, the dataset dir and the
     device are checked before the model is loaded or anything is written; when generation fails part way, the
     images this call wrote are removed again.
+
+    Several subjects in one image (a multi-subject run): a subject ``"alice&bob"`` takes ``n_references`` of each
+    identity, alice's as subject 0 and bob's as subject 1. ``reference_schedule``: a
+    :class:`~sameid.pipelines.ReferenceSchedule` or its text ``"λ@fraction"`` (cascaded inference: weight λ for
+    the first steps, then full weight); None: ``reference_scale`` at every step.
     """
     import pandas as pd
     import torch
@@ -245,6 +264,10 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
             raise SameIdError(f"{name} must be a finite number, got {value!r}")
     check_device(device)
 
+    if isinstance(reference_schedule, str):
+        from ..pipelines.guidance import ReferenceSchedule
+
+        reference_schedule = ReferenceSchedule.parse(reference_schedule)
     run = RunDir(run_dir)
     config = _finished_run_config(run)
     if n_references is not None and (isinstance(n_references, bool) or not isinstance(n_references, int)
@@ -270,13 +293,20 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     subjects = _run_identities(run, dataset, identities)
     groups = dataset.identity_rows()
     reference_rows: dict[str, list[int]] = {}
+    reference_subjects: dict[str, list[int] | None] = {}
     refused = []
     for subject in subjects:
-        rows = groups[subject]
-        if len(rows) < count and config.shortfall == "refuse":
+        members = subject_members(subject, groups)
+        if len(members) > 1 and not config.model.startswith("multi-subject"):
+            raise SameIdError(f"subject {subject!r} has {len(members)} identities, but the run's model "
+                              f"({config.model}) takes one per image; train with --model multi-subject for several")
+        if any(len(groups[member]) < count for member in members) and config.shortfall == "refuse":
             refused.append(subject)
             continue
-        reference_rows[subject] = [rows[i % len(rows)] for i in range(count)]
+        reference_rows[subject] = [groups[member][i % len(groups[member])] for member in members
+                                   for i in range(count)]
+        reference_subjects[subject] = ([index for index in range(len(members)) for _ in range(count)]
+                                       if len(members) > 1 else None)
     if refused:
         logger.warning("left out %d subject(s) with fewer than %d images (the run's shortfall is 'refuse'): %s",
                        len(refused), count, ", ".join(refused))
@@ -284,6 +314,10 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
         raise SameIdError(f"no subject has {count} images; lower n_references")
 
     components, denoiser, config = load_run(run_dir, device=device, dtype=dtype)
+    most = max((len(subject_members(s, groups)) for s in reference_rows), default=1)
+    if most > getattr(denoiser, "num_subjects", 1):
+        raise SameIdError(f"a subject has {most} identities, but the run's model takes at most "
+                          f"{getattr(denoiser, 'num_subjects', 1)} per image")
     pipeline = ReferencePipeline.from_components(components, denoiser)
     pipeline.set_progress_bar_config(disable=True)
     folders: dict[str, str] = {}
@@ -300,9 +334,12 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                 folders[subject] = folder
                 written.extend(_made_dirs(out_dir / IMAGES_DIR / folder))
                 (out_dir / IMAGES_DIR / folder).mkdir(parents=True, exist_ok=True)
-                images, used_concepts = _reference_images(dataset, subject_rows, requested,
+                slots = reference_subjects[subject]
+                images, used_concepts = _reference_images(dataset, subject_rows,
+                                                          requested * (len(subject_rows) // count),
                                                           concept_masks=config.pairs.concept_masks)
-                references = pipeline.prepare_references([images], [used_concepts], resolution)
+                references = pipeline.prepare_references([images], [used_concepts], resolution,
+                                                         subjects=None if slots is None else [slots])
                 reference_paths = [dataset.image_paths[row] for row in subject_rows]
                 for prompt_index, prompt in enumerate(prompts):
                     for seed in seeds:
@@ -311,6 +348,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                             reference_scale=reference_scale, negative_prompt=negative_prompt,
                             num_images_per_prompt=samples_per_seed, generator=torch.Generator().manual_seed(seed),
+                            reference_schedule=reference_schedule,
                         ).images
                         for sample, image in enumerate(generated):
                             relative = Path(IMAGES_DIR, folder, f"p{prompt_index:02d}_seed{seed}_{sample}.png")
@@ -327,6 +365,9 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
             "seeds": seeds, "samples_per_seed": samples_per_seed, "n_references": count, "concepts": requested,
             "resolution": resolution, "num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
             "reference_scale": reference_scale, "negative_prompt": negative_prompt,
+            "reference_schedule": None if reference_schedule is None else {
+                "early_weight": reference_schedule.early_weight,
+                "switch_fraction": reference_schedule.switch_fraction},
             "scheduler": type(pipeline.scheduler).__name__, "subjects": {s: folders[s] for s in reference_rows},
             "left_out": refused,
         }

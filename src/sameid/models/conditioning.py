@@ -107,6 +107,12 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     def set_trainable(self, lock: str = "full") -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
+    def add_reference_features(self, references: ReferenceInputs) -> ReferenceInputs:
+        """``references`` with what this denoiser reads but cannot compute in its torch forward (the
+        multi-subject denoiser's face embeddings); the training loop and the pipeline call it once per batch.
+        Default: unchanged."""
+        return references
+
     def export_diffusers(self, directory, *, include_unet: bool | None = None) -> Path:
         """Write this denoiser in the form diffusers' standard pipelines load as they are; returns ``directory``.
 

@@ -1,7 +1,9 @@
 """One name per reference-conditioned denoiser, so training, generation and benchmarks choose a variant by config.
 
 ``retrinet`` (RetriBooru, arXiv 2312.02521, §5), ``controlnet`` and ``ip-adapter`` (the baselines of
-RetriBooru, arXiv 2312.02521, A.3). Every saved denoiser folder is a diffusers model folder whose config
+RetriBooru, arXiv 2312.02521, A.3), ``multi-subject`` (a separate cross-attention per subject; PairHuman, arXiv
+2511.16712) and ``multi-subject-shared`` (the same class with one cross-attention shared by all subjects: the
+paper's ablation). Every saved denoiser folder is a diffusers model folder whose config
 (``denoiser.json``) names its class, which is how :func:`load_denoiser` knows what to build.
 """
 
@@ -13,15 +15,19 @@ from pathlib import Path
 from ..errors import MissingModelError, SameIdError
 from .conditioning import DENOISER_CONFIG, ReferenceConditionedDenoiser
 
-KINDS = ("retrinet", "controlnet", "ip-adapter")
+KINDS = ("retrinet", "controlnet", "ip-adapter", "multi-subject", "multi-subject-shared")
+# Kinds that are one class with a switch: kind -> (class kind, config field, value).
+_VARIANTS = {"multi-subject-shared": ("multi-subject", "shared_attention", True)}
 
 
 def _classes() -> dict[str, type]:
     from .controlnet_denoiser import ControlNetDenoiser
     from .ip_adapter_denoiser import IPAdapterDenoiser
+    from .multi_subject_denoiser import MultiSubjectDenoiser
     from .retrinet import RetriNetDenoiser
 
-    return {"retrinet": RetriNetDenoiser, "controlnet": ControlNetDenoiser, "ip-adapter": IPAdapterDenoiser}
+    return {"retrinet": RetriNetDenoiser, "controlnet": ControlNetDenoiser, "ip-adapter": IPAdapterDenoiser,
+            "multi-subject": MultiSubjectDenoiser, "multi-subject-shared": MultiSubjectDenoiser}
 
 
 def tiny_image_encoder(seed: int = 0, image_size: int = 32):
@@ -39,8 +45,9 @@ def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False,
                     vae_scale_factor: int | None = None) -> ReferenceConditionedDenoiser:
     """A fresh, untrained denoiser of ``kind`` around ``unet``.
 
-    ``image_encoder`` (ip-adapter only): a ``CLIPVisionModelWithProjection``, or its hub id or folder; with
-    ``tiny`` and no encoder, a random tiny one. ``vae_scale_factor`` (controlnet only): the base VAE's
+    ``image_encoder`` (ip-adapter): a ``CLIPVisionModelWithProjection``, or its hub id or folder; with
+    ``tiny`` and no encoder, a random tiny one. (multi-subject kinds): the same, or "efficientnet-lite0"
+    (offline; the default with ``tiny``). ``vae_scale_factor`` (controlnet only): the base VAE's
     (``DiffusionComponents.vae_scale_factor``); default the tiny base's with ``tiny``, else Stable Diffusion's 8.
     """
     from .components import SD_VAE_SCALE_FACTOR, TINY_VAE_SCALE_FACTOR
@@ -55,6 +62,13 @@ def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False,
                                         "or folder, e.g. openai/clip-vit-large-patch14 (the paper's)")
             image_encoder = tiny_image_encoder()
         return classes[kind].from_unet(unet, image_encoder=image_encoder)
+    if kind in ("multi-subject", "multi-subject-shared"):
+        if image_encoder is None and not tiny:
+            raise MissingModelError(f"model {kind} needs a global image encoder: a CLIPVisionModelWithProjection "
+                                    "id or folder (e.g. openai/clip-vit-large-patch14, the paper's), or "
+                                    "efficientnet-lite0 (offline)")
+        return classes[kind].from_unet(unet, image_encoder=image_encoder or "efficientnet-lite0",
+                                       shared_attention=kind == "multi-subject-shared")
     if kind == "controlnet":
         factor = vae_scale_factor or (TINY_VAE_SCALE_FACTOR if tiny else SD_VAE_SCALE_FACTOR)
         return classes[kind].from_unet(unet, vae_scale_factor=factor)
@@ -67,10 +81,14 @@ def denoiser_kind(directory: str | Path) -> str:
     if not path.is_file():
         raise MissingModelError(f"{path} not found: {directory} is not a denoiser written by save_pretrained "
                                 "(a training run's model/ folder)")
-    class_name = json.loads(path.read_text()).get("_class_name")
-    kinds = {cls.__name__: kind for kind, cls in _classes().items()}
+    config = json.loads(path.read_text())
+    class_name = config.get("_class_name")
+    kinds = {cls.__name__: kind for kind, cls in _classes().items() if kind not in _VARIANTS}
     if class_name not in kinds:
         raise SameIdError(f"{path} names class {class_name!r}; known: {', '.join(kinds)}")
+    for variant, (base, field, value) in _VARIANTS.items():
+        if kinds[class_name] == base and config.get(field) == value:
+            return variant
     return kinds[class_name]
 
 

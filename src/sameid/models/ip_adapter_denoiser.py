@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
 # diffusers' pipeline loader finds a component's load method through the base classes its module exposes.
@@ -160,17 +159,9 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
 
     def embed_references(self, pixels: torch.Tensor) -> torch.Tensor:
         """(M, 3, H, W) pixels in [-1, 1] -> (M, D) projected CLIP image embeddings (no gradient)."""
-        from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        from .subject_conditioning import clip_image_embeds
 
-        encoder = self.image_encoder
-        size = int(encoder.config.image_size)
-        images = (pixels.to(encoder.dtype) + 1.0) / 2.0
-        if tuple(images.shape[-2:]) != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        mean = images.new_tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
-        std = images.new_tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
-        with torch.no_grad():
-            return encoder(pixel_values=(images.clamp(0.0, 1.0) - mean) / std).image_embeds
+        return clip_image_embeds(self.image_encoder, pixels)
 
     def _set_scale(self, scale: float) -> None:
         for processor in self.ip_processors().values():

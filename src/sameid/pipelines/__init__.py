@@ -6,7 +6,8 @@ This stage sits between ``models`` and ``train``: training (validation) and gene
 Importing this package needs torch and diffusers (the ``ml`` extra).
 """
 
+from .guidance import ReferenceSchedule
 from .pipeline_reference import ReferencePipeline, ReferencePipelineOutput
 from .validation import safe_file_name, strip_image, validation_images
 
-__all__ = ["ReferencePipeline", "ReferencePipelineOutput", "safe_file_name", "strip_image", "validation_images"]
+__all__ = ["ReferencePipeline", "ReferencePipelineOutput", "ReferenceSchedule", "safe_file_name", "strip_image", "validation_images"]

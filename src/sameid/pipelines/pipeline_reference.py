@@ -13,6 +13,10 @@ references' identity enters (0: the plain U-Net, the references ignored). This i
 drop (001 §5.2) removes the caption but keeps the references, so the model knows "references without a prompt"
 as its unconditional case.
 
+Several subjects in one image (PairHuman, arXiv 2511.16712): ``subjects`` gives the subject index of each
+reference, and ``reference_schedule`` (:class:`~sameid.pipelines.guidance.ReferenceSchedule`) the cascaded
+inference's reference weight over the steps (λ early, full weight late).
+
 Saving: ``save_pretrained(dir)`` writes a diffusers pipeline folder (every component, the denoiser with its own
 U-Net) plus ``pipeline_reference.py``, a two-line module that imports this class, named in ``model_index.json``
 as diffusers names a custom pipeline class (``["pipeline_reference", "ReferencePipeline"]``). So
@@ -22,6 +26,7 @@ trust_remote_code=True)`` (diffusers runs a pipeline folder's code file only whe
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Sequence
@@ -39,6 +44,7 @@ from PIL import Image
 from ..atomic import write_text_atomic
 from ..models.components import encode_prompts
 from ..references import DEFAULT_CONCEPT, ReferenceInputs, reference_batch, reference_inputs
+from .guidance import ReferenceSchedule
 
 # How a saved pipeline names its class for DiffusionPipeline.from_pretrained: a module file in the folder.
 PIPELINE_MODULE = "pipeline_reference"
@@ -156,15 +162,17 @@ class ReferencePipeline(DiffusionPipeline):
     # -- references ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def prepare_references(self, references: Sequence[Sequence[Image.Image]],
-                           concepts: Sequence[Sequence[str]] | None = None, resolution: int | None = None
-                           ) -> ReferenceInputs:
+                           concepts: Sequence[Sequence[str]] | None = None, resolution: int | None = None,
+                           subjects: Sequence[Sequence[int]] | None = None) -> ReferenceInputs:
         """:class:`ReferenceInputs` for one list of reference images per prompt (any sizes, any number).
 
         Each image is letterboxed onto a white ``resolution`` square as in training (default: the
         larger side of :attr:`default_resolution`; ``__call__`` uses the larger side of its output). Rows with fewer references than the widest row are padded with white slots marked invalid
         (``ReferenceInputs.valid``), which every denoiser ignores. ``concepts`` gives one caption per image
         (default "figure"). The result is on the pipeline's device, in its dtype; pass it as ``references`` to
-        reuse it across calls (e.g. one subject, many prompts and seeds).
+        reuse it across calls (e.g. one subject, many prompts and seeds). ``subjects``: one subject index per
+        image (0..K-1, several subjects in one image; default: all of subject 0). What the denoiser reads beyond
+        pixels and latents (the multi-subject denoiser's face embeddings) is added here.
         """
         if isinstance(references, Image.Image) or not references or any(
                 isinstance(row, Image.Image) for row in references):
@@ -175,15 +183,23 @@ class ReferencePipeline(DiffusionPipeline):
                 isinstance(row, str) or len(row) != len(images) for row, images in zip(concepts, references)):
             raise ValueError("concepts: give one list of captions per prompt, one caption per reference image "
                              f"(references have {[len(row) for row in references]} images per prompt)")
+        if subjects is not None and (len(subjects) != len(references) or any(
+                isinstance(row, int) or len(row) != len(images) for row, images in zip(subjects, references))):
+            raise ValueError("subjects: give one list of subject indices per prompt, one per reference image "
+                             f"(references have {[len(row) for row in references]} images per prompt)")
         resolution = int(resolution or max(self.default_resolution))
         pixels, valid = reference_batch(references, resolution)
         count = pixels.shape[1]
         # A padded slot still needs a caption tensor; it is masked out, so which one does not matter.
         padded_concepts = [list(captions) + [captions[0]] * (count - len(captions)) for captions in concepts]
-        return reference_inputs(
+        prepared = reference_inputs(
             torch.from_numpy(pixels), padded_concepts, vae=self.vae, text_encoder=self.text_encoder,
             tokenizer=self.tokenizer, with_latents=self.denoiser.uses_reference_latents, device=self.device,
             dtype=self.dtype, valid=torch.from_numpy(valid))
+        if subjects is not None:
+            prepared.subjects = torch.tensor([list(row) + [0] * (count - len(row)) for row in subjects],
+                                             dtype=torch.long, device=self.device)
+        return self.denoiser.add_reference_features(prepared)
 
     # -- generation ----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -193,7 +209,8 @@ class ReferencePipeline(DiffusionPipeline):
                  reference_scale: float = 1.0, negative_prompt: str | list[str] | None = None,
                  num_images_per_prompt: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
                  eta: float = 0.0, reference_resolution: int | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, subjects: Sequence[Sequence[int]] | None = None,
+                 subject_masks: torch.Tensor | None = None, reference_schedule: ReferenceSchedule | None = None):
         """Generate ``num_images_per_prompt`` images per prompt.
 
         ``references``: one list of PIL images per prompt (any sizes and counts; see :meth:`prepare_references`),
@@ -203,6 +220,12 @@ class ReferencePipeline(DiffusionPipeline):
         ``negative_prompt`` (default empty) and the same references, so ``guidance_scale`` (> 1 enables it)
         pushes the prompt and ``reference_scale`` sets the identity strength (0 = the plain U-Net). ``generator``:
         one, or one per generated image, as in diffusers. ``output_type``: "pil", "np", "pt" or "latent".
+
+        Several subjects per image: ``subjects`` (one subject index per reference, see
+        :meth:`prepare_references`) and optionally ``subject_masks`` ((B, K, 1, h, w) region masks, read by a
+        denoiser with region masks on). ``reference_schedule``: cascaded inference, the reference weight of each
+        step (``λ x reference_scale`` before its switch, ``reference_scale`` after); None: ``reference_scale``
+        at every step.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         batch = len(prompts)
@@ -224,9 +247,19 @@ class ReferencePipeline(DiffusionPipeline):
         if not isinstance(references, ReferenceInputs):
             if len(references) != batch:
                 raise ValueError(f"references: {len(references)} lists of images for {batch} prompts")
-            references = self.prepare_references(references, concepts, reference_resolution or max(height, width))
+            references = self.prepare_references(references, concepts, reference_resolution or max(height, width),
+                                                  subjects=subjects)
         elif references.pixels.shape[0] != batch:
             raise ValueError(f"references: prepared for {references.pixels.shape[0]} prompts, given {batch}")
+        else:
+            if subjects is not None:
+                raise ValueError("subjects: give them to prepare_references with the images (the references "
+                                 "given are already prepared)")
+            references = self.denoiser.add_reference_features(references)
+        if subject_masks is not None:
+            if subject_masks.ndim != 5 or subject_masks.shape[0] != batch:
+                raise ValueError(f"subject_masks: expected (B={batch}, K, 1, h, w), got {tuple(subject_masks.shape)}")
+            references = dataclasses.replace(references, subject_masks=subject_masks.to(device, dtype))
 
         guided = guidance_scale > 1.0
         prompt_embeds = encode_prompts(self, prompts).to(device, dtype)
@@ -251,11 +284,13 @@ class ReferencePipeline(DiffusionPipeline):
         if "generator" in step_parameters:
             step_options["generator"] = generator
 
-        for t in self.progress_bar(self.scheduler.timesteps):
+        timesteps = self.scheduler.timesteps
+        scales = (reference_schedule.weights(len(timesteps), reference_scale) if reference_schedule is not None
+                  else [reference_scale] * len(timesteps))
+        for t, step_scale in zip(self.progress_bar(timesteps), scales):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            prediction = self.denoiser(model_input, t, prompt_embeds, reference_rows,
-                                       reference_scale=reference_scale)
+            prediction = self.denoiser(model_input, t, prompt_embeds, reference_rows, reference_scale=step_scale)
             if guided:
                 unconditional, conditional = prediction.chunk(2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
@@ -275,19 +310,18 @@ class ReferencePipeline(DiffusionPipeline):
 
 
 def _repeat_references(references: ReferenceInputs, times: int) -> ReferenceInputs:
+    """Each row ``times`` times in a row (every per-example field of ReferenceInputs, None kept None)."""
     if times == 1:
         return references
-
-    def repeat(tensor):
-        return None if tensor is None else tensor.repeat_interleave(times, dim=0)
-
-    return ReferenceInputs(repeat(references.pixels), repeat(references.latents), repeat(references.concept_embeds),
-                           repeat(references.valid))
+    return dataclasses.replace(references, **{
+        item.name: None if getattr(references, item.name) is None
+        else getattr(references, item.name).repeat_interleave(times, dim=0)
+        for item in dataclasses.fields(references)})
 
 
 def _concat_references(first: ReferenceInputs, second: ReferenceInputs) -> ReferenceInputs:
     def concat(a, b):
         return None if a is None else torch.cat([a, b])
 
-    return ReferenceInputs(concat(first.pixels, second.pixels), concat(first.latents, second.latents),
-                           concat(first.concept_embeds, second.concept_embeds), concat(first.valid, second.valid))
+    return dataclasses.replace(first, **{item.name: concat(getattr(first, item.name), getattr(second, item.name))
+                                         for item in dataclasses.fields(first)})

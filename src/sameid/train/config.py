@@ -27,7 +27,7 @@ from ..models.conditioning import LOCK_MODES
 from ..pairs.dataset import PairsConfig
 from ..settings import as_bool, as_choice, as_float, as_int, as_optional_text, as_text_list
 
-MODELS = ("retrinet", "controlnet", "ip-adapter")
+MODELS = ("retrinet", "controlnet", "ip-adapter", "multi-subject", "multi-subject-shared")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 # diffusers.optimization.get_scheduler's names (less "piecewise_constant", which needs step rules a config has not)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
@@ -152,8 +152,9 @@ class TrainConfig:
         if not self.tiny and not self.pretrained:
             raise SameIdError(f"{w}: give a base model (pretrained: a Stable Diffusion 1.5 id or folder) or tiny: "
                               "true for a random tiny model")
-        if self.model == "ip-adapter" and not self.image_encoder and not self.tiny:
-            raise SameIdError(f"{w}: model ip-adapter needs image_encoder (a CLIPVisionModelWithProjection id or "
+        if self.model in ("ip-adapter", "multi-subject", "multi-subject-shared") and not self.image_encoder \
+                and not self.tiny:
+            raise SameIdError(f"{w}: model {self.model} needs image_encoder (a CLIPVisionModelWithProjection id or "
                               "folder, e.g. openai/clip-vit-large-patch14)")
         if self.pairs.curriculum == "embedding":
             raise SameIdError(f"{w}: curriculum 'embedding' needs image embeddings, which training does not "

@@ -339,6 +339,13 @@ class Trainer:
                 text_encoder=components.text_encoder, tokenizer=components.tokenizer,
                 with_latents=self.accelerator.unwrap_model(self.denoiser).uses_reference_latents, device=device,
                 dtype=self.weight_dtype, concept_cache=self._concept_cache)
+            # Multi-subject batches: the subject of each reference slot and the subjects' region masks.
+            subjects, masks = batch.get("reference_subjects"), batch.get("subject_masks")
+            if isinstance(subjects, torch.Tensor):
+                references.subjects = subjects.to(device)
+            if isinstance(masks, torch.Tensor):
+                references.subject_masks = masks.to(device, self.weight_dtype)
+            references = self.accelerator.unwrap_model(self.denoiser).add_reference_features(references)
         return denoising_loss(self.denoiser, components.noise_scheduler, latents, prompt_embeds, references,
                               batch["valid_mask"].to(device), batch["face_mask"].to(device), generator,
                               self.config.face_loss_weight, autocast=self.accelerator.autocast)
