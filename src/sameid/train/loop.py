@@ -26,6 +26,7 @@ import torch
 
 from ..errors import SameIdError
 from ..pairs.dataset import PairsDataset, collate_examples
+from ..pairs.multi_subject import MultiSubjectDataset
 from ..references import ReferenceInputs, normalize_pixels, reference_inputs
 from ..verbosity import show_progress
 from .config import TrainConfig, has_gpu
@@ -129,7 +130,10 @@ class Trainer:
         # Everything that can be refused is checked before the run dir is touched: the machine, the dataset dir,
         # the examples it gives, the held-out identities and the run dir's own state.
         config.check_machine()
-        self.dataset = PairsDataset(load_manifest(config.dataset), config.pairs)
+        # A multi-subject model learns from the dataset's multi-subject rows (per-subject references and regions,
+        # PairHuman, arXiv 2511.16712); every other model from its single-subject rows.
+        examples = MultiSubjectDataset if config.model.startswith("multi-subject") else PairsDataset
+        self.dataset = examples(load_manifest(config.dataset), config.pairs)
         self.holdout = self._hold_out(config.holdout_identities)
         if not len(self.dataset):
             raise SameIdError(f"{config.dataset}: no training examples (every target was refused for too few "
