@@ -51,6 +51,10 @@ class ReferenceInputs:
     #: region masks of the K subjects (None for single-subject batches: every reference is of the one subject).
     subjects: torch.Tensor | None = None
     subject_masks: torch.Tensor | None = None
+    #: (B,) bool, True where the example's references are dropped: an image drop in training, the unconditional
+    #: branch of guidance for a denoiser whose ``unconditional_references`` is "zero". Each denoiser gives such an
+    #: example its own unconditional image input (``ReferenceConditionedDenoiser.reference_drop``). None: none.
+    dropped: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
