@@ -306,10 +306,20 @@ def test_table_2_grid_is_presets_by_modes(tmp_path):
         grid_configs(BASE, presets="controlnet,ip-adapter", models="retrinet,controlnet")
 
 
-def test_cli_preset_run_records_it_and_generate_uses_its_scale(built_sample, tmp_path):
+def test_cli_preset_run_records_it_and_generate_uses_its_scale(built_sample, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from sameid.cli import app
+    from sameid.train import loop
+
+    seen = []
+    real = loop.denoising_loss
+
+    def spy(denoiser, scheduler, latents, prompt_embeds, references, *args, **kwargs):
+        seen.append((references.dropped, kwargs["loss"]))
+        return real(denoiser, scheduler, latents, prompt_embeds, references, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "denoising_loss", spy)
 
     run = tmp_path / "ip"
     result = CliRunner().invoke(app, [str(a) for a in (
@@ -324,6 +334,8 @@ def test_cli_preset_run_records_it_and_generate_uses_its_scale(built_sample, tmp
 
     precision = "fp16" if has_gpu() else "no"  # the preset's fp16, float32 on a machine without a GPU
     assert (saved["image_drop"], saved["n_references"], saved["mixed_precision"]) == (0.5, 1, precision)
+    # the loop drew the image drops for the micro-batch and trained with the preset's loss
+    assert [(tuple(dropped.shape), loss) for dropped, loss in seen] == [((2,), "mse")]
     denoiser_config = json.loads((run / "model" / "denoiser.json").read_text())
     assert denoiser_config["unconditional_references"] == "zero" and denoiser_config["reference_scale"] == 0.5
     out = tmp_path / "generated"
