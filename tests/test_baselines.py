@@ -119,10 +119,13 @@ def expected_trainable(kind: str, lock: str, name: str) -> bool:
     if kind == "controlnet":
         zero_convs = name.startswith(("controlnet.controlnet_down_blocks.", "controlnet.controlnet_mid_block.",
                                       "controlnet.controlnet_cond_embedding.conv_out."))
+        # adapter: the official train_controlnet.py's set, the ControlNet alone (no U-Net weight)
         return {"full": name.startswith("controlnet.") or decoder, "lockd": name.startswith("controlnet."),
-                "lockb": zero_convs}[lock]
+                "lockb": zero_convs, "adapter": name.startswith("controlnet.")}[lock]
     ip_kv, projection = "_ip." in name, name.startswith("image_projection.")
-    return {"full": ip_kv or projection or decoder, "lockd": ip_kv or projection, "lockb": ip_kv}[lock]
+    # adapter: tutorial_train.py's image_proj_model + adapter_modules (to_k_ip / to_v_ip), no U-Net weight
+    return {"full": ip_kv or projection or decoder, "lockd": ip_kv or projection, "lockb": ip_kv,
+            "adapter": ip_kv or projection}[lock]
 
 
 @pytest.mark.parametrize("kind", ["controlnet", "ip-adapter"])
@@ -282,3 +285,57 @@ def test_lock_mode_and_missing_image_encoder_errors(base_unet, tmp_path):
         model.set_trainable("frozen")
     with pytest.raises(MissingModelError, match="image encoder"):
         IPAdapterDenoiser.from_unet(copy.deepcopy(base_unet), str(tmp_path / "no-such-clip"))
+
+
+# -- dropped references: each kind's own unconditional image input ---------------------------------------------------
+def with_dropped(references: ReferenceInputs, dropped) -> ReferenceInputs:
+    from dataclasses import replace
+
+    return replace(references, dropped=torch.tensor(dropped))
+
+
+def test_controlnet_drop_is_a_zero_conditioning_image(base_unet):
+    """A dropped example runs the ControlNet on a black condition (what a zero conditioning image means); the other
+    example of the batch keeps its reference."""
+    model = ControlNetDenoiser.from_unet(copy.deepcopy(base_unet))
+    perturb(model.controlnet.parameters())
+    noisy, timesteps, prompt, references = inputs(1)
+    black = ReferenceInputs(torch.full_like(references.pixels, -1.0), references.latents, references.concept_embeds)
+    with torch.no_grad():
+        dropped = model(noisy, timesteps, prompt, with_dropped(references, [True, False]))
+        kept = model(noisy, timesteps, prompt, references)
+        zero_condition = model(noisy, timesteps, prompt, black)
+    torch.testing.assert_close(dropped[0], zero_condition[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(dropped[1], kept[1], rtol=0, atol=1e-6)
+    assert (dropped[0] - kept[0]).abs().max() > 1e-4
+
+
+def test_ip_adapter_drop_is_a_zero_image_embedding(base_unet, image_encoder):
+    """A dropped example's tokens are the projection of a zero CLIP embedding, as IP-Adapter's training zeroes
+    ``image_embeds`` and its inference builds the unconditional tokens; not the plain U-Net (zero tokens)."""
+    model = IPAdapterDenoiser.from_unet(copy.deepcopy(base_unet), copy.deepcopy(image_encoder))
+    perturb(model.image_projection.parameters())
+    noisy, timesteps, prompt, references = inputs(1)
+    with torch.no_grad():
+        dropped = model(noisy, timesteps, prompt, with_dropped(references, [True, False]), reference_scale=0.7)
+        kept = model(noisy, timesteps, prompt, references, reference_scale=0.7)
+        model._set_scale(0.7)
+        zero_tokens = model.image_projection(torch.zeros(1, model.image_encoder.config.projection_dim))
+        expected = model.unet(noisy[:1], timesteps[:1], (prompt[:1], [zero_tokens])).sample
+        plain = model.unet(noisy[:1], timesteps[:1], (prompt[:1], [torch.zeros_like(zero_tokens)])).sample
+    torch.testing.assert_close(dropped[:1], expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(dropped[1], kept[1], rtol=0, atol=1e-6)
+    assert (dropped[:1] - plain).abs().max() > 1e-4
+
+
+def test_unconditional_references_per_kind_and_saved(base_unet, image_encoder, tmp_path):
+    controlnet = ControlNetDenoiser.from_unet(copy.deepcopy(base_unet))
+    ip_adapter = IPAdapterDenoiser.from_unet(copy.deepcopy(base_unet), copy.deepcopy(image_encoder))
+    assert controlnet.unconditional_references == "keep" and ip_adapter.unconditional_references == "zero"
+    assert controlnet.default_reference_scale == ip_adapter.default_reference_scale == 1.0
+    ip_adapter.unconditional_references, ip_adapter.default_reference_scale = "keep", 0.5
+    ip_adapter.save_pretrained(tmp_path / "ip")
+    loaded = IPAdapterDenoiser.from_pretrained(tmp_path / "ip")
+    assert loaded.unconditional_references == "keep" and loaded.default_reference_scale == 0.5
+    with pytest.raises(SameIdError, match="unconditional_references"):
+        controlnet.unconditional_references = "none"

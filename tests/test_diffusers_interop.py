@@ -192,19 +192,31 @@ def test_exported_ip_adapter_with_load_ip_adapter_gives_sameid_images(lock, base
 
 
 def test_ip_adapter_guidance_conventions(base, tmp_path):
-    """Under guidance diffusers' unconditional branch gets a zero image embedding, sameid's the references: the
-    images differ; given the reference embedding in both halves (``ip_adapter_image_embeds``) diffusers matches."""
+    """Under guidance both give the unconditional branch the projection of a zero image embedding (sameid's
+    ``unconditional_references`` "zero", the IP-Adapter default), so ``ip_adapter_image=`` gives sameid's image at
+    guidance 7 too, at the default scale and at IP-Adapter's 0.5. With "keep" (the references in both branches)
+    diffusers matches when given the reference embedding in both halves (``ip_adapter_image_embeds``)."""
     components, base_folder = base
     denoiser = trained("ip-adapter", components, "full")
+    assert denoiser.unconditional_references == "zero"
     out = denoiser.export_diffusers(tmp_path / "export")
     pipeline = ip_adapter_pipeline(base_folder, out, components, with_unet=True)
     reference = image(0, CLIP_SIDE)
     ours = sameid_images(components, denoiser, [reference], guidance_scale=7.0, reference_resolution=CLIP_SIDE)
-    zero_negative = diffusers_images(pipeline, ip_adapter_image=reference, guidance_scale=7.0)
-    assert np.abs(ours - zero_negative).max() > 1e-3
+    assert_same(ours, diffusers_images(pipeline, ip_adapter_image=reference, guidance_scale=7.0))
+    pipeline.set_ip_adapter_scale(0.5)
+    half = sameid_images(components, denoiser, [reference], guidance_scale=7.0, reference_scale=0.5,
+                         reference_resolution=CLIP_SIDE)
+    assert_same(half, diffusers_images(pipeline, ip_adapter_image=reference, guidance_scale=7.0))
+    assert np.abs(half - ours).max() > 1e-3
+    pipeline.set_ip_adapter_scale(1.0)
+
+    denoiser.unconditional_references = "keep"
+    kept = sameid_images(components, denoiser, [reference], guidance_scale=7.0, reference_resolution=CLIP_SIDE)
+    assert np.abs(kept - ours).max() > 1e-3
     embeds, _ = pipeline.encode_image(reference, pipeline.device, 1)  # (1, D)
     both = torch.stack([embeds, embeds])  # (2, images, D): [unconditional, conditional]
-    assert_same(ours, diffusers_images(pipeline, ip_adapter_image_embeds=[both], guidance_scale=7.0))
+    assert_same(kept, diffusers_images(pipeline, ip_adapter_image_embeds=[both], guidance_scale=7.0))
 
 
 # -- the export folder ---------------------------------------------------------------------------------------------

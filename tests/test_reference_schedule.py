@@ -141,6 +141,9 @@ def test_multi_subject_trains_in_the_one_loop_with_subject_fields(built_sample, 
         return add(self, references)
 
     monkeypatch.setattr(loop, "collate_examples", with_subjects)
+    # single-subject examples of the sample stand in for multi-subject rows (tests/test_multi_subject_build.py
+    # trains on real ones); the wrapper above adds their subject fields
+    monkeypatch.setattr(loop, "MultiSubjectDataset", loop.PairsDataset)
     monkeypatch.setattr(MultiSubjectDenoiser, "add_reference_features", spy)
     config = TrainConfig.from_flat(dict(
         dataset=str(built_sample.out), out=str(tmp_path / "run"), tiny=True, model="multi-subject", lock="lockd",

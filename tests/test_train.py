@@ -26,7 +26,7 @@ def tiny_config(dataset, out, **overrides) -> TrainConfig:
 
 
 # -- equation 3 -------------------------------------------------------------------------------------------------
-def test_loss_ignores_padding_and_weights_the_face_box():
+def test_area_normalised_loss_ignores_padding_and_weights_the_face_box():
     target = torch.zeros(1, 4, 8, 8)
     valid = torch.zeros(1, 1, 32, 32)
     valid[..., :, :16] = 1  # left half of the image is the picture, the right half padding
@@ -35,17 +35,18 @@ def test_loss_ignores_padding_and_weights_the_face_box():
 
     error_in_padding = target.clone()
     error_in_padding[..., :, 4:] = 5.0
-    parts = masked_diffusion_loss(error_in_padding, target, valid, face, face_loss_weight=0.1)
+    parts = masked_diffusion_loss(error_in_padding, target, valid, face, face_loss_weight=0.1,
+                                  loss="eq3-area-normalised")
     assert parts.total.item() == 0.0
 
     error_in_face = target.clone()
     error_in_face[..., 0:2, 0:2] = 1.0
-    parts = masked_diffusion_loss(error_in_face, target, valid, face, face_loss_weight=0.1)
+    parts = masked_diffusion_loss(error_in_face, target, valid, face, face_loss_weight=0.1, loss="eq3-area-normalised")
     assert parts.face.item() == pytest.approx(1.0)  # mean over the face cells
     assert parts.valid_area.item() == pytest.approx(4 / 32)  # 4 wrong cells of 32 valid ones
     assert parts.total.item() == pytest.approx(4 / 32 + 0.1)
 
-    no_face = masked_diffusion_loss(error_in_face, target, valid, torch.zeros_like(face), 0.1)
+    no_face = masked_diffusion_loss(error_in_face, target, valid, torch.zeros_like(face), 0.1, "eq3-area-normalised")
     assert no_face.face.item() == 0.0
 
 

@@ -278,6 +278,11 @@ def train(
                                                                  "logs/ (tensorboard), validation/, loss.jsonl.")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML run config (fields of sameid.train.TrainConfig); "
                                                      "options given here override it.")] = None,
+    preset: Annotated[str | None, typer.Option(help="A paper experiment (sameid.train.presets): retrinet, "
+                                                    "retrinet-45k, retrinet-lockd, retrinet-lockb, retrinet-p025, "
+                                                    "retrinet-p075, controlnet, ip-adapter (each also -a / -b); "
+                                                    "fills every setting not given; a comma-separated list trains "
+                                                    "each into <out>/<preset>-<mode>.")] = None,
     pretrained: Annotated[str | None, typer.Option(help="Base model: a Stable Diffusion 1.x id or folder.")] = None,
     tiny: Annotated[bool | None, typer.Option("--tiny/--no-tiny", help="A random tiny base model (tests, demo; "
                                                                        "no weights needed).")] = None,
@@ -286,7 +291,8 @@ def train(
     mode: Annotated[str | None, typer.Option(help="identity (-b) | same (-a); a comma-separated list trains "
                                                   "each.")] = None,
     lock: Annotated[str | None, typer.Option(help="full | lockd (U-Net decoder frozen) | lockb (decoder and "
-                                                  "retrieval encoder frozen).")] = None,
+                                                  "retrieval encoder frozen) | adapter (the U-Net frozen whole: "
+                                                  "the official baseline scripts; the set of lockd).")] = None,
     task: Annotated[str | None, typer.Option(help="reconstruction | composition | multitask.")] = None,
     image_encoder: Annotated[str | None, typer.Option(help="ip-adapter: CLIPVisionModelWithProjection id or "
                                                            "folder.")] = None,
@@ -296,9 +302,23 @@ def train(
     train_batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per micro-batch.")] = None,
     gradient_accumulation_steps: Annotated[int | None, typer.Option(help="Micro-batches per optimizer step.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    prompt_drop: Annotated[float | None, typer.Option(help="Probability of training without the caption.")] = None,
+    prompt_drop: Annotated[float | None, typer.Option("--prompt-drop", "--text-drop",
+                                                      help="Probability of training without the caption.")] = None,
+    image_drop: Annotated[float | None, typer.Option(help="Probability of training without the references (each "
+                                                          "model kind as its training drops them).")] = None,
+    both_drop: Annotated[float | None, typer.Option(help="Probability of dropping caption and references "
+                                                         "together (at most the smaller drop).")] = None,
+    loss: Annotated[str | None, typer.Option(help="eq3 (equation 3 as written, default) | eq3-area-normalised "
+                                                  "(each term a mean over its mask) | mse (no masks, no face "
+                                                  "term: the official baselines).")] = None,
     face_loss_weight: Annotated[float | None, typer.Option(help="lambda of equation 3: weight of the face-box "
                                                                 "loss.")] = None,
+    unconditional_references: Annotated[str | None, typer.Option(help="Recorded for generation: keep | zero, what "
+                                                                      "guidance's unconditional branch gives for "
+                                                                      "references (default: the model kind's).")] = None,
+    reference_scale: Annotated[float | None, typer.Option(help="Recorded for generation: the default reference "
+                                                               "scale (default: the model kind's; ip-adapter "
+                                                               "0.5).")] = None,
     mixed_precision: Annotated[str | None, typer.Option(help="no | fp16 | bf16.")] = None,
     gradient_checkpointing: Annotated[bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing",
                                                                 help="Recompute activations to save memory.")] = None,
@@ -328,12 +348,15 @@ def train(
                     pretrained=pretrained, tiny=tiny, lock=lock, task=task, image_encoder=image_encoder,
                     n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
                     train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-                    learning_rate=learning_rate, prompt_drop=prompt_drop, face_loss_weight=face_loss_weight,
+                    learning_rate=learning_rate, prompt_drop=prompt_drop, image_drop=image_drop, both_drop=both_drop,
+                    loss=loss, face_loss_weight=face_loss_weight, unconditional_references=unconditional_references,
+                    reference_scale=reference_scale,
                     mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
                     checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
                     holdout_identities=holdout_identities, seed=seed, curriculum=curriculum,
                     near_duplicate_bits=near_duplicate_bits, log_with=log_with)
-    configs = grid_configs(settings, config_file=config, models=model, modes=mode)  # all checked, nothing written
+    configs = grid_configs(settings, config_file=config, models=model, modes=mode,
+                           presets=preset)  # all checked, nothing written
 
     result = train_grid(configs, resume=resume, echo=typer.echo)
     say(result)
@@ -358,7 +381,9 @@ def generate(
     n_references: Annotated[int | None, typer.Option(help="References per subject (default: the run's).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
     guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance on the prompt.")] = 7.0,
-    reference_scale: Annotated[float, typer.Option(help="Strength of the references (0: the plain base model).")] = 1.0,
+    reference_scale: Annotated[float | None, typer.Option(help="Strength of the references (0: the plain base "
+                                                               "model; default: the run's, 0.5 for ip-adapter, "
+                                                               "else 1).")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="Prompt of the unconditional branch.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:1 ... (default: cuda when available).")] = None,
     reference_schedule: Annotated[str | None, typer.Option(

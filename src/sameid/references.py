@@ -54,6 +54,10 @@ class ReferenceInputs:
     #: (B, N, D) local identity feature of each reference (a face embedding, e.g. dlib's 128-d one), computed
     #: outside the torch forward by a denoiser that reads it (``add_reference_features``); None when not used.
     face_embeds: torch.Tensor | None = None
+    #: (B,) bool, True where the example's references are dropped: an image drop in training, the unconditional
+    #: branch of guidance for a denoiser whose ``unconditional_references`` is "zero". Each denoiser gives such an
+    #: example its own unconditional image input (``ReferenceConditionedDenoiser.reference_drop``). None: none.
+    dropped: torch.Tensor | None = None
 
     @property
     def count(self) -> int:

@@ -206,7 +206,7 @@ class GenerationResult:
 def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                       prompts: list[str], seeds: list[int], identities: list[str] | str | None = None,
                       samples_per_seed: int = 1, n_references: int | None = None, num_inference_steps: int = 30,
-                      guidance_scale: float = 7.0, reference_scale: float = 1.0,
+                      guidance_scale: float = 7.0, reference_scale: float | None = None,
                       concepts: list[str] | str | None = None, resolution: int | None = None,
                       negative_prompt: str | None = None, model_name: str | None = None,
                       device: str | None = None, dtype=None, progress: bool | None = None,
@@ -221,7 +221,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     images repeats them when the run's ``shortfall`` is "repeat" and is left out, with a warning, when it is
     "refuse"), cropped to ``concepts``: one concept for all or one per reference slot (default from the run's
     task: "figure" for reconstruction and multitask, alternately "face" and "clothes" for composition; a crop
-    without a usable head box falls back to "figure" as in training). ``resolution`` defaults to the run's.
+    without a usable head box falls back to "figure" as in training). ``resolution`` defaults to the run's, and
+    so does ``reference_scale`` (its config's ``reference_scale``: 0.5 for ip-adapter, else 1.0).
     ``model_name`` defaults to ``<model>-<mode>`` (e.g. "retrinet-identity"). Images go to
     ``out_dir/images/<subject>/p<prompt>_seed<seed>_<sample>.png``; the settings to ``out_dir/generation.json``.
     Refuses to overwrite an existing ``generations.jsonl``. Every setting, the run dir, the dataset dir and the
@@ -260,6 +261,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise SameIdError(f"--steps (denoising steps) must be at least 1, got {num_inference_steps!r}")
     for name, value in (("--guidance-scale", guidance_scale), ("--reference-scale", reference_scale)):
+        if value is None and name == "--reference-scale":
+            continue
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise SameIdError(f"{name} must be a finite number, got {value!r}")
     check_device(device)
@@ -320,6 +323,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                           f"{getattr(denoiser, 'num_subjects', 1)} per image")
     pipeline = ReferencePipeline.from_components(components, denoiser)
     pipeline.set_progress_bar_config(disable=True)
+    if reference_scale is None:  # the run's, recorded in its config.yaml (and model/denoiser.json)
+        reference_scale = config.reference_scale
     folders: dict[str, str] = {}
     rows = []
     written: list[Path] = []  # files and folders this call made (not replaced), removed again if it fails

@@ -19,8 +19,16 @@ from ..references import ReferenceInputs
 
 # Trainable sets of RetriBooru (arXiv 2312.02521), §5.2: "full" trains the retrieval encoder, the cross-attentions
 # and the U-Net decoder; LockD freezes the decoder; LockB freezes the decoder and the retrieval encoder (only the
-# cross-attentions learn).
-LOCK_MODES = ("full", "lockd", "lockb")
+# cross-attentions learn). "adapter": the base U-Net frozen whole, only the modules added to it train, which is how
+# the official ControlNet (diffusers' examples/controlnet/train_controlnet.py) and IP-Adapter (tutorial_train.py)
+# scripts train; for every kind that is the same set as LockD (LOCK_SETS), named for what it means to a baseline.
+LOCK_MODES = ("full", "lockd", "lockb", "adapter")
+#: Lock mode -> the trainable set each denoiser's ``set_trainable`` implements.
+LOCK_SETS = {"full": "full", "lockd": "lockd", "lockb": "lockb", "adapter": "lockd"}
+# What the unconditional branch of classifier-free guidance gives the model for references (and what an image drop
+# gives it in training): "keep" the references (only the prompt is unconditional), or "zero" them, each kind as its
+# own training does (ReferenceConditionedDenoiser.reference_drop).
+UNCONDITIONAL_REFERENCES = ("keep", "zero")
 # The U-Net decoder that "full" trains: its top-level modules after the mid block.
 UNET_DECODER_MODULES = ("up_blocks", "conv_norm_out", "conv_out")
 # The config file of every saved denoiser (ModelMixin writes its weights beside it): it names the class, which is
@@ -30,13 +38,25 @@ DENOISER_CONFIG = "denoiser.json"
 # to load them. It also marks the folder as an export, which a later export may replace.
 EXPORT_MANIFEST = "sameid_export.json"
 
-__all__ = ["DENOISER_CONFIG", "EXPORT_MANIFEST", "LOCK_MODES", "UNET_DECODER_MODULES", "ReferenceConditionedDenoiser", "ReferenceInputs",
-           "check_lock", "model_config"]
+__all__ = ["DENOISER_CONFIG", "EXPORT_MANIFEST", "LOCK_MODES", "LOCK_SETS", "UNCONDITIONAL_REFERENCES",
+           "UNET_DECODER_MODULES", "ReferenceConditionedDenoiser", "ReferenceInputs", "check_lock", "dropped_rows",
+           "model_config"]
 
 
-def check_lock(lock: str) -> None:
+def check_lock(lock: str) -> str:
+    """The trainable set ``lock`` names (``LOCK_SETS``: "adapter" is LockD's set); an unknown mode is an error."""
     if lock not in LOCK_MODES:
         raise SameIdError(f"unknown lock mode {lock!r}: use one of {', '.join(LOCK_MODES)}")
+    return LOCK_SETS[lock]
+
+
+def dropped_rows(references: ReferenceInputs) -> torch.Tensor | None:
+    """(B,) bool: the examples whose references are dropped (``ReferenceInputs.dropped``), None when none is."""
+    dropped = references.dropped
+    if dropped is None:
+        return None
+    dropped = dropped.to(device=references.pixels.device, dtype=torch.bool).reshape(-1)
+    return dropped if bool(dropped.any()) else None
 
 
 def model_config(model) -> dict:
@@ -77,6 +97,11 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     kind: str = ""
     # Whether forward reads ReferenceInputs.latents (RetriNet) or only pixels (ControlNet, IP-Adapter).
     uses_reference_latents: bool = False
+    #: What a dropped example (``ReferenceInputs.dropped``: an image drop in training, the unconditional branch of
+    #: guidance with ``unconditional_references`` "zero") gives the model, in words; None: this kind cannot drop.
+    reference_drop: str | None = None
+    #: The unconditional branch of this kind when its config does not say (see :attr:`unconditional_references`).
+    default_unconditional_references: str = "keep"
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -98,6 +123,33 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     @decoder_trained.setter
     def decoder_trained(self, value: bool) -> None:
         self.register_to_config(decoder_trained=bool(value))
+
+    @property
+    def unconditional_references(self) -> str:
+        """What the unconditional branch of classifier-free guidance gives for references: "keep" (the same
+        references as the conditional branch: guidance acts on the prompt alone) or "zero" (every reference
+        dropped, :attr:`reference_drop`: the unconditional image input its kind trains with, e.g. IP-Adapter's
+        zero image embedding). Saved in the config; default :attr:`default_unconditional_references`."""
+        return str(self.config.get("unconditional_references") or self.default_unconditional_references)
+
+    @unconditional_references.setter
+    def unconditional_references(self, value: str) -> None:
+        if value not in UNCONDITIONAL_REFERENCES:
+            raise SameIdError(f"unconditional_references must be one of {', '.join(UNCONDITIONAL_REFERENCES)}, "
+                              f"got {value!r}")
+        if value == "zero" and self.reference_drop is None:
+            raise SameIdError(f"{type(self).__name__} cannot drop references, so its unconditional branch cannot "
+                              "zero them; use keep")
+        self.register_to_config(unconditional_references=value)
+
+    @property
+    def default_reference_scale(self) -> float:
+        """The reference scale a pipeline uses when none is given: the run's (saved in the config), else 1.0."""
+        return float(self.config.get("reference_scale", 1.0))
+
+    @default_reference_scale.setter
+    def default_reference_scale(self, value: float) -> None:
+        self.register_to_config(reference_scale=float(value))
 
     def unet_decoder_parameters(self) -> list[torch.nn.Parameter]:
         """The U-Net decoder's own weights (attention processors' weights, e.g. IP-Adapter's, excluded)."""

@@ -27,6 +27,7 @@ from .conditioning import (
     ReferenceInputs,
     check_lock,
     decoder_modules,
+    dropped_rows,
     enable_parameters,
     like_unet,
     model_config,
@@ -54,11 +55,14 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
 
     With N references, the ControlNet runs on every real reference (padded slots are skipped) and its residuals are
     averaged over each example's real references; an example with none gets no residual (the plain U-Net).
-    ``reference_scale`` is ControlNet's ``conditioning_scale``; 0 returns exactly the plain U-Net's output.
+    ``reference_scale`` is ControlNet's ``conditioning_scale``; 0 returns exactly the plain U-Net's output. A
+    dropped example (``references.dropped``) gets a zero conditioning image: the ControlNet still runs, on black.
     """
 
     kind = "controlnet"
     ignore_for_config = ["unet", "controlnet"]
+    # diffusers' StableDiffusionControlNetPipeline gives the control image to both guidance branches ("keep").
+    reference_drop = "a zero (black) conditioning image"
 
     def __init__(self, unet: UNet2DConditionModel | None = None, controlnet: ControlNetModel | None = None, *,
                  unet_config: dict | None = None, controlnet_config: dict | None = None,
@@ -115,10 +119,13 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
         batch = noisy_latents.shape[0]
         down_residuals = mid_residual = None
         if rows.numel():
+            condition = self.condition(references.pixels[rows, slots], noisy_latents.shape[-2:])
+            dropped = dropped_rows(references)
+            if dropped is not None:
+                condition = condition * (~dropped[rows]).to(condition.dtype).view(-1, 1, 1, 1)
             down, mid = self.controlnet(
                 noisy_latents[rows], per_row(timesteps, rows), encoder_hidden_states[rows],
-                controlnet_cond=self.condition(references.pixels[rows, slots], noisy_latents.shape[-2:]),
-                conditioning_scale=float(reference_scale), return_dict=False)
+                controlnet_cond=condition, conditioning_scale=float(reference_scale), return_dict=False)
             # Mean over each example's real references: index_add sums them in slot order, so padding changes nothing.
             weights = (1.0 / counts.clamp(min=1).to(mid.dtype))[rows]
 
@@ -136,8 +143,9 @@ class ControlNetDenoiser(ReferenceConditionedDenoiser):
         """Trainable sets (001 §5.2 mapped onto ControlNet): ``full`` = the ControlNet + the U-Net decoder;
         ``lockd`` = the ControlNet; ``lockb`` = only the zero convolutions (``controlnet_down_blocks``,
         ``controlnet_mid_block`` and the conditioning embedding's zero-initialised ``conv_out``, without which a
-        frozen zero ``conv_out`` would shut the reference out). The U-Net encoder is always frozen."""
-        check_lock(lock)
+        frozen zero ``conv_out`` would shut the reference out); ``adapter`` = the ControlNet, the U-Net frozen whole
+        (the official script's set, as ``lockd``). The U-Net encoder is always frozen."""
+        lock = check_lock(lock)
         self.requires_grad_(False)
         if lock == "full":
             modules = [self.controlnet, *decoder_modules(self.unet)]

@@ -23,6 +23,7 @@ from .conditioning import (
     ReferenceInputs,
     check_lock,
     decoder_modules,
+    dropped_rows,
     enable_parameters,
     model_config,
     module_or_config,
@@ -74,12 +75,20 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
     file is nonetheless in IP-Adapter's format (``image_proj.proj.*``, ``ip_adapter.<1, 3, 5...>.to_{k,v}_ip.*``), so
     with K = 4 diffusers' ``load_ip_adapter`` loads it and its route gives the same output.
 
+    A dropped example (``references.dropped``) gets a zero CLIP image embedding for each of its references, so its
+    tokens are the projection of zero: IP-Adapter's image drop in training and its unconditional branch under
+    guidance (``unconditional_references`` "zero", this kind's default, as diffusers does).
+
     ``reference_scale`` sets the processors' ``scale`` at each forward (0 returns exactly the plain U-Net); with
     gradient checkpointing, run backward before a forward with another scale, since recomputation reads it.
     """
 
     kind = "ip-adapter"
     ignore_for_config = ["unet", "image_encoder", "image_projection"]
+    # IP-Adapter's tutorial_train.py zeroes the CLIP image embedding of a dropped example, and its inference (and
+    # diffusers' load_ip_adapter pipelines) give the unconditional branch the projection of a zero embedding.
+    reference_drop = "a zero CLIP image embedding (its projection's tokens)"
+    default_unconditional_references = "zero"
 
     def __init__(self, unet: UNet2DConditionModel | None = None, image_encoder=None, image_projection=None, *,
                  unet_config: dict | None = None, image_encoder_config: dict | None = None, num_tokens: int = 4,
@@ -177,6 +186,9 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
             image_tokens = encoder_hidden_states.new_zeros(batch, tokens, dim)
             return self.unet(noisy_latents, timesteps, (encoder_hidden_states, [image_tokens])).sample
         embeds = self.embed_references(references.pixels[rows, slots])
+        dropped = dropped_rows(references)
+        if dropped is not None:
+            embeds = embeds * (~dropped[rows]).to(embeds.dtype).unsqueeze(-1)
         pair_tokens = self.image_projection(embeds).to(encoder_hidden_states.dtype)  # (M, K, dim), row-major
         predictions, order = [], []
         for count in torch.unique(counts).tolist():
@@ -197,8 +209,10 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
     def set_trainable(self, lock: str = "full") -> list[torch.nn.Parameter]:
         """Trainable sets (001 §5.2 mapped onto IP-Adapter): ``full`` = the image projection + ``to_k_ip`` /
         ``to_v_ip`` + the U-Net decoder; ``lockd`` = the projection + ``to_k_ip`` / ``to_v_ip``; ``lockb`` =
-        ``to_k_ip`` / ``to_v_ip`` only. The image encoder and the rest of the U-Net are always frozen."""
-        check_lock(lock)
+        ``to_k_ip`` / ``to_v_ip`` only; ``adapter`` = the projection + ``to_k_ip`` / ``to_v_ip``, the U-Net frozen
+        whole (tutorial_train.py's ``image_proj_model`` + ``adapter_modules``, as ``lockd``). The image encoder and
+        the rest of the U-Net are always frozen."""
+        lock = check_lock(lock)
         self.requires_grad_(False)
         modules = list(self.ip_processors().values())
         if lock in ("full", "lockd"):
@@ -241,9 +255,9 @@ class IPAdapterDenoiser(ReferenceConditionedDenoiser):
     def _export_parts(self, folder) -> dict:
         """``ip_adapter/ip_adapter.safetensors`` and ``ip_adapter/image_encoder/`` (the frozen CLIP encoder,
         ``save_pretrained``), for ``load_ip_adapter`` on diffusers' ``StableDiffusionPipeline``. Same images as
-        ReferencePipeline at ``guidance_scale`` 1; with guidance, diffusers' unconditional branch gets the
-        projection of a zero image embedding where sameid keeps the references (give diffusers
-        ``ip_adapter_image_embeds`` with the reference embedding in both halves to match; docs/generate.md)."""
+        ReferencePipeline at ``guidance_scale`` 1, and under guidance too with ``unconditional_references`` "zero"
+        (the default: both give the unconditional branch the projection of a zero image embedding; with "keep",
+        give diffusers ``ip_adapter_image_embeds`` with the reference embedding in both halves; docs/generate.md)."""
         from safetensors.torch import save_file
 
         from ..atomic import write_atomic

@@ -40,6 +40,7 @@ from .conditioning import (
     ReferenceConditionedDenoiser,
     ReferenceInputs,
     check_lock,
+    dropped_rows,
     model_config,
     module_or_config,
 )
@@ -303,11 +304,13 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
     ``forward(noisy_latents, timesteps, encoder_hidden_states, references, reference_scale=1.0)`` is
     ``UNet2DConditionModel.forward`` written out: time embedding, encoder (collecting the skip features),
     mid block, then RetriNet adds its per-layer deltas, then the decoder. ``references=None`` or
-    ``reference_scale=0`` skip RetriNet and return exactly the plain U-Net's output.
+    ``reference_scale=0`` skip RetriNet and return exactly the plain U-Net's output; a dropped example
+    (``references.dropped``) gets no retrieval, as if its scale were 0.
     """
 
     kind = "retrinet"
     uses_reference_latents = True
+    reference_drop = "no retrieval (the U-Net's own skip features, as at reference_scale 0)"
     ignore_for_config = ["unet", "retrinet"]
 
     def __init__(self, unet: UNet2DConditionModel | None = None, retrinet: RetriNetModel | None = None, *,
@@ -358,6 +361,14 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
         sample = unet.mid_block(sample, emb, encoder_hidden_states=encoder_hidden_states)
 
         # 3. retrieval: every skip feature and the mid output read their own layer of reference features
+        dropped = dropped_rows(references) if references is not None else None
+        if dropped is not None:
+            if bool(dropped.all()):
+                references = None
+            else:
+                keep = (~dropped).to(sample.dtype)
+                reference_scale = keep * (reference_scale.to(keep) if torch.is_tensor(reference_scale)
+                                          else float(reference_scale))
         if references is not None and not _is_zero(reference_scale):
             features = self.retrinet.encode_references(references.latents, timesteps, references.concept_embeds)
             skips, sample = self.retrinet.inject(skips, sample, features, references.valid, reference_scale)
@@ -383,10 +394,10 @@ class RetriNetDenoiser(ReferenceConditionedDenoiser):
         """Train exactly ``lock``'s set (001 §5.2) and freeze the rest; returns the trainable parameters.
 
         ``full``: retrieval encoder + retrieval cross-attentions + U-Net decoder (up blocks, conv_norm_out,
-        conv_out); ``lockd``: retrieval encoder + cross-attentions; ``lockb``: cross-attentions only. The U-Net
-        encoder, mid block and time embedding are frozen in every mode (Fig. 4).
+        conv_out); ``lockd`` (and ``adapter``, the same set): retrieval encoder + cross-attentions; ``lockb``:
+        cross-attentions only. The U-Net encoder, mid block and time embedding are frozen in every mode (Fig. 4).
         """
-        check_lock(lock)
+        lock = check_lock(lock)
         self.requires_grad_(False)
         trainable = self.retrinet.retrieval_attention_parameters()
         if lock in ("full", "lockd"):

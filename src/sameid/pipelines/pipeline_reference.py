@@ -6,12 +6,15 @@ The denoiser is any :class:`~sameid.models.conditioning.ReferenceConditionedDeno
 pixels in [-1, 1], latents the VAE posterior's mode times the scaling factor, each reference's concept caption
 ("face", "clothes", "figure"; ``003`` A.4) encoded by the text encoder.
 
-Guidance follows 003 A.3 (classifier-free guidance, scale 7): the guidance acts on the text only. The
-unconditional branch has the empty (or negative) prompt and the *same* references as the conditional branch, so
-``guidance_scale`` pushes the generation towards the prompt, and ``reference_scale`` alone sets how strongly the
-references' identity enters (0: the plain U-Net, the references ignored). This is what training teaches: prompt
-drop (001 §5.2) removes the caption but keeps the references, so the model knows "references without a prompt"
-as its unconditional case.
+Guidance follows RetriBooru, arXiv 2312.02521, A.3 (classifier-free guidance, scale 7). The unconditional branch
+has the empty (or negative) prompt; what it has for references is the denoiser's ``unconditional_references``:
+"keep" (RetriNet, ControlNet) gives it the *same* references as the conditional branch, so guidance acts on the
+text only and ``reference_scale`` alone sets how strongly the identity enters (0: the plain U-Net) -- what
+RetriNet's prompt drop (§5.2) teaches, and what diffusers' ControlNet pipeline does; "zero" (IP-Adapter) drops
+them, each kind as its training drops images (IP-Adapter: a zero image embedding, as IP-Adapter's own inference
+and diffusers' ``load_ip_adapter`` pipelines do), so guidance pushes the references too. ``reference_scale``
+defaults to the denoiser's ``default_reference_scale`` (the run's: 0.5 for the ip-adapter preset, the scale of
+RetriBooru §3.1 and A.3; else 1.0).
 
 Several subjects in one image (PairHuman, arXiv 2511.16712): ``subjects`` gives the subject index of each
 reference, and ``reference_schedule`` (:class:`~sameid.pipelines.guidance.ReferenceSchedule`) the cascaded
@@ -30,7 +33,7 @@ import dataclasses
 import inspect
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +209,7 @@ class ReferencePipeline(DiffusionPipeline):
     def __call__(self, prompt: str | list[str], references: Sequence[Sequence[Image.Image]] | ReferenceInputs,
                  concepts: Sequence[Sequence[str]] | None = None, height: int | None = None,
                  width: int | None = None, num_inference_steps: int = 30, guidance_scale: float = 7.0,
-                 reference_scale: float = 1.0, negative_prompt: str | list[str] | None = None,
+                 reference_scale: float | None = None, negative_prompt: str | list[str] | None = None,
                  num_images_per_prompt: int = 1, generator: torch.Generator | list[torch.Generator] | None = None,
                  eta: float = 0.0, reference_resolution: int | None = None, output_type: str = "pil",
                  return_dict: bool = True, subjects: Sequence[Sequence[int]] | None = None,
@@ -216,9 +219,10 @@ class ReferencePipeline(DiffusionPipeline):
         ``references``: one list of PIL images per prompt (any sizes and counts; see :meth:`prepare_references`),
         or a prepared :class:`ReferenceInputs` with one row per prompt. ``concepts``: one caption per reference
         ("face", "clothes", "figure"; default "figure"). ``height`` / ``width`` default to the U-Net's sample size
-        times the VAE factor. Classifier-free guidance acts on the text alone: the unconditional branch has
-        ``negative_prompt`` (default empty) and the same references, so ``guidance_scale`` (> 1 enables it)
-        pushes the prompt and ``reference_scale`` sets the identity strength (0 = the plain U-Net). ``generator``:
+        times the VAE factor. Classifier-free guidance (``guidance_scale`` > 1 enables it): the unconditional branch
+        has ``negative_prompt`` (default empty) and, as the denoiser's ``unconditional_references`` says, the same
+        references ("keep": guidance pushes the prompt alone) or dropped ones ("zero"). ``reference_scale`` sets the
+        identity strength (0 = the plain U-Net; default the denoiser's ``default_reference_scale``). ``generator``:
         one, or one per generated image, as in diffusers. ``output_type``: "pil", "np", "pt" or "latent".
 
         Several subjects per image: ``subjects`` (one subject index per reference, see
@@ -270,7 +274,13 @@ class ReferencePipeline(DiffusionPipeline):
             negative_embeds = negative_embeds.repeat_interleave(num_images_per_prompt, dim=0)
             # [unconditional, conditional], as diffusers' Stable Diffusion pipeline orders them.
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
-            reference_rows = _concat_references(reference_rows, reference_rows)
+            unconditional = reference_rows
+            if getattr(self.denoiser, "unconditional_references", "keep") == "zero":
+                unconditional = replace(reference_rows, dropped=torch.ones(
+                    reference_rows.pixels.shape[0], dtype=torch.bool, device=reference_rows.pixels.device))
+            reference_rows = _concat_references(unconditional, reference_rows)
+        if reference_scale is None:
+            reference_scale = getattr(self.denoiser, "default_reference_scale", 1.0)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch * num_images_per_prompt, int(self.vae.config.latent_channels),
@@ -313,15 +323,20 @@ def _repeat_references(references: ReferenceInputs, times: int) -> ReferenceInpu
     """Each row ``times`` times in a row (every per-example field of ReferenceInputs, None kept None)."""
     if times == 1:
         return references
-    return dataclasses.replace(references, **{
-        item.name: None if getattr(references, item.name) is None
-        else getattr(references, item.name).repeat_interleave(times, dim=0)
-        for item in dataclasses.fields(references)})
+    return ReferenceInputs(**{item.name: None if (value := getattr(references, item.name)) is None
+                              else value.repeat_interleave(times, dim=0) for item in fields(references)})
 
 
 def _concat_references(first: ReferenceInputs, second: ReferenceInputs) -> ReferenceInputs:
-    def concat(a, b):
-        return None if a is None else torch.cat([a, b])
+    """``first`` then ``second`` as one batch; a per-example field set on one side only (``dropped``) is False on
+    the other."""
+    def concat(name):
+        a, b = getattr(first, name), getattr(second, name)
+        if a is None and b is None:
+            return None
+        if name == "dropped":
+            a = a if a is not None else torch.zeros(first.pixels.shape[0], dtype=torch.bool, device=b.device)
+            b = b if b is not None else torch.zeros(second.pixels.shape[0], dtype=torch.bool, device=a.device)
+        return torch.cat([a, b])
 
-    return dataclasses.replace(first, **{item.name: concat(getattr(first, item.name), getattr(second, item.name))
-                                         for item in dataclasses.fields(first)})
+    return ReferenceInputs(**{item.name: concat(item.name) for item in fields(first)})

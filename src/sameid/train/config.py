@@ -8,6 +8,10 @@ How training examples are drawn is a :class:`sameid.pairs.PairsConfig` (``TrainC
 fields and their checks; the YAML file stays flat for users (``mode: identity`` next to ``learning_rate: 1e-5``),
 :meth:`TrainConfig.from_flat` and :meth:`TrainConfig.to_dict` map it. Every value is checked when a config is made,
 so a bad one fails before any file is written.
+
+The paper's experiments are named presets (:mod:`.presets`): ``preset: ip-adapter`` (or ``--preset``) fills every
+setting the experiment fixes, settings given explicitly override it, and ``config.yaml`` records the preset's
+name with every resulting value.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import yaml
 
 from ..errors import SameIdError
 from ..models.components import TINY_KINDS
-from ..models.conditioning import LOCK_MODES
+from ..models.conditioning import LOCK_MODES, UNCONDITIONAL_REFERENCES
 from ..pairs.dataset import PairsConfig
 from ..settings import as_bool, as_choice, as_float, as_int, as_optional_text, as_text_list
+from .losses import LOSSES
+from .presets import kind_defaults, preset_names, preset_values
 
 MODELS = ("retrinet", "controlnet", "ip-adapter", "multi-subject", "multi-subject-shared")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -36,8 +42,16 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio")
 #: Settings a resume may change: how long to train and how often to checkpoint, validate and log, none of which
 #: changes the losses of the steps in between. Where the run dir is (``out``) is the folder resumed, not a setting.
+#: The inference defaults a run records (reference scale, unconditional references) and the preset's name change no
+#: training loss either.
 RESUMABLE_CHANGES = ("out", "max_train_steps", "validation_steps", "checkpointing_steps", "checkpoints_total_limit",
-                     "validation_prompts", "validation_examples", "log_with")
+                     "validation_prompts", "validation_examples", "log_with", "preset", "reference_scale",
+                     "unconditional_references")
+#: Other names a flat config accepts for a key: ``text_drop`` is ``prompt_drop`` (IP-Adapter's name for it).
+FLAT_ALIASES = {"text_drop": "prompt_drop"}
+#: What a run's own config.yaml, written before a key existed, was trained with (``RunDir.config`` reads it so):
+#: before ``loss`` existed, every run used the area-normalised reading of equation 3.
+LEGACY_RUN_DEFAULTS = {"loss": "eq3-area-normalised"}
 #: Flat YAML key -> PairsConfig field. The run's ``seed`` is also the pairs' seed, so it is not among them.
 PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "resolution": "resolution",
               "prompt_drop": "prompt_drop", "shortfall": "shortfall", "near_duplicate_bits": "near_duplicate_bits",
@@ -62,6 +76,8 @@ class TrainConfig:
 
     dataset: str
     out: str
+    # The named experiment (sameid.train.presets) whose settings filled this config's defaults; a label only.
+    preset: str | None = None
     # Base model: a Stable Diffusion 1.x id or folder (unet, vae, text_encoder, tokenizer, scheduler), or tiny.
     pretrained: str | None = None
     tiny: bool = False
@@ -75,8 +91,20 @@ class TrainConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     # Identities kept out of training (listed in holdout.json) for `sameid generate` / evaluation.
     holdout_identities: int = 0
-    # Loss (RetriBooru, arXiv 2312.02521, equation 3): MSE on the valid area + face_loss_weight x MSE on the face.
+    # Loss (sameid.train.losses.LOSSES): "eq3" is RetriBooru's equation 3 as written (MSE over all elements of the
+    # masked valid area + face_loss_weight x the same of the masked face box); "eq3-area-normalised" each term a
+    # mean over its mask's cells; "mse" plain MSE, no masks (the official baseline scripts).
+    loss: str = "eq3"
     face_loss_weight: float = 0.1
+    # Drops, each a probability per example: prompt_drop (a PairsConfig field; flat key also text_drop) that the
+    # caption is dropped, image_drop that the references are (each kind as its training does: the denoiser's
+    # reference_drop), both_drop that both are, together (at most the smaller of the two).
+    image_drop: float = 0.0
+    both_drop: float = 0.0
+    # Inference defaults the run records (model/denoiser.json too): what guidance's unconditional branch gives for
+    # references ("keep" | "zero"), and the reference scale; None: the model kind's (presets.KIND_DEFAULTS).
+    unconditional_references: str | None = None
+    reference_scale: float | None = None
     # Optimisation
     learning_rate: float = 1e-5
     lr_scheduler: str = "cosine_with_restarts"
@@ -114,6 +142,9 @@ class TrainConfig:
             checked[name] = value
         checked["pretrained"] = as_optional_text(w, "pretrained", self.pretrained)
         checked["image_encoder"] = as_optional_text(w, "image_encoder", self.image_encoder)
+        checked["preset"] = as_optional_text(w, "preset", self.preset)
+        if checked["preset"] is not None:
+            as_choice(w, "preset", checked["preset"], preset_names())
         for name in ("tiny", "gradient_checkpointing"):
             checked[name] = as_bool(w, name, getattr(self, name))
         as_choice(w, "model", self.model, MODELS)
@@ -121,6 +152,16 @@ class TrainConfig:
         as_choice(w, "lock", self.lock, LOCK_MODES)
         as_choice(w, "lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         as_choice(w, "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        as_choice(w, "loss", self.loss, LOSSES)
+        defaults = kind_defaults(self.model)
+        checked["unconditional_references"] = as_choice(
+            w, "unconditional_references", self.unconditional_references or defaults["unconditional_references"],
+            UNCONDITIONAL_REFERENCES)
+        checked["reference_scale"] = as_float(
+            w, "reference_scale", defaults["reference_scale"] if self.reference_scale is None else self.reference_scale,
+            minimum=0.0)
+        for name in ("image_drop", "both_drop"):
+            checked[name] = as_float(w, f"{name} (a probability)", getattr(self, name), minimum=0.0, maximum=1.0)
         if not isinstance(self.pairs, PairsConfig):
             raise SameIdError(f"{w}: pairs must be a sameid.pairs.PairsConfig, got {type(self.pairs).__name__}")
         for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
@@ -156,6 +197,14 @@ class TrainConfig:
                 and not self.tiny:
             raise SameIdError(f"{w}: model {self.model} needs image_encoder (a CLIPVisionModelWithProjection id or "
                               "folder, e.g. openai/clip-vit-large-patch14)")
+        prompt_drop, image_drop, both_drop = self.pairs.prompt_drop, self.image_drop, self.both_drop
+        if both_drop > min(prompt_drop, image_drop) + 1e-12:
+            raise SameIdError(f"{w}: both_drop ({both_drop}) is the probability that the caption and the references "
+                              f"are dropped together, so it cannot exceed prompt_drop ({prompt_drop}) or image_drop "
+                              f"({image_drop})")
+        if prompt_drop + image_drop - both_drop > 1.0 + 1e-12:
+            raise SameIdError(f"{w}: prompt_drop + image_drop - both_drop = {prompt_drop + image_drop - both_drop:g}"
+                              " is more than 1; raise both_drop or lower the others")
         if self.pairs.curriculum == "embedding":
             raise SameIdError(f"{w}: curriculum 'embedding' needs image embeddings, which training does not "
                               "compute yet; use phash, or source with curriculum_source_order")
@@ -176,6 +225,10 @@ class TrainConfig:
     @property
     def resolution(self) -> int:
         return self.pairs.resolution
+
+    @property
+    def prompt_drop(self) -> float:
+        return self.pairs.prompt_drop
 
     @property
     def shortfall(self) -> str:
@@ -253,8 +306,21 @@ class TrainConfig:
     @classmethod
     def from_flat(cls, values: Mapping[str, Any], *, where: str = _WHERE) -> TrainConfig:
         """A config from flat settings (YAML keys, CLI options); unknown keys and bad values are errors that
-        name ``where``."""
+        name ``where``. A ``preset`` fills every setting not given (:func:`.presets.preset_values`; its fp16
+        becomes float32 on a machine without a GPU, in one warning line); ``text_drop`` is ``prompt_drop``."""
         values = dict(values)
+        for alias, name in FLAT_ALIASES.items():
+            if alias in values:
+                value = values.pop(alias)
+                if name in values and values[name] != value:
+                    raise SameIdError(f"{where}: {alias} and {name} are one setting; give one of them")
+                values[name] = value
+        if values.get("preset") is not None:
+            try:
+                preset = preset_values(values["preset"], gpu=has_gpu())
+            except SameIdError as exc:
+                raise SameIdError(f"{where}: {exc}") from None
+            values = {**preset, **values}
         known = cls.flat_keys()
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -274,8 +340,10 @@ class TrainConfig:
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
-        """Read a YAML config; ``overrides`` (not None) replace its fields. Unknown keys are an error."""
+    def load(cls, path: str | os.PathLike, *, missing: Mapping[str, Any] | None = None, **overrides) -> TrainConfig:
+        """Read a YAML config; ``overrides`` (not None) replace its fields; ``missing`` gives keys the file lacks
+        (``RunDir.config``: ``LEGACY_RUN_DEFAULTS``). Unknown keys are an error. An override ``preset`` replaces the
+        file's preset; the file's other settings still override the preset's."""
         path = Path(path)
         if not path.is_file():
             raise SameIdError(f"training config {path}: no such file")
@@ -285,5 +353,5 @@ class TrainConfig:
             raise SameIdError(f"training config {path}: not valid YAML ({exc})") from None
         if not isinstance(values, dict):
             raise SameIdError(f"training config {path}: expected a mapping of field: value")
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = {**(missing or {}), **values, **{k: v for k, v in overrides.items() if v is not None}}
         return cls.from_flat(values, where=f"training config {path}")

@@ -1,5 +1,8 @@
-"""Training one run or a grid of them (``sameid train --model a,b --mode same,identity``): the train stage's one
-call. Every config of the grid is made, and so checked, before the first run writes anything."""
+"""Training one run or a grid of them: the train stage's one call. ``sameid train --preset controlnet,ip-adapter
+--mode same,identity`` is RetriBooru's Table 2 (arXiv 2312.02521, §3.1) as the paper trained it, ``--preset
+retrinet,retrinet-lockd,retrinet-lockb,retrinet-p025,retrinet-p075`` its Table 3 ablations (§5.2); ``--model a,b``
+grids over model kinds with the same settings. Every config of the grid is made, and so checked, before the first
+run writes anything."""
 
 from __future__ import annotations
 
@@ -23,24 +26,34 @@ def split_list(value: str | Sequence[str] | None) -> list[str | None]:
 
 
 def grid_configs(settings: Mapping[str, Any], *, config_file: str | os.PathLike | None = None,
-                 models: str | Sequence[str] | None = None, modes: str | Sequence[str] | None = None
-                 ) -> list[TrainConfig]:
-    """One config per (model, mode): flat ``settings`` (None values ignored) over ``config_file`` (YAML) when
-    given. With more than one, each run goes to ``<out>/<model>-<mode>``."""
-    models, modes = split_list(models), split_list(modes)
-    grid = len(models) > 1 or len(modes) > 1
+                 models: str | Sequence[str] | None = None, modes: str | Sequence[str] | None = None,
+                 presets: str | Sequence[str] | None = None) -> list[TrainConfig]:
+    """One config per (preset or model, mode): flat ``settings`` (None values ignored) over ``config_file``
+    (YAML) when given, each preset (:mod:`.presets`) filling what neither sets. With more than one, each run goes
+    to ``<out>/<preset>-<mode>`` (``<out>/<model>-<mode>`` without presets). Presets and models are not both
+    lists: a preset names its model."""
+    models, modes, presets = split_list(models), split_list(modes), split_list(presets)
+    if len(presets) > 1 and len(models) > 1:
+        raise SameIdError("give a list of presets or a list of models, not both: each preset names its model")
+    kinds = [("preset", name) for name in presets] if presets != [None] else [("model", name) for name in models]
+    grid = len(kinds) > 1 or len(modes) > 1
     settings = {key: value for key, value in settings.items() if value is not None}
+    if presets != [None]:
+        settings.update({"model": models[0]} if models[0] else {})
     configs = []
-    for model in models:
+    for key, name in kinds:
         for mode in modes:
-            values = {**settings, **({"model": model} if model else {}), **({"mode": mode} if mode else {})}
+            values = {**settings, **({key: name} if name else {}), **({"mode": mode} if mode else {})}
             if config_file is not None:
                 config = TrainConfig.load(config_file, **values)
             else:
                 config = TrainConfig.from_flat(values)
             if grid:
-                config = replace(config, out=str(Path(config.out) / f"{config.model}-{config.mode}"))
+                label = config.preset if key == "preset" else config.model
+                config = replace(config, out=str(Path(config.out) / f"{label}-{config.mode}"))
             configs.append(config)
+    if len({config.out for config in configs}) < len(configs):
+        raise SameIdError("two runs of this grid would share a run dir; give each preset or model once")
     return configs
 
 
@@ -73,7 +86,8 @@ def train_grid(configs: Sequence[TrainConfig], *, resume: str | None = None, pro
         config.check_machine()
     result = GridResult(root=Path(configs[0].out).parent if grid else None)
     for config in configs:
-        echo(f"training {config.model} ({config.mode}, lock {config.lock}, {config.max_train_steps} steps) into "
-             f"{config.out}")
+        preset = f"preset {config.preset}, " if config.preset else ""
+        echo(f"training {config.model} ({preset}{config.mode}, lock {config.lock}, loss {config.loss}, "
+             f"{config.max_train_steps} steps) into {config.out}")
         result.results.append(train(config, resume=resume, progress=progress, validator=validator))
     return result

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +79,29 @@ def step_generator(seed: int, micro_batch: int, process: int = 0) -> torch.Gener
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(micro_batch) + int(process) * 7_919_993_123)
 
 
+def draw_image_drops(caption_dropped: torch.Tensor, generator: torch.Generator, *, prompt_drop: float,
+                     image_drop: float, both_drop: float) -> torch.Tensor:
+    """(B,) bool: which examples train without their references, drawn from ``generator`` given which lost their
+    caption (``caption_dropped``, drawn by the pairs at rate ``prompt_drop``). Conditioned so that, over
+    examples, P(references dropped) = ``image_drop`` and P(caption and references dropped) = ``both_drop``:
+    P(drop | caption dropped) = both_drop / prompt_drop, P(drop | caption kept) = (image_drop - both_drop) /
+    (1 - prompt_drop). IP-Adapter's tutorial_train.py (image only 0.05, text only 0.05, both 0.05) is
+    prompt_drop 0.10, image_drop 0.10, both_drop 0.05."""
+    caption_dropped = caption_dropped.to(torch.bool).cpu()
+    if_dropped = both_drop / prompt_drop if prompt_drop > 0 else 0.0
+    if_kept = (image_drop - both_drop) / (1.0 - prompt_drop) if prompt_drop < 1 else 0.0
+    threshold = torch.where(caption_dropped, torch.tensor(if_dropped), torch.tensor(if_kept))
+    return torch.rand(caption_dropped.shape, generator=generator, dtype=torch.float64) < threshold
+
+
 def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor,
                    references: ReferenceInputs, valid_mask: torch.Tensor, face_mask: torch.Tensor,
-                   generator: torch.Generator, face_loss_weight: float, autocast=contextlib.nullcontext):
+                   generator: torch.Generator, face_loss_weight: float, autocast=contextlib.nullcontext,
+                   loss: str = "eq3"):
     """One training step's loss after the frozen encoders (what :meth:`Trainer.loss` runs and the training-step
     benchmark times): noise and timesteps from ``generator`` (a CPU generator), ``scheduler.add_noise``, the
-    denoiser's forward under ``autocast()``, the masked loss (RetriBooru, arXiv 2312.02521, equation 3)."""
+    denoiser's forward under ``autocast()``, the loss ``loss`` (:mod:`.losses`: RetriBooru, arXiv 2312.02521,
+    equation 3 by default)."""
     device = latents.device
     latents = latents.float()
     noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -97,7 +114,22 @@ def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: to
         objective = noise
     with autocast():
         prediction = denoiser(noisy, timesteps, prompt_embeds, references)
-    return masked_diffusion_loss(prediction.float(), objective, valid_mask, face_mask, face_loss_weight)
+    return masked_diffusion_loss(prediction.float(), objective, valid_mask, face_mask, face_loss_weight, loss)
+
+
+def configure_denoiser(denoiser, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Make ``denoiser`` what ``config`` trains: ``set_trainable(config.lock)`` (returned), and the inference
+    defaults the run records with the model (``unconditional_references``, ``default_reference_scale``).
+    Refuses a lock with nothing to train and drops the kind cannot make."""
+    trainable = denoiser.set_trainable(config.lock)
+    if not trainable:
+        raise SameIdError(f"model {config.model} with lock {config.lock} has nothing to train")
+    if (config.image_drop or config.unconditional_references == "zero") and denoiser.reference_drop is None:
+        raise SameIdError(f"model {config.model} cannot drop references: use image_drop 0, both_drop 0 and "
+                          "unconditional_references keep")
+    denoiser.unconditional_references = config.unconditional_references
+    denoiser.default_reference_scale = config.reference_scale
+    return trainable
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -185,9 +217,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # initialisation of the new modules depends on the seed alone
         self.denoiser = create_denoiser(config.model, self.components.unet, image_encoder=image_encoder,
                                         tiny=config.tiny, vae_scale_factor=self.components.vae_scale_factor)
-        trainable = self.denoiser.set_trainable(config.lock)
-        if not trainable:
-            raise SameIdError(f"model {config.model} with lock {config.lock} has nothing to train")
+        trainable = configure_denoiser(self.denoiser, config)
         if config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
 
@@ -334,6 +364,7 @@ class Trainer:
 
         components, device = self.components, self.accelerator.device
         vae = components.vae
+        config = self.config
         with torch.no_grad():
             target = normalize_pixels(batch["target"].to(device)).to(self.weight_dtype)
             latents = vae.encode(target).latent_dist.sample(generator) * vae.config.scaling_factor
@@ -350,9 +381,13 @@ class Trainer:
             if isinstance(masks, torch.Tensor):
                 references.subject_masks = masks.to(device, self.weight_dtype)
             references = self.accelerator.unwrap_model(self.denoiser).add_reference_features(references)
+        if config.image_drop > 0:  # drawn only then, so runs without image drop keep their random stream
+            dropped = draw_image_drops(batch["caption_dropped"], generator, prompt_drop=config.prompt_drop,
+                                       image_drop=config.image_drop, both_drop=config.both_drop)
+            references = replace(references, dropped=dropped.to(device))
         return denoising_loss(self.denoiser, components.noise_scheduler, latents, prompt_embeds, references,
                               batch["valid_mask"].to(device), batch["face_mask"].to(device), generator,
-                              self.config.face_loss_weight, autocast=self.accelerator.autocast)
+                              config.face_loss_weight, autocast=self.accelerator.autocast, loss=config.loss)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:

@@ -112,14 +112,14 @@ class RunDir:
     @property
     def config(self):
         """The run's :class:`.config.TrainConfig`; a missing ``config.yaml`` is an error that says so."""
-        from .config import TrainConfig
+        from .config import LEGACY_RUN_DEFAULTS, TrainConfig
 
         if not self.path.is_dir():
             raise SameIdError(f"run dir {self.path} does not exist")
         if not self.holds_run():
             raise SameIdError(f"{self.path} is not a training run: {self.config_file} is missing (`sameid train "
                               f"--out {self.path}` writes it)")
-        return TrainConfig.load(self.config_file)
+        return TrainConfig.load(self.config_file, missing=LEGACY_RUN_DEFAULTS)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoint folders (``step-*`` holding ``trainer_state.json``), oldest first."""
