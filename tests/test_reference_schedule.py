@@ -163,7 +163,7 @@ def test_multi_subject_trains_in_the_one_loop_with_subject_fields(built_sample, 
     seen.clear()
     manifest = generate_manifest(result.run_dir, built_sample.out, tmp_path / "gen", prompts=["two figures"],
                                  seeds=[0], identities=[f"{first}&{second}"], num_inference_steps=2,
-                                 resolution=32, reference_schedule="0.3@0.5")
+                                 resolution=32, reference_schedule="0.3@0.5").manifest
     rows = read_generations(manifest).frame
     assert len(rows) == 1 and rows["subject"][0] == f"{first}&{second}" and len(rows["references"][0]) == 4
     assert seen[0][0] == [[0, 0, 1, 1]]

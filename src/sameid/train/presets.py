@@ -30,6 +30,10 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "retrinet": {"unconditional_references": "keep", "reference_scale": 1.0},
     "controlnet": {"unconditional_references": "keep", "reference_scale": 1.0},
     "ip-adapter": {"unconditional_references": "zero", "reference_scale": 0.5},
+    # PairHuman (arXiv 2511.16712) guides with its reference weight schedule, not with the unconditional branch:
+    # the references stay in both branches, as RetriNet's.
+    "multi-subject": {"unconditional_references": "keep", "reference_scale": 1.0},
+    "multi-subject-shared": {"unconditional_references": "keep", "reference_scale": 1.0},
 }
 _OTHER_KIND = {"unconditional_references": "keep", "reference_scale": 1.0}
 #: Suffix of a preset name -> the mode it sets (RetriBooru §3.1: -a the same image transformed, -b another image).
