@@ -141,7 +141,55 @@ class ExamplePlan:
     target_augmentation: tuple[tuple[float, float, float, float], bool] | None = None
 
 
-class PairsDataset(torch.utils.data.Dataset):
+class PlannedExamples(torch.utils.data.Dataset):
+    """What every example dataset shares: ``target_rows`` of ``manifest`` under ``config``, the epoch, and each
+    item planned from (seed, epoch, target row) alone, then read (:meth:`plan` then :meth:`example`)."""
+
+    manifest: DatasetManifest
+    config: PairsConfig
+    target_rows: list[int]
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.target_rows)
+
+    def __getitem__(self, index: int) -> TrainingExample:
+        return self.example(self.plan(index))
+
+    def plan(self, index: int, epoch: int | None = None):
+        raise NotImplementedError
+
+    def example(self, plan) -> TrainingExample:
+        raise NotImplementedError
+
+    def _start_plan(self, index: int, epoch: int | None) -> tuple[int, int, np.random.Generator, str]:
+        """``(epoch, target row, generator, task)`` of item ``index``; a multitask item draws its task first."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        row = self.target_rows[index]
+        rng = np.random.default_rng([self.config.seed, epoch, row])
+        task = self.config.task
+        if task == "multitask":
+            task = "reconstruction" if rng.random() < 0.5 else "composition"
+        return epoch, row, rng, task
+
+    def _concept_crops(self, task: str, references, rng: np.random.Generator) -> tuple[ConceptCrop, ...]:
+        """Whole figures for reconstruction; face or clothes (p = 0.5 each) for composition (A.4)."""
+        config, manifest = self.config, self.manifest
+        if task == "reconstruction":
+            requested = ["figure"] * len(references)
+        else:
+            requested = ["face" if draw < 0.5 else "clothes" for draw in rng.random(len(references))]
+        return tuple(
+            concept_crop(concept, manifest.head_boxes[ref], manifest.widths[ref], manifest.heights[ref],
+                         config.max_head_fraction, config.min_clothes_fraction)
+            for concept, ref in zip(requested, references)
+        )
+
+
+class PairsDataset(PlannedExamples):
     """A map-style Dataset of :class:`sameid.records.TrainingExample` over a dataset dir.
 
     Call :meth:`set_epoch` before iterating an epoch (with ``persistent_workers=False``, the default, workers
@@ -172,31 +220,12 @@ class PairsDataset(torch.utils.data.Dataset):
                                                 source_order=self.config.source_order)
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.target_rows)
-
     def plan(self, index: int, epoch: int | None = None) -> ExamplePlan:
         """The random choices of item ``index`` in ``epoch`` (default: the current epoch)."""
-        config, manifest = self.config, self.manifest
-        epoch = self.epoch if epoch is None else int(epoch)
-        row = self.target_rows[index]
-        rng = np.random.default_rng([config.seed, epoch, row])
-        task = config.task
-        if task == "multitask":
-            task = "reconstruction" if rng.random() < 0.5 else "composition"
+        config = self.config
+        epoch, row, rng, task = self._start_plan(index, epoch)
         references = self.sampler.sample(row, rng)
-        if task == "reconstruction":
-            requested = ["figure"] * len(references)
-        else:
-            requested = ["face" if draw < 0.5 else "clothes" for draw in rng.random(len(references))]
-        crops = tuple(
-            concept_crop(concept, manifest.head_boxes[ref], manifest.widths[ref], manifest.heights[ref],
-                         config.max_head_fraction, config.min_clothes_fraction)
-            for concept, ref in zip(requested, references)
-        )
+        crops = self._concept_crops(task, references, rng)
         augmentations = ()
         if config.mode == "same":
             sides = rng.uniform(_SAME_MODE_MIN_SIDE, 1.0, size=(len(references), 2))
@@ -214,9 +243,6 @@ class PairsDataset(torch.utils.data.Dataset):
                                    bool(rng.random() < _SAME_MODE_TARGET_MIRROR))
         return ExamplePlan(epoch, row, task, tuple(references), crops, caption_dropped, augmentations,
                            target_augmentation)
-
-    def __getitem__(self, index: int) -> TrainingExample:
-        return self.example(self.plan(index))
 
     def example(self, plan: ExamplePlan) -> TrainingExample:
         """Read the pixels of ``plan`` and build the example."""

@@ -28,8 +28,8 @@ from ..errors import SameIdError
 from ..images import load_image, load_mask
 from ..records import TrainingExample
 from ..references import letterbox_into, reference_pixels
-from .concepts import MASKED_CONCEPTS, ConceptCrop, apply_figure_mask, concept_crop
-from .dataset import PairsConfig, _map_box, box_mask_array
+from .concepts import MASKED_CONCEPTS, ConceptCrop, apply_figure_mask
+from .dataset import PairsConfig, PlannedExamples, _map_box, box_mask_array
 from .manifest import DatasetManifest, load_manifest
 
 SUBJECT_SELF = "subject reference is the target"
@@ -111,7 +111,7 @@ class MultiSubjectPlan:
     caption_dropped: bool
 
 
-class MultiSubjectDataset(torch.utils.data.Dataset):
+class MultiSubjectDataset(PlannedExamples):
     """A map-style Dataset of multi-subject :class:`sameid.records.TrainingExample` over a dataset dir's
     multi-subject rows (``mode`` "identity" only: the -a setting has no meaning for K subjects)."""
 
@@ -129,20 +129,9 @@ class MultiSubjectDataset(torch.utils.data.Dataset):
         self.target_rows = [r for r in self.pools if self.manifest.ids[r] not in refused]
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.target_rows)
-
     def plan(self, index: int, epoch: int | None = None) -> MultiSubjectPlan:
-        config, manifest = self.config, self.manifest
-        epoch = self.epoch if epoch is None else int(epoch)
-        row = self.target_rows[index]
-        rng = np.random.default_rng([config.seed, epoch, row])
-        task = config.task
-        if task == "multitask":
-            task = "reconstruction" if rng.random() < 0.5 else "composition"
+        config = self.config
+        epoch, row, rng, task = self._start_plan(index, epoch)
         references, owners = [], []
         for subject, pool in enumerate(self.pools[row]):
             n = config.n_references
@@ -153,16 +142,9 @@ class MultiSubjectDataset(torch.utils.data.Dataset):
                 chosen += [pool[i] for i in rng.integers(0, len(pool), size=n - len(pool))]
             references += chosen
             owners += [subject] * n
-        requested = (["figure"] * len(references) if task == "reconstruction"
-                     else ["face" if d < 0.5 else "clothes" for d in rng.random(len(references))])
-        crops = tuple(concept_crop(c, manifest.head_boxes[r], manifest.widths[r], manifest.heights[r],
-                                   config.max_head_fraction, config.min_clothes_fraction)
-                      for c, r in zip(requested, references))
+        crops = self._concept_crops(task, references, rng)
         return MultiSubjectPlan(epoch, row, task, tuple(references), tuple(owners), crops,
                                 bool(rng.random() < config.prompt_drop))
-
-    def __getitem__(self, index: int) -> TrainingExample:
-        return self.example(self.plan(index))
 
     def example(self, plan: MultiSubjectPlan) -> TrainingExample:
         manifest, resolution, frame = self.manifest, self.config.resolution, self.manifest.frame
