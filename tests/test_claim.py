@@ -10,16 +10,23 @@ from PIL import Image
 
 from sameid.demo.claim import UNTRAINED, ClaimSettings, generation_plan, run_claim
 from sameid.demo.world import (
+    BACKGROUNDS,
     FACTORS,
+    PALETTE,
+    POSITIONS,
+    SIZES,
     Identity,
     Layout,
     WorldSettings,
+    full_caption,
     identity_score,
     layout_agreement,
     make_world,
     measure,
 )
-from sameid.models.components import load_components, save_components
+from sameid.demo.world_base import BASE_FILE, BaseSettings, pretrain_world_base
+from sameid.errors import SameIdError
+from sameid.models.components import WORLD_TEXT_TOKENS, load_components, save_components
 from sameid.models.pixel_autoencoder import PixelAutoencoder
 from sameid.pairs.manifest import load_manifest
 
@@ -61,6 +68,39 @@ def test_pixel_autoencoder_is_exact_and_reloads_from_a_saved_base(tmp_path):
     assert components.vae_scale_factor == 2 and components.latent_channels == 12
     reloaded = load_components(save_components(components, tmp_path / "base"))
     assert isinstance(reloaded.vae, PixelAutoencoder)
+
+
+def test_full_caption_extends_the_layout_caption_and_fits_the_world_tokenizer():
+    tokenizer = load_components(tiny=True, tiny_kind="world").tokenizer
+    assert tokenizer.model_max_length == WORLD_TEXT_TOKENS
+    longest = 0
+    for hair in PALETTE:
+        for layout in (Layout(b, p, s) for b in BACKGROUNDS for p in POSITIONS for s in SIZES):
+            caption = full_caption(Identity(hair, "yellow", "purple"), layout)
+            assert caption.startswith(layout.caption() + ", ") and caption.endswith("yellow top, purple bottom")
+            longest = max(longest, len(tokenizer(caption).input_ids))
+    assert longest <= WORLD_TEXT_TOKENS  # nothing of the identity is truncated away
+
+
+def test_world_base_is_saved_whole_reused_and_refused_with_other_settings(world, tmp_path, torch_one_thread):
+    frame = pd.read_parquet(world / "manifest.parquet")
+    held = sorted(frame["identity"].unique())[:2]
+    settings = BaseSettings(steps=3, batch_size=4)
+    first = pretrain_world_base(world, tmp_path / "base", settings, seed=1, exclude=held, echo=lambda line: None)
+    assert not first.reused and len(first.losses) == 3 and np.isfinite(first.losses).all()
+    record = pd.read_json(tmp_path / "base" / BASE_FILE, typ="series")
+    assert record["images"] == 32  # 10 identities x 4 images, less the 2 held out
+    components = load_components(tmp_path / "base")
+    assert isinstance(components.vae, PixelAutoencoder)
+    # the U-Net and the text encoder were trained: they differ from the random world base of the same seed
+    random = load_components(tiny=True, tiny_kind="world", seed=1)
+    assert not torch.equal(components.unet.conv_in.weight, random.unet.conv_in.weight)
+    assert not torch.equal(components.text_encoder.get_input_embeddings().weight,
+                           random.text_encoder.get_input_embeddings().weight)
+    again = pretrain_world_base(world, tmp_path / "base", settings, seed=1, exclude=held)
+    assert again.reused and again.losses == first.losses
+    with pytest.raises(SameIdError, match="other settings"):
+        pretrain_world_base(world, tmp_path / "base", settings, seed=2, exclude=held)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,9 @@ TINY_VAE_SCALE_FACTOR = 2 ** (len(TINY_VAE_BLOCK_OUT_CHANNELS) - 1)
 #: or "world" (pixel space, 32 px: learns the small world of sameid.demo.world from scratch in minutes on a CPU).
 TINY_KINDS = ("sd", "world")
 WORLD_RESOLUTION = 32
+# Text tokens of the world's byte-level tokenizer (one per character): its longest full caption ("a small figure in
+# the centre, white background, yellow hair, ...", sameid.demo.world.full_caption) is 86 characters + start + end.
+WORLD_TEXT_TOKENS = 96
 _EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -164,7 +167,7 @@ def _world_components(seed: int) -> DiffusionComponents:
     torch.manual_seed(seed)
     try:
         with tempfile.TemporaryDirectory() as folder:
-            tokenizer = byte_level_clip_tokenizer(folder)
+            tokenizer = byte_level_clip_tokenizer(folder, model_max_length=WORLD_TEXT_TOKENS)
         text_encoder = CLIPTextModel(CLIPTextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
