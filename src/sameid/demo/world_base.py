@@ -59,8 +59,8 @@ class BaseSettings:
     """How the world base is pretrained (per seed: the random initialisation and the data order)."""
 
     steps: int = 1500
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    batch_size: int = 16
+    learning_rate: float = 2e-3
     warmup_steps: int = 50
     full_caption_rate: float = 0.7
     caption_drop: float = 0.1

@@ -83,6 +83,8 @@ def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: to
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         objective = scheduler.get_velocity(latents, noise, timesteps)
+    elif scheduler.config.prediction_type == "sample":  # x0-prediction (the small world's pixel-space base)
+        objective = latents
     else:
         objective = noise
     with autocast():
