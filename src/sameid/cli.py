@@ -442,8 +442,6 @@ def export(
     typer.echo(export_run(run, out, include_unet=unet).describe())
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
 
 
 experiment_app = typer.Typer(help="Experiments that test a claim of the papers end to end.", no_args_is_help=True)
@@ -474,3 +472,7 @@ def experiment_claim(
                        echo=typer.echo, progress=sys.stderr.isatty())
     for line in result.describe():
         typer.echo(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
