@@ -658,8 +658,6 @@ def recognition_compare(
     typer.echo(compare_orders(config, pairs, resume=resume).describe())
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
 
 
 experiment_app = typer.Typer(help="Experiments that test a claim of the papers end to end.", no_args_is_help=True)
@@ -673,14 +671,23 @@ def experiment_claim(
     steps: Annotated[int, typer.Option(help="Training steps per model (-a and -b get the same).")] = 400,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each trains both modes.")] = "0,1,2",
     inference_steps: Annotated[int, typer.Option(help="Denoising steps per generated image.")] = 20,
+    base_steps: Annotated[int | None, typer.Option(
+        help="Text-to-image pretraining steps of each seed's world base (default: BaseSettings').")] = None,
 ):
-    """RetriBooru's claim (§3.1) in the small world: RetriNet -a vs -b vs untrained, one table (table.md)."""
+    """RetriBooru's claim (§3.1) in the small world: a pretrained world base per seed, then RetriNet -a vs -b vs
+    untrained on it, one table (table.md)."""
     from .demo.claim import ClaimSettings, run_claim
+    from .demo.world_base import BaseSettings
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
         raise SameIdError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
-    result = run_claim(out, ClaimSettings(steps=steps, seeds=seed_list, inference_steps=inference_steps),
+    result = run_claim(out, ClaimSettings(steps=steps, seeds=seed_list, inference_steps=inference_steps,
+                                          base=BaseSettings(**({} if base_steps is None else {"steps": base_steps}))),
                        echo=typer.echo, progress=show_progress())
     say(result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

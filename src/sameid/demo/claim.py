@@ -5,14 +5,18 @@ RetriBooru, arXiv 2312.02521, §3.1: a model trained with the target as its own 
 follows the prompt less. The experiment (``sameid experiment claim``):
 
 1. writes the world (:func:`.world.make_world`), a dataset dir like any other;
-2. for every seed, trains RetriNet (:mod:`sameid.models.retrinet`) with the project's loop
-   (:func:`sameid.train.loop.train`) on the pixel-space "world" base (``tiny_kind: world``) in mode ``same`` (-a)
-   and in mode ``identity`` (-b), same steps and settings, holding out the same identities;
-3. keeps the untrained model of each seed (the same initialisation, no step) as the floor;
-4. generates, with :class:`sameid.pipelines.ReferencePipeline`, for every held-out identity from one reference
+2. for every seed, pretrains the world base as a text-to-image model on full captions (:mod:`.world_base`, the
+   part Stable Diffusion 1.5 plays in the paper), without the held-out identities, and checks that it draws
+   what a full caption asks (identity and prompt scores of the base alone, ``base_check`` in table.json);
+3. trains RetriNet (:mod:`sameid.models.retrinet`) on that base with the project's loop
+   (:func:`sameid.train.loop.train`, ``pretrained: <base>``) in mode ``same`` (-a) and in mode ``identity`` (-b),
+   same steps and settings, layout-only captions, holding out the same identities;
+4. keeps the untrained model of each seed (the base with RetriNet's initialisation, whose zero-initialised
+   retrieval attentions add nothing: the base drawing a layout-only caption) as the floor;
+5. generates, with :class:`sameid.pipelines.ReferencePipeline`, for every held-out identity from one reference
    image and prompts that ask for a layout unlike the reference's in every factor (other background, other
    position, other size);
-5. reads every generation back with :func:`.world.measure` and scores it:
+6. reads every generation back with :func:`.world.measure` and scores it:
 
    - **identity**: share of hair / top / bottom colours that are the reference identity's;
    - **prompt**: share of background / position / size that are the prompt's;
@@ -49,6 +53,7 @@ from .world import (
     make_world,
     measure,
 )
+from .world_base import BaseSettings, check_base, pretrain_world_base
 
 MODES = {"same": "-a (target as reference)", "identity": "-b (other image of the identity)"}
 UNTRAINED = "untrained"
@@ -61,6 +66,7 @@ class ClaimSettings:
     steps: int = 400
     seeds: tuple[int, ...] = (0, 1, 2)
     world: WorldSettings = field(default_factory=WorldSettings)
+    base: BaseSettings = field(default_factory=BaseSettings)
     holdout_identities: int = 8
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -83,6 +89,7 @@ class ClaimResult:
     per_seed: pd.DataFrame  # one row per (model, seed)
     per_image: pd.DataFrame
     seconds: float
+    base_checks: pd.DataFrame = field(default_factory=pd.DataFrame)  # per seed: the base alone, full captions
 
     def describe(self) -> list[str]:
         return [*markdown_table(self.table).splitlines(), f"written to {self.out} ({self.seconds:.0f} s)"]
@@ -162,12 +169,13 @@ def summarise(scored: pd.DataFrame) -> dict:
 
 
 # --- the experiment -------------------------------------------------------------------------------------------
-def _train(world: Path, out: Path, mode: str, seed: int, settings: ClaimSettings, progress: bool | None):
+def _train(world: Path, out: Path, base: Path, mode: str, seed: int, settings: ClaimSettings,
+           progress: bool | None):
     from ..train import TrainConfig
     from ..train.loop import train
 
     config = TrainConfig.from_flat({
-        "dataset": str(world), "out": str(out), "tiny": True, "tiny_kind": "world", "model": settings.model,
+        "dataset": str(world), "out": str(out), "pretrained": str(base), "model": settings.model,
         "mode": mode, "task": "reconstruction", "n_references": 1, "resolution": 32,
         "prompt_drop": settings.prompt_drop, "holdout_identities": settings.holdout_identities,
         "max_train_steps": settings.steps, "train_batch_size": settings.batch_size,
@@ -178,39 +186,68 @@ def _train(world: Path, out: Path, mode: str, seed: int, settings: ClaimSettings
 
 
 def _model(run_dir: Path, *, trained: bool, seed: int, kind: str):
-    """The run's trained model, or the same initialisation untrained (create_denoiser as the loop does)."""
+    """The run's trained model, or its base with the same RetriNet initialisation untrained (create_denoiser as
+    the loop does)."""
     import torch
 
     from ..generate.run import load_run
+    from ..models.components import load_components
     from ..models.denoisers import create_denoiser
+    from ..train.run_dir import RunDir
 
-    components, denoiser, _ = load_run(run_dir, device="cpu")
-    if not trained:
-        from ..models.components import load_components
-
-        components = load_components(run_dir / "base")
-        torch.manual_seed(seed)  # the loop initialises the new modules from the seed alone
-        denoiser = create_denoiser(kind, components.unet).eval()
-        components.unet = denoiser.unet
+    if trained:
+        components, denoiser, _ = load_run(run_dir, device="cpu")
+        return components, denoiser
+    components = load_components(RunDir(run_dir).config.pretrained)
+    torch.manual_seed(seed)  # the loop initialises the new modules from the seed alone
+    denoiser = create_denoiser(kind, components.unet).eval()
+    components.unet = denoiser.unet
     return components, denoiser
+
+
+def world_base(out: Path, world: Path, seed: int, settings: ClaimSettings, manifest: pd.DataFrame, *,
+               echo=print) -> tuple[Path, dict]:
+    """The seed's pretrained world base (made once, reused by -a and -b and by a re-run) and its check: the
+    identity and prompt scores of the base alone drawing the held-out identities from full captions."""
+    from ..models.components import load_components
+    from ..train.loop import holdout_identities
+
+    held = holdout_identities(manifest["identity"], settings.holdout_identities, seed)
+    path = out / "bases" / f"seed{seed}"
+    echo(f"seed {seed}: world base, {settings.base.steps} text-to-image steps on full captions")
+    pretrained = pretrain_world_base(world, path, settings.base, seed=seed, exclude=held, echo=echo)
+    window = max(1, min(20, len(pretrained.losses) // 4))  # steps averaged at each end of the loss curve
+    first, last = float(np.mean(pretrained.losses[:window])), float(np.mean(pretrained.losses[-window:]))
+    if not pretrained.reused:
+        echo(f"    loss {first:.4f} -> {last:.4f} ({pretrained.seconds:.0f} s)")
+    subjects = [Identity(*name.split("-")) for name in held]
+    checked = check_base(load_components(path), subjects, per_identity=settings.prompts_per_subject,
+                         inference_steps=settings.inference_steps, guidance_scale=settings.guidance_scale, seed=seed)
+    echo(f"    base from full captions: identity {checked['identity']:.3f}, prompt {checked['prompt']:.3f} "
+         f"({checked['n']} images)")
+    return path, {"seed": seed, "identity": checked["identity"], "prompt": checked["prompt"], "n": checked["n"],
+                  "loss_first": first, "loss_last": last, "seconds": pretrained.seconds}
 
 
 def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, echo=print,
               progress: bool | None = None) -> ClaimResult:
-    """Run the experiment into ``out`` (world/, runs/<mode>-seed<k>/, images, table.md, table.json, per_image)."""
+    """Run the experiment into ``out`` (world/, bases/seed<k>/, runs/<mode>-seed<k>/, images, table.md,
+    table.json, per_image.parquet, side_by_side.png)."""
     from ..train.run_dir import RunDir
 
     start = time.time()
     out = Path(out)
     world = make_world(out / "world", settings.world)
     manifest = pd.read_parquet(world / "manifest.parquet")
-    scored_all = []
+    scored_all, base_checks = [], []
     for seed in settings.seeds:
+        base, checked = world_base(out, world, seed, settings, manifest, echo=echo)
+        base_checks.append(checked)
         for mode in MODES:
             run_dir = out / "runs" / f"{mode}-seed{seed}"
             if not (run_dir / "model").is_dir():
                 echo(f"seed {seed}: training {settings.model} {MODES[mode]}, {settings.steps} steps")
-                result = _train(world, run_dir, mode, seed, settings, progress)
+                result = _train(world, run_dir, base, mode, seed, settings, progress)
                 echo(f"    loss {np.mean(result.losses[:10]):.4f} -> {np.mean(result.losses[-10:]):.4f}")
         subjects = RunDir(out / "runs" / f"identity-seed{seed}").holdout_identities()
         plan = generation_plan(manifest, subjects, settings.prompts_per_subject, seed)
@@ -232,11 +269,13 @@ def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, ech
             scored.insert(0, "seed", seed)
             scored.insert(0, "model", name)
             scored_all.append(scored)
+            echo(f"    identity {scored['identity_score'].mean():.3f}, prompt {scored['prompt_score'].mean():.3f}, "
+                 f"copy {scored['copy_score'].mean():.3f}")
     per_image = pd.concat(scored_all, ignore_index=True)
     per_seed = pd.DataFrame([{"model": model, "seed": seed, **summarise(group)}
                              for (model, seed), group in per_image.groupby(["model", "seed"], sort=False)])
     table = summary_table(per_seed)
-    result = ClaimResult(out, table, per_seed, per_image, time.time() - start)
+    result = ClaimResult(out, table, per_seed, per_image, time.time() - start, pd.DataFrame(base_checks))
     _write(result, settings, world)
     return result
 
@@ -263,16 +302,37 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_seed_table(per_seed: pd.DataFrame) -> str:
+    """Markdown: one row per (model, seed)."""
+    lines = ["| model | seed | identity | prompt | copy | SWD | generations |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in per_seed.itertuples():
+        lines.append(f"| {row.model} | {row.seed} | {row.identity:.3f} | {row.prompt:.3f} | {row.copy:.3f} | "
+                     f"{row.swd:.3f} | {row.n} |")
+    return "\n".join(lines)
+
+
+def base_table(base_checks: pd.DataFrame) -> str:
+    """Markdown: per seed, the pretrained base alone drawing the held-out identities from full captions."""
+    lines = ["| seed | base loss (first -> last steps) | identity | prompt | images |", "| --- | --- | --- | --- | --- |"]
+    for row in base_checks.itertuples():
+        lines.append(f"| {row.seed} | {row.loss_first:.3f} -> {row.loss_last:.3f} | {row.identity:.3f} | "
+                     f"{row.prompt:.3f} | {row.n} |")
+    return "\n".join(lines)
+
+
 def _write(result: ClaimResult, settings: ClaimSettings, world: Path) -> None:
     out = result.out
     write_parquet_atomic(out / "per_image.parquet", result.per_image)
     write_json_atomic(out / "table.json", {
         "settings": {**asdict(settings), "seeds": list(settings.seeds)}, "seconds": round(result.seconds, 1),
-        "table": result.table.to_dict(orient="records"), "per_seed": result.per_seed.to_dict(orient="records")},
-        sort_keys=False)
+        "table": result.table.to_dict(orient="records"), "per_seed": result.per_seed.to_dict(orient="records"),
+        "base_check": result.base_checks.to_dict(orient="records")}, sort_keys=False)
     text = ("# RetriBooru's claim in the small world\n\n" + markdown_table(result.table) +
             "\n\n± is the standard deviation over seeds " + ", ".join(map(str, settings.seeds)) +
-            f". {settings.steps} steps per model. Side by side: side_by_side.png\n")
+            f". {settings.steps} RetriNet steps per model on a base pretrained for {settings.base.steps} steps. "
+            "Side by side: side_by_side.png\n\n## Per seed\n\n" + per_seed_table(result.per_seed) +
+            "\n\n## The pretrained base alone, full captions (layout + identity colours)\n\n" +
+            base_table(result.base_checks) + "\n")
     write_text_atomic(out / "table.md", text)
     sheet = side_by_side(result.per_image, out, world)
     write_atomic(out / "side_by_side.png", sheet.save, suffix=".png")

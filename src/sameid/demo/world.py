@@ -82,6 +82,13 @@ class Layout:
         return f"a {self.size} figure {where}, {self.background} background"
 
 
+def full_caption(identity: Identity, layout: Layout) -> str:
+    """The layout caption followed by the identity's colours, what the world base is pretrained on
+    (:mod:`.world_base`): "a large figure on the left, gray background, red hair, blue top, black bottom". The
+    layout caption is its prefix, so a causal text encoder (CLIP) states it identically in both."""
+    return f"{layout.caption()}, {identity.hair} hair, {identity.top} top, {identity.bottom} bottom"
+
+
 def identities(count: int, seed: int) -> list[Identity]:
     """``count`` distinct identities drawn by ``seed`` (hair != top != bottom)."""
     names = list(PALETTE)

@@ -35,6 +35,9 @@ TINY_VAE_SCALE_FACTOR = 2 ** (len(TINY_VAE_BLOCK_OUT_CHANNELS) - 1)
 #: or "world" (pixel space, 32 px: learns the small world of sameid.demo.world from scratch in minutes on a CPU).
 TINY_KINDS = ("sd", "world")
 WORLD_RESOLUTION = 32
+# Text tokens of the world's byte-level tokenizer (one per character): its longest full caption ("a small figure in
+# the centre, white background, yellow hair, ...", sameid.demo.world.full_caption) is 86 characters + start + end.
+WORLD_TEXT_TOKENS = 96
 _EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -146,14 +149,18 @@ def _tiny_components(seed: int) -> DiffusionComponents:
 
 
 def _world_components(seed: int) -> DiffusionComponents:
-    """A pixel-space base for the small world (:mod:`sameid.demo.world`), random, that learns in minutes on a CPU.
+    """A random pixel-space base for the small world (:mod:`sameid.demo.world`); :mod:`sameid.demo.world_base`
+    pretrains it as a text-to-image model before RetriNet is trained on it.
 
     The VAE is a :class:`~.pixel_autoencoder.PixelAutoencoder` (latents are the 32 px pixels in 2 x 2 patches:
     16 x 16 x 12; at 32 x 32 cells RetriNet's retrieval attention, 1024 queries by 1024 keys per reference, made a
-    CPU step many seconds), the U-Net has two levels (16 and 8 cells) with attention at 8, the text encoder is a random 2-layer CLIP over the byte-level vocabulary, and the noise schedule is the
-    cosine one of "Improved Denoising Diffusion Probabilistic Models" (arXiv 2102.09672, §3.2), with x0 clipped to
-    [-1, 1] as pixel-space DDPM does; SD's scaled-linear schedule, made for latents scaled by 0.18215, leaves too
-    much of a pixel image at its last step.
+    CPU step many seconds), the U-Net has two levels (16 and 8 cells) with attention at 8, the text encoder is a
+    random 2-layer CLIP over the byte-level vocabulary (:data:`WORLD_TEXT_TOKENS` tokens), and the noise schedule is
+    the cosine one of "Improved Denoising Diffusion Probabilistic Models" (arXiv 2102.09672, §3.2), with x0 clipped
+    to [-1, 1] as pixel-space DDPM does; SD's scaled-linear schedule, made for latents scaled by 0.18215, leaves too
+    much of a pixel image at its last step. The U-Net predicts the clean image (``prediction_type="sample"``):
+    measured on 600-step pretrainings (docs/benchmarks.md), epsilon prediction left noise over every image and
+    averaged all backgrounds to gray, v-prediction left more noise, x0-prediction gave clean backgrounds.
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -164,7 +171,7 @@ def _world_components(seed: int) -> DiffusionComponents:
     torch.manual_seed(seed)
     try:
         with tempfile.TemporaryDirectory() as folder:
-            tokenizer = byte_level_clip_tokenizer(folder)
+            tokenizer = byte_level_clip_tokenizer(folder, model_max_length=WORLD_TEXT_TOKENS)
         text_encoder = CLIPTextModel(CLIPTextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
@@ -179,7 +186,7 @@ def _world_components(seed: int) -> DiffusionComponents:
     finally:
         torch.random.set_rng_state(generator_state)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                              clip_sample_range=1.0, prediction_type="epsilon")
+                              clip_sample_range=1.0, prediction_type="sample")
     for model in (unet, vae, text_encoder):
         model.eval()
     return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, TINY_SOURCE)

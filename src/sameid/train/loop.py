@@ -110,6 +110,8 @@ def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: to
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         objective = scheduler.get_velocity(latents, noise, timesteps)
+    elif scheduler.config.prediction_type == "sample":  # x0-prediction (the small world's pixel-space base)
+        objective = latents
     else:
         objective = noise
     with autocast():
@@ -130,6 +132,14 @@ def configure_denoiser(denoiser, config: TrainConfig) -> list[torch.nn.Parameter
     denoiser.unconditional_references = config.unconditional_references
     denoiser.default_reference_scale = config.reference_scale
     return trainable
+
+
+def holdout_identities(identities, count: int, seed: int) -> list[str]:
+    """The ``count`` identities a run with ``seed`` keeps out of training (what ``holdout.json`` lists), so a
+    stage before the run (e.g. pretraining a base without them) can know them."""
+    identities = sorted(set(identities))
+    order = np.random.default_rng([seed, 11]).permutation(len(identities))
+    return sorted(identities[i] for i in order[:count])
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -300,12 +310,11 @@ class Trainer:
         """Keep ``count`` identities out of training, chosen by seed (listed in holdout.json once the run starts)."""
         if count <= 0:
             return []
-        identities = sorted(set(self.dataset.manifest.identities))
+        identities = set(self.dataset.manifest.identities)
         if count >= len(identities):
             raise SameIdError(f"holdout_identities = {count}, but {self.config.dataset} has only "
                               f"{len(identities)} identities; keep at least one for training")
-        order = np.random.default_rng([self.config.seed, 11]).permutation(len(identities))
-        held = sorted(identities[i] for i in order[:count])
+        held = holdout_identities(identities, count, self.config.seed)
         excluded = set(held)
         self.dataset.target_rows = [r for r in self.dataset.target_rows
                                     if self.dataset.manifest.identities[r] not in excluded]
