@@ -251,7 +251,8 @@ def save_adapter(peft_model, backbone: Backbone, folder: str | Path, extra: dict
 
     folder = Path(folder)
     peft_model.peft_config["default"].base_model_name_or_path = backbone.spec
-    peft_model.save_pretrained(str(folder))
+    # save_embedding_layers=False: peft would otherwise look the base up on the hub (it is a spec, not a hub id)
+    peft_model.save_pretrained(str(folder), save_embedding_layers=False)
     write_json_atomic(folder / BACKBONE_FILE, {"backbone": backbone.spec, **(extra or {})})
     return folder
 

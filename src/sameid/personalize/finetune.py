@@ -102,7 +102,8 @@ def _save_checkpoint(folder: Path, step: int, peft_model, optimizer, losses: lis
         return
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", suffix=".tmp", dir=root))
     try:
-        torch.save({key: value.detach().cpu() for key, value in get_peft_model_state_dict(peft_model).items()},
+        torch.save({key: value.detach().cpu() for key, value in
+                    get_peft_model_state_dict(peft_model, save_embedding_layers=False).items()},
                    tmp / "lora.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "config": asdict(config)}))
