@@ -183,7 +183,8 @@ class DinoBackbone(Backbone):
         self.module = load_pretrained(transformers.AutoModel, source, what="DINO model").eval().requires_grad_(False)
         processor = load_pretrained(transformers.AutoImageProcessor, source, what="DINO model image processor")
         self.pixel_preparer = PixelPreparer(processor)
-        self.lora_targets = ["query", "value"]
+        # transformers 5 names them q_proj / v_proj, 4.x query / value; peft needs only one to match
+        self.lora_targets = ["q_proj", "v_proj", "query", "value"]
         self.dim = int(self.module.config.hidden_size)
 
     def head(self, features):
