@@ -117,3 +117,7 @@ def test_folder_input_through_the_command_line(built_sample, tiny_dino, tmp_path
     bad = runner.invoke(app, ["personalize", str(folders["mine"]), "--out", str(tmp_path / "z"),
                               "--backbone", f"dino:{tmp_path / 'absent'}"])
     assert bad.exit_code == 2 and "DINO model" in bad.output and not (tmp_path / "z").exists()
+    (tmp_path / "empty").mkdir()
+    bad = runner.invoke(app, ["personalize", str(folders["mine"]), "--out", str(tmp_path / "w"),
+                              "--generators", f"cut-paste:{tmp_path / 'empty'}"])
+    assert bad.exit_code == 2 and "holds no images" in bad.output and not (tmp_path / "w").exists()

@@ -200,22 +200,27 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
     write_json_atomic(settings_path, settings)
 
 
-def _synthesize(config: PersonalizeConfig, instance: Instance, folder: Path, progress: bool
-                ) -> list[SyntheticImage]:
-    positives = [s for s in config.generators if s.partition(":")[0] not in NEGATIVE_GENERATORS]
-    negatives = [s for s in config.generators if s.partition(":")[0] in NEGATIVE_GENERATORS]
+def _generators(config: PersonalizeConfig) -> list:
+    """Every generator of ``config``, built (and so checked: folders, names) before anything is written; models
+    load only when a generator first generates."""
     options = dict(segmenter=config.segmenter, steps=config.diffusion_steps, train_steps=config.dreambooth_steps,
                    subject=config.subject or None, device=config.device)
+    return [create_generator(spec, **options) for spec in config.generators]
+
+
+def _synthesize(config: PersonalizeConfig, instance: Instance, folder: Path, progress: bool
+                ) -> list[SyntheticImage]:
+    generators = _generators(config)
+    positives = [g for g in generators if g.role == "positive"]
+    negatives = [g for g in generators if g.role == "negative"]
     records: list[SyntheticImage] = []
-    for spec, count in zip(positives, split_count(config.positives, len(positives))):
-        generator = create_generator(spec, **options)
-        records += generator.generate(instance, generator_folder(folder, spec), count, config.finetune.seed,
-                                      out=folder, progress=progress)
-    for spec, count in zip(negatives, split_count(config.generic_negatives, max(1, len(negatives)))):
+    for generator, count in zip(positives, split_count(config.positives, len(positives))):
+        records += generator.generate(instance, generator_folder(folder, generator.spec), count,
+                                      config.finetune.seed, out=folder, progress=progress)
+    for generator, count in zip(negatives, split_count(config.generic_negatives, max(1, len(negatives)))):
         if count:
-            generator = create_generator(spec, **options)
-            records += generator.generate(instance, generator_folder(folder, spec), count, config.finetune.seed,
-                                          out=folder, progress=progress)
+            records += generator.generate(instance, generator_folder(folder, generator.spec), count,
+                                          config.finetune.seed, out=folder, progress=progress)
     write_synthetic_manifest(folder / SYNTHETIC_FILE, records)
     return records
 
@@ -324,6 +329,7 @@ def personalize(config: PersonalizeConfig, *, overwrite: bool = False, progress:
             except ImageError as error:
                 raise SameIdError(f"personalize: {error}") from error
     out = Path(config.out).expanduser()
+    _generators(config)  # a bad generator argument (a backgrounds folder without images) fails before writing
     backbone = load_backbone(config.backbone)  # a missing model fails here, before writing
     if config.device:
         backbone.module.to(config.device)
