@@ -99,6 +99,8 @@ def main() -> None:
         "seconds_per_step": median,
         "images_per_second": {arm: args.batch_size / value for arm, value in median.items()},
         "lora_over_plain": median["lora"] / median["plain"],
+        # each round times the two arms back to back: the median of the per-round ratios resists load swings
+        "lora_over_plain_paired": statistics.median(a / b for a, b in zip(times["lora"], times["plain"])),
         "all_seconds": times,
     }
     text = json.dumps(result, indent=2)
