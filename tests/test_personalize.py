@@ -237,3 +237,25 @@ def test_synthetic_manifest_reader_names_bad_lines(tmp_path):
     path.write_text('{"image": "a.png", "generator": "cut-paste", "role": "positive"}\nnot json\n')
     with pytest.raises(SameIdError, match="synthetic.jsonl, line 2"):
         read_synthetic_manifest(path)
+
+
+def test_clip_vision_backbone_takes_a_lora_adapter(tmp_path, torch_one_thread):
+    from sameid.backends.backbone import add_lora, load_backbone, load_personalized, save_adapter
+    from sameid.testing import save_tiny_clip
+
+    save_tiny_clip(tmp_path / "clip", projection_dim=16)
+    backbone = load_backbone(f"clip:{tmp_path / 'clip'}")
+    images = [Image.new("RGB", (40, 30), colour) for colour in ("red", "navy", "olive")]
+    before = backbone.embed_images(images)
+    assert before.shape == (3, 16) and np.allclose(np.linalg.norm(before, axis=1), 1.0, atol=1e-5)
+    peft_model = add_lora(backbone, rank=2)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ("q_proj" in n or "v_proj" in n) for n in trainable)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    tuned = backbone.embed_images(images)
+    assert not np.allclose(tuned, before, atol=1e-3)
+    loaded = load_personalized(save_adapter(peft_model, backbone, tmp_path / "adapter"))
+    assert np.allclose(loaded.embed_images(images), tuned, atol=1e-5)

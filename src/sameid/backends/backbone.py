@@ -202,8 +202,16 @@ class ClipBackbone(Backbone):
 
         source = source or DEFAULT_CLIP
         self.spec = f"clip:{source}"
+        # A full CLIP checkpoint keeps projection_dim on the outer config; the vision config alone would default it
+        # (512), and the projection's weights would not fit: give the vision tower its real projection size.
+        config = load_pretrained(transformers.AutoConfig, source, what="CLIP vision model config")
+        options = {}
+        if getattr(config, "vision_config", None) is not None:
+            vision = config.vision_config
+            vision.projection_dim = config.projection_dim
+            options["config"] = vision
         self.module = load_pretrained(transformers.CLIPVisionModelWithProjection, source,
-                                      what="CLIP vision model").eval().requires_grad_(False)
+                                      what="CLIP vision model", **options).eval().requires_grad_(False)
         processor = load_pretrained(transformers.CLIPImageProcessor, source, what="CLIP model image processor")
         self.pixel_preparer = PixelPreparer(processor)
         self.lora_targets = ["q_proj", "v_proj"]
