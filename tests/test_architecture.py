@@ -15,7 +15,7 @@ PACKAGE = SRC / "sameid"
 #: The stages in pipeline order (docs/architecture.md, "The flow"). A module may import its own stage, the ground
 #: floor, and earlier stages; never a later one.
 STAGES = ("sources", "dataset", "pairs", "models", "pipelines", "train", "generate", "synth", "recognition",
-          "evaluate", "demo", "cli", "testing")  # testing: tiny models for tests and benchmarks, above everything; src/ never imports it
+          "evaluate", "personalize", "demo", "cli", "testing")  # testing: tiny models for tests and benchmarks, above everything; src/ never imports it
 #: The ground floor every stage may use; it imports nothing above itself.
 GROUND = ("__init__", "errors", "records", "images", "atomic", "references", "settings", "verbosity", "backends",
           "data")

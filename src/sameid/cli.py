@@ -689,5 +689,75 @@ def experiment_claim(
     say(result)
 
 
+
+@app.command()
+@user_errors
+def personalize(
+    source: Annotated[Path, typer.Argument(help="A folder of real images of one instance (the first --real are "
+                                                "trained on, the rest held out), or a dataset dir written by "
+                                                "`sameid build` (each identity in turn is the instance).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for synthetic/, synthetic.jsonl, adapter/ "
+                                                          "(peft), evaluation.json, scores.png; per instance under "
+                                                          "instances/ for a dataset, with summary.json and report.md.")],
+    category: Annotated[str, typer.Option(help="The instance's category (prompts, generic negatives).")] = "figure",
+    backbone: Annotated[str, typer.Option(help="efficientnet-lite0 (offline) | dino:<id or path> | "
+                                               "clip:<id or path>.")] = "efficientnet-lite0",
+    generators: Annotated[str, typer.Option(help="Comma-separated: cut-paste[:<backgrounds dir>] | "
+                                                 "reference:<sameid run dir> | ip-adapter:<SD 1.5 id or dir> | "
+                                                 "dreambooth:<SD 1.5 id or dir> | base:<SD 1.5 id or dir> "
+                                                 "(generic negatives).")] = "cut-paste",
+    positives: Annotated[int, typer.Option(help="Synthetic positives, shared among the generators.")] = 32,
+    generic_negatives: Annotated[int, typer.Option(help="Generic images of the category from a base:<model> "
+                                                        "generator.")] = 16,
+    real: Annotated[int, typer.Option(help="Real images of the instance to train on (the paper: 3).")] = 3,
+    masks: Annotated[Path | None, typer.Option(help="Folder of <image stem>.png masks of the instance "
+                                                    "(default: segmented).")] = None,
+    segmenter: Annotated[str, typer.Option(help="Segmenter where no mask is given: border-colors | grabcut | "
+                                                "mediapipe-selfie.")] = "border-colors",
+    negatives: Annotated[Path | None, typer.Option(help="Folder of images of other instances (training "
+                                                        "negatives).")] = None,
+    distractors: Annotated[Path | None, typer.Option(help="Folder of images of other instances for the "
+                                                          "evaluation (not trained on).")] = None,
+    instance_column: Annotated[str, typer.Option(help="Dataset dir: the manifest column whose groups are the "
+                                                      "instances (identity, character, ...).")] = "identity",
+    instance: Annotated[list[str] | None, typer.Option(help="Dataset dir: only this instance; repeat it.")] = None,
+    negative_fraction: Annotated[float, typer.Option(help="Dataset dir: share of the other instances used as "
+                                                          "training negatives; the rest are distractors.")] = 0.5,
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 60,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate of the LoRA weights.")] = 1e-4,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 4,
+    positives_per_step: Annotated[int, typer.Option(help="Synthetic positives per step.")] = 8,
+    negatives_per_step: Annotated[int, typer.Option(help="Negatives per step.")] = 32,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature (the paper: 0.07).")] = 0.07,
+    checkpoint_every: Annotated[int, typer.Option(help="Save a fine-tuning checkpoint every this many steps.")] = 20,
+    diffusion_steps: Annotated[int, typer.Option(help="Denoising steps of the diffusion generators.")] = 25,
+    dreambooth_steps: Annotated[int, typer.Option(help="DreamBooth-LoRA training steps.")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic images, the split and the fine-tuning.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda (default: cuda when available).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a run with other settings in --out (its files "
+                                                 "only).")] = False,
+):
+    """Personalize a backbone to one instance from a few real images: synthetic positives, contrastive LoRA,
+    evaluation against the pretrained backbone (Personalized Representation from Personalized Generation)."""
+    from .personalize import FinetuneConfig, PersonalizeConfig
+    from .personalize import personalize as run_personalize
+    from .verbosity import show_progress
+
+    tuning = FinetuneConfig(steps=steps, learning_rate=learning_rate, rank=rank,
+                            positives_per_step=positives_per_step, negatives_per_step=negatives_per_step,
+                            temperature=temperature, checkpoint_every=checkpoint_every, seed=seed)
+    config = PersonalizeConfig(
+        source=str(source), out=str(out), category=category, backbone=backbone,
+        generators=tuple(generators.split(",")), positives=positives, generic_negatives=generic_negatives,
+        real=real, masks=None if masks is None else str(masks), segmenter=segmenter,
+        negatives=None if negatives is None else str(negatives),
+        distractors=None if distractors is None else str(distractors), instance_column=instance_column,
+        instances=tuple(instance or ()), negative_fraction=negative_fraction, diffusion_steps=diffusion_steps,
+        dreambooth_steps=dreambooth_steps, finetune=tuning, device=device)
+    result = run_personalize(config, overwrite=overwrite, progress=show_progress())
+    for line in result.describe():
+        typer.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -35,6 +35,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "clip": "sameid.backends.clip:CLIPEmbedder",
         "dino": "sameid.backends.dino:DinoEmbedder",
         "efficientnet-lite0": "sameid.backends.efficientnet:EfficientNetLiteEmbedder",
+        "personalized": "sameid.backends.backbone:PersonalizedEmbedder",
     },
     "text_embedder": {
         "clip": "sameid.backends.clip:CLIPEmbedder",
