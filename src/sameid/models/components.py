@@ -110,21 +110,27 @@ def byte_level_clip_tokenizer(folder: str | Path, *, model_max_length: int = 77)
     return tokenizer
 
 
+def _tiny_text_encoder(tokenizer, *, intermediate_size: int):
+    """A random 2-layer, 32-wide CLIP text encoder over ``tokenizer``'s vocabulary (the tiny and world bases)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=intermediate_size, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+
+
 def _tiny_components(seed: int) -> DiffusionComponents:
     """Random SD-layout parts small enough for a CPU: 64 px images -> 16x16x4 latents, 32-wide text states."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         with tempfile.TemporaryDirectory() as folder:
             tokenizer = byte_level_clip_tokenizer(folder)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id))
+        text_encoder = _tiny_text_encoder(tokenizer, intermediate_size=37)
         unet = UNet2DConditionModel(
             sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -163,7 +169,6 @@ def _world_components(seed: int) -> DiffusionComponents:
     averaged all backgrounds to gray, v-prediction left more noise, x0-prediction gave clean backgrounds.
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from .pixel_autoencoder import PixelAutoencoder
 
@@ -172,11 +177,7 @@ def _world_components(seed: int) -> DiffusionComponents:
     try:
         with tempfile.TemporaryDirectory() as folder:
             tokenizer = byte_level_clip_tokenizer(folder, model_max_length=WORLD_TEXT_TOKENS)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id))
+        text_encoder = _tiny_text_encoder(tokenizer, intermediate_size=64)
         unet = UNet2DConditionModel(
             sample_size=WORLD_RESOLUTION // 2, in_channels=12, out_channels=12, block_out_channels=(32, 64),
             layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
