@@ -36,6 +36,11 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "dino": "sameid.backends.dino:DinoEmbedder",
         "efficientnet-lite0": "sameid.backends.efficientnet:EfficientNetLiteEmbedder",
     },
+    "judge": {
+        "openai": "sameid.backends.judge_openai:OpenAIJudge",
+        "transformers": "sameid.backends.judge_transformers:TransformersJudge",
+        "consensus": "sameid.backends.judge_consensus:ConsensusJudge",
+    },
     "text_embedder": {
         "clip": "sameid.backends.clip:CLIPEmbedder",
         "minilm": "sameid.backends.text:MiniLMTextEmbedder",
