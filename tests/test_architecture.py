@@ -14,7 +14,7 @@ PACKAGE = SRC / "sameid"
 
 #: The stages in pipeline order (docs/architecture.md, "The flow"). A module may import its own stage, the ground
 #: floor, and earlier stages; never a later one.
-STAGES = ("sources", "dataset", "pairs", "models", "pipelines", "train", "generate", "evaluate", "demo", "cli",
+STAGES = ("sources", "dataset", "pairs", "models", "pipelines", "train", "generate", "synth", "evaluate", "demo", "cli",
           "testing")  # testing: tiny models for tests and benchmarks, above everything; src/ never imports it
 #: The ground floor every stage may use; it imports nothing above itself.
 GROUND = ("__init__", "errors", "records", "images", "atomic", "references", "settings", "verbosity", "backends",

@@ -1,0 +1,1 @@
+"""Synthetic identities: checks that keep them synthetic (:mod:`.leakage`, the identity-leakage check)."""
