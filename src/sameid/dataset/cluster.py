@@ -273,8 +273,8 @@ class FolderCleaning:
     ``keep`` marks the faces of the main cluster (``~keep`` are the outliers); ``eps`` is the eps that was used;
     ``reached_fraction`` is False when even ``max_eps`` left the main cluster below ``main_fraction`` of the folder
     (the folder is then doubtful: a mixed folder or very varied photos); ``labels`` are the DBSCAN labels at ``eps``;
-    ``nearest_main`` is each face's cosine distance to the nearest *other* face of the main cluster (``inf`` when
-    none lies within the search radius, ``max_eps`` plus the ``near_margin`` asked for).
+    ``nearest_main`` is each outlier's cosine distance to the nearest face of the main cluster (``inf`` when none
+    lies within the search radius, ``max_eps`` plus the ``near_margin`` asked for; NaN for the main cluster's faces).
     """
 
     keep: np.ndarray
@@ -412,12 +412,15 @@ def clean_identity_folders(
     keep[single] = True
     labels[single] = 0
     undecided = sizes >= 2
+    # the pairs of the folders not yet decided, within the current eps (shrinks as folders are decided)
+    live = pdist <= grid[-1]
+    si, sj, sdist, sfolder = pi[live], pj[live], pdist[live], pair_folder[live]
     for step, e in enumerate(grid):
         if not undecided.any():
             break
         active_points = undecided[folder_of]
-        within = (pdist <= e) & undecided[pair_folder]
-        graph = _symmetric_graph(n, pi[within], pj[within], pdist[within], np.flatnonzero(active_points))
+        within = sdist <= e
+        graph = _symmetric_graph(n, si[within], sj[within], sdist[within], np.flatnonzero(active_points))
         found = _dbscan_from_graph(graph, int(min_samples))
         clustered = np.flatnonzero(found >= 0)
         cluster_size = np.bincount(found[clustered]) if clustered.size else np.empty(0, dtype=np.int64)
@@ -446,12 +449,14 @@ def clean_identity_folders(
         main_size[decide] = size_of_main[decide]
         reached[decide] = ok[decide]
         undecided &= ~decide
+        still = undecided[sfolder]
+        si, sj, sdist, sfolder = si[still], sj[still], sdist[still], sfolder[still]
 
-    # distance of each face to the nearest other face of its folder's main cluster (within the search radius)
-    nearest = np.full(n, np.inf)
-    for a, b in ((pi, pj), (pj, pi)):
-        to_main = keep[b]
-        np.minimum.at(nearest, a[to_main], pdist[to_main])
+    # distance of each outlier to the nearest face of its folder's main cluster (within the search radius)
+    nearest = np.where(keep, np.nan, np.inf)
+    across = keep[pi] != keep[pj]
+    outlier = np.where(keep[pi[across]], pj[across], pi[across])
+    np.minimum.at(nearest, outlier, pdist[across])
     back = np.empty(n, dtype=np.int64)
     back[order] = np.arange(n)
     return FolderCleanings(
