@@ -107,6 +107,14 @@ def build(
     face_clustering: Annotated[str, typer.Option(help="dbscan | hdbscan, for photos without identity labels.")] = "dbscan",
     label_check: Annotated[str, typer.Option(help="Given identity labels (faces grouping): auto (check a label's images "
                                                   "by their faces where faces are found, trust it otherwise) | faces | trust.")] = "auto",
+    judge: Annotated[str | None, typer.Option(help="Judge of the doubtful face-checked labels (mixture-of-experts "
+                                                   "cleaning): openai:<model> (OpenAI-compatible endpoint, SAMEID_JUDGE_BASE_URL / "
+                                                   "SAMEID_JUDGE_API_KEY) | transformers:<id or path> | consensus[:<distance>].")] = None,
+    judge_margin: Annotated[float, typer.Option(help="A label is doubtful when an outlier lies within this cosine "
+                                                     "distance beyond its eps.")] = 0.02,
+    judge_clear_fraction: Annotated[float, typer.Option(help="A label is doubtful when its main face cluster holds "
+                                                             "less than this fraction of its faces.")] = 0.8,
+    judge_cache: Annotated[Path | None, typer.Option(help="Folder of cached verdicts (default: ~/.cache/sameid/judge).")] = None,
     keep_monochrome: Annotated[bool, typer.Option(help="Keep images without colour (tags grouping drops them).")] = False,
     engine: Annotated[str, typer.Option(help="local (process pool) | ray (Ray Data).")] = "local",
     workers: Annotated[int | None, typer.Option(help="Parallel workers (default: CPU count).")] = None,
@@ -129,7 +137,8 @@ def build(
         unwanted_tags=unwanted_tag or None,
         clothing_vocabulary=None if clothing_vocabulary is None else str(clothing_vocabulary),
         near_duplicate_bits=near_duplicate_bits, face_eps=face_eps, face_clustering=face_clustering,
-        label_check=label_check,
+        label_check=label_check, judge=judge, judge_margin=judge_margin, judge_clear_fraction=judge_clear_fraction,
+        judge_cache=None if judge_cache is None else str(judge_cache),
         reject_monochrome=not keep_monochrome, answer_matching=answer_matching, allow_no_artist=allow_no_artist,
         max_subjects=max_subjects,
         engine=engine, workers=workers or os.cpu_count() or 1, shard_size=shard_size,
@@ -138,6 +147,34 @@ def build(
     )
     result = build_dataset(config, resume=resume, overwrite=overwrite, progress=not quiet and show_progress())
     say(result)
+
+
+@app.command()
+@user_errors
+def leakage(
+    synthetic: Annotated[Path, typer.Option(help="Dataset dir of the synthetic identities (sameid build).")],
+    real: Annotated[Path, typer.Option(help="Real identities: a dataset dir, a folder of images (root/<identity>/... "
+                                            "or one image per person), or an .npz gallery saved with --save-real.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New dataset dir: the synthetic dataset without the removed "
+                                                          "identities, leakage.parquet, the card. The input is never changed.")],
+    threshold: Annotated[float, typer.Option(help="Cosine distance between identity means at or below which a "
+                                                  "synthetic identity is a real person (default: dlib's rule).")] = 0.088,
+    synthetic_threshold: Annotated[float | None, typer.Option(help="The same between two synthetic identities "
+                                                                   "(default: --threshold).")] = None,
+    face_embedder: Annotated[str, typer.Option(help="dlib | arcface-onnx:<path.onnx>; the same for both sides.")] = "dlib",
+    index: Annotated[str, typer.Option(help="flat (exact) | ivf (approximate, for millions of real identities).")] = "flat",
+    nprobe: Annotated[int, typer.Option(help="Lists an ivf index searches per query.")] = 32,
+    save_real: Annotated[Path | None, typer.Option(help="Save the real gallery's identity embeddings to this .npz "
+                                                        "for the next check.")] = None,
+):
+    """Identity-leakage check: remove synthetic identities that are real people or duplicates of each other."""
+    from .synth.leakage import LeakageConfig, run_leakage
+
+    result = run_leakage(LeakageConfig(
+        synthetic=str(synthetic), real=str(real), out=str(out), threshold=threshold,
+        synthetic_threshold=synthetic_threshold, face_embedder=face_embedder, index=index, nprobe=nprobe,
+        save_real=None if save_real is None else str(save_real)))
+    typer.echo(result.describe())
 
 
 @app.command()

@@ -37,6 +37,11 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "efficientnet-lite0": "sameid.backends.efficientnet:EfficientNetLiteEmbedder",
         "personalized": "sameid.backends.backbone:PersonalizedEmbedder",
     },
+    "judge": {
+        "openai": "sameid.backends.judge_openai:OpenAIJudge",
+        "transformers": "sameid.backends.judge_transformers:TransformersJudge",
+        "consensus": "sameid.backends.judge_consensus:ConsensusJudge",
+    },
     "text_embedder": {
         "clip": "sameid.backends.clip:CLIPEmbedder",
         "minilm": "sameid.backends.text:MiniLMTextEmbedder",

@@ -38,6 +38,7 @@ from ..sources import read_source
 from ..verbosity import get_verbosity
 from .annotate import ANNOTATION_COLUMNS, AnnotateConfig, annotate_rows
 from .clean import DEFAULT_NEAR_DUPLICATE_BITS, drop_unreferenceable
+from .cluster import JUDGE_CLEAR_FRACTION, JUDGE_MARGIN
 from .filters import FilterConfig, apply_tag_filters
 from .writer import OutputPlan, plan_output
 
@@ -61,6 +62,11 @@ NO_FACE = "no face found"
 IDENTITY_OUTLIER = "identity outlier"
 NO_MATCH = "no same-identity match"
 DUPLICATE_ID = "duplicate id"
+#: The judge of doubtful folders (``--judge``): rejected reason, and ``judge_verdict`` values of kept rows.
+JUDGE_REJECTED = "judge: not the same person"
+JUDGE_SAME = "same person"
+JUDGE_RESCUED = "same person (a clustering outlier)"
+JUDGE_FAILED = "no verdict: the clustering decided"
 
 REJECTED_SCHEMA = pa.schema([
     ("id", pa.string()), ("image", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
@@ -90,6 +96,10 @@ class BuildConfig:
     face_clustering: str = "dbscan"
     min_samples: int = 2
     label_check: str = "auto"
+    # Mixture-of-experts cleaning (faces grouping): a judge backend spec for the doubtful labels, and the doubt margins.
+    judge: str | None = None
+    judge_margin: float = JUDGE_MARGIN
+    judge_clear_fraction: float = JUDGE_CLEAR_FRACTION
     reject_monochrome: bool = True
     answer_matching: str = "strict"  # outfit answers: strict (A.1) | color-family
     allow_no_artist: bool = False  # tag grouping: keep posts without an artist tag (grouped as "(unknown artist)")
@@ -104,6 +114,7 @@ class BuildConfig:
     engine: str = "local"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     export_hf: str | None = None
+    judge_cache: str | None = None  # verdict cache folder (default ~/.cache/sameid/judge)
     is_generated_sample: bool = False
 
     def resolved(self) -> BuildConfig:
@@ -144,7 +155,16 @@ class BuildConfig:
             raise SameIdError("grouping 'faces' needs a face embedder (--face-embedder dlib or arcface-onnx:<path>)")
         from ..backends.registry import available_backends
 
-        for kind in ("head_detector", "segmenter", "vqa", "face_embedder"):
+        if config.judge in ("none", ""):
+            config.judge = None
+        if config.judge is not None:
+            if config.grouping != "faces":
+                raise SameIdError("--judge judges face clusters: it needs grouping 'faces'")
+            if not 0.0 < config.judge_clear_fraction <= 1.0:
+                raise SameIdError(f"--judge-clear-fraction must be in (0, 1], not {config.judge_clear_fraction!r}")
+            if not (np.isfinite(config.judge_margin) and 0.0 <= config.judge_margin < 2.0):
+                raise SameIdError(f"--judge-margin must be a cosine distance in [0, 2), not {config.judge_margin!r}")
+        for kind in ("head_detector", "segmenter", "vqa", "face_embedder", "judge"):
             spec = getattr(config, kind)
             if spec and spec.partition(":")[0] not in available_backends(kind):
                 raise SameIdError(f"unknown {kind.replace('_', ' ')} backend {spec!r}; choose one of: "
@@ -173,7 +193,7 @@ class BuildConfig:
 
     def content_dict(self) -> dict:
         content = asdict(self)
-        for key in ("engine", "workers", "export_hf", "out"):
+        for key in ("engine", "workers", "export_hf", "out", "judge_cache"):
             content.pop(key)
         return content
 
@@ -232,9 +252,14 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
 
         kept = resolve_danbooru_images(kept, config.image_root, config.layout)
     _check_some_image_exists(kept, config)
+    judge = None
+    if config.judge is not None:  # a judge that cannot be made (no key, no model) stops the build before it writes
+        from ..backends.registry import create_backend
+
+        judge = create_backend("judge", config.judge)
 
     try:
-        return _build(config, plan, kept, table, rejected, hf_target, progress)
+        return _build(config, plan, kept, table, rejected, hf_target, progress, judge)
     except OSError as exc:
         where = exc.filename or plan.build_dir
         kept_note = f"; the earlier dataset in {out} is unchanged" if plan.staged else ""
@@ -243,7 +268,7 @@ def build_dataset(config: BuildConfig, *, resume: bool = False, overwrite: bool 
 
 
 def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Table, rejected: list[pd.DataFrame],
-           hf_target: Path | None, progress: bool) -> BuildResult:
+           hf_target: Path | None, progress: bool, judge=None) -> BuildResult:
     out, build_dir = plan.out, plan.build_dir
     work = plan.start()
     annotate_config = AnnotateConfig(
@@ -275,8 +300,9 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     multi_rows, rows = rows.loc[multi].reset_index(drop=True), rows.loc[~multi].reset_index(drop=True)
     if config.grouping == "tags":
         rows, not_grouped = _group_by_outfit(rows, config.answer_matching)
+        judge_summary = {}
     else:
-        rows, not_grouped = _group_by_face(rows, config)
+        rows, not_grouped, judge_summary = _group_by_face(rows, config, judge)
     rejected.append(_rejected_frame(not_grouped, "group"))
 
     rows, unreferenceable = drop_unreferenceable(rows, config.near_duplicate_bits)
@@ -298,7 +324,8 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     from .stats import write_stats
 
     settings = dataset_settings(config)
-    stats = write_stats(build_dir, manifest, rejected_frame, build_config=settings)
+    stats = write_stats(build_dir, manifest, rejected_frame, build_config=settings,
+                        sections={"judge": judge_summary} if judge_summary else None)
     write_json_atomic(build_dir / DATASET_SETTINGS_FILE, settings)
     plan.finish()
     if hf_target is not None:
@@ -334,6 +361,9 @@ def dataset_settings(config: BuildConfig) -> dict:
         "multi_subject": {
             "max_subjects": config.max_subjects, "descriptor": config.subject_descriptor,
             "min_similarity": config.subject_min_similarity, "min_margin": config.subject_min_margin,
+        },
+        "judge": None if config.judge is None else {
+            "spec": config.judge, "margin": config.judge_margin, "clear_fraction": config.judge_clear_fraction,
         },
         "face_clustering": {
             "method": config.face_clustering, "eps": config.face_eps, "main_fraction": config.face_main_fraction,
@@ -604,10 +634,11 @@ def _group_by_outfit(rows: pd.DataFrame, matching: str) -> tuple[pd.DataFrame, p
     return rows.loc[~unmatched].reset_index(drop=True), rejected
 
 
-def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _group_by_face(rows: pd.DataFrame, config: BuildConfig, judge=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Given labels checked (``config.label_check``, see :data:`LABEL_CHECKS`) and cleaned per label, or
     unlabelled images clustered, on face embeddings (002). ``label_check`` of each kept row says which:
-    ``faces``, ``trusted`` or ``clustered``."""
+    ``faces``, ``trusted`` or ``clustered``. With a ``judge`` the doubtful labels are judged
+    (:func:`_clean_checked_labels`); the third value counts what the judge did (``stats.json``, the card)."""
     from . import cluster
 
     rows = rows.reset_index(drop=True)
@@ -615,9 +646,12 @@ def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFram
     labelled = rows["identity_hint"].notna().to_numpy()
     identity = pd.Series([None] * len(rows), dtype=object)
     check = pd.Series([None] * len(rows), dtype=object)
+    verdicts = {"judge_verdict": pd.Series([None] * len(rows), dtype=object),
+                "judge_reason": pd.Series([None] * len(rows), dtype=object), "summary": {}}
     rejected = []
     no_face = np.zeros(len(rows), dtype=bool)
     vectors = {i: np.asarray(v, dtype=np.float32) for i, v in zip(np.nonzero(has_face)[0], rows.loc[has_face, "embedding"])}
+    checked: list[tuple[str, np.ndarray]] = []  # (label, positions of its faces) of the labels checked by faces
     for hint, members in rows.loc[labelled].groupby("identity_hint", sort=True).indices.items():
         positions = np.nonzero(labelled)[0][members]
         faces = positions[has_face[positions]]
@@ -627,18 +661,10 @@ def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFram
             check.iloc[positions] = "trusted"
             continue
         no_face[positions[~has_face[positions]]] = True
-        if len(faces) == 0:
-            continue
-        options = {} if config.face_eps is None else {"max_eps": config.face_eps}
-        cleaning = cluster.clean_identity_folder(np.stack([vectors[i] for i in faces]),
-                                                 main_fraction=config.face_main_fraction, **options)
-        identity.iloc[faces[cleaning.keep]] = hint
-        check.iloc[faces[cleaning.keep]] = "faces"
-        outliers = faces[~cleaning.keep]
-        rejected.append(pd.DataFrame({
-            "id": rows.loc[outliers, "id"], "reason": IDENTITY_OUTLIER,
-            "detail": f"outside the main face cluster of {hint!r} (eps {cleaning.eps:.3f})",
-        }))
+        if len(faces):
+            checked.append((hint, faces))
+    if checked:
+        rejected.extend(_clean_checked_labels(rows, checked, vectors, identity, check, verdicts, config, judge))
     unlabelled = np.nonzero(~labelled & has_face)[0]
     no_face |= ~labelled & ~has_face
     if len(unlabelled):
@@ -656,8 +682,82 @@ def _group_by_face(rows: pd.DataFrame, config: BuildConfig) -> tuple[pd.DataFram
                                      "detail": "no face the face embedder could use"}))
     rows["identity"] = identity.to_numpy()
     rows["label_check"] = check.to_numpy()
+    if judge is not None:
+        rows["judge_verdict"] = verdicts["judge_verdict"].to_numpy()
+        rows["judge_reason"] = verdicts["judge_reason"].to_numpy()
     rows = rows.loc[rows["identity"].notna()].reset_index(drop=True)
-    return rows, pd.concat(rejected, ignore_index=True)
+    return rows, pd.concat(rejected, ignore_index=True), verdicts["summary"]
+
+
+def _clean_checked_labels(rows: pd.DataFrame, checked: list[tuple[str, np.ndarray]], vectors: dict, identity: pd.Series,
+                          check: pd.Series, verdicts: dict, config: BuildConfig, judge) -> list[pd.DataFrame]:
+    """Clean every checked label's faces at once (:func:`.cluster.clean_identity_folders`); with a judge, the
+    doubtful labels (:func:`.cluster.doubtful_folders`) take the judge's verdict (:mod:`.judging`), the clear
+    ones and those the judge could not judge keep the clustering's. Fills ``identity``, ``check`` and
+    ``verdicts`` in place; returns the rejected rows."""
+    from ..backends.judge_base import FolderToJudge
+    from . import cluster, judging
+
+    faces = np.concatenate([positions for _, positions in checked])
+    codes = np.repeat(np.arange(len(checked)), [len(positions) for _, positions in checked])
+    options = {} if config.face_eps is None else {"max_eps": config.face_eps}
+    cleanings = cluster.clean_identity_folders(
+        np.stack([vectors[i] for i in faces]), codes, main_fraction=config.face_main_fraction,
+        near_margin=config.judge_margin if judge is not None else 0.0, **options)
+    keep = cleanings.keep.copy()
+    judged: dict[int, judging.JudgeOutcome] = {}
+    if judge is not None:
+        doubts = cluster.doubtful_folders(cleanings, config.judge_clear_fraction, config.judge_margin)
+        folders = []
+        for code, doubt in doubts.items():
+            members = np.flatnonzero(codes == code)
+            positions = faces[members]
+            folders.append(FolderToJudge(
+                identity=checked[code][0], images=tuple(str(rows.at[i, "image"]) for i in positions),
+                boxes=tuple(None if rows.at[i, "head_box"] is None else tuple(rows.at[i, "head_box"]) for i in positions),
+                embeddings=np.stack([vectors[i] for i in positions]), proposal=cleanings.keep[members], doubt=doubt))
+        cache = judging.VerdictCache(config.judge_cache or judging.default_cache_dir())
+        for code, outcome in zip(doubts, judging.judge_folders(folders, judge, cache), strict=True):
+            judged[code] = outcome
+            keep[codes == code] = outcome.keep
+        statuses = Counter(outcome.status for outcome in judged.values())
+        verdicts["summary"] = {
+            "judge": config.judge, "folders_checked": len(checked), "doubtful": len(doubts),
+            "judged": statuses[judging.JUDGED], "cached": statuses[judging.CACHED], "failed": statuses[judging.FAILED],
+            "images_rejected": 0, "images_rescued": 0, "margin": config.judge_margin, "clear_fraction": config.judge_clear_fraction,
+        }
+    rejected = []
+    for code, (hint, _) in enumerate(checked):
+        members = np.flatnonzero(codes == code)
+        positions = faces[members]
+        kept = keep[members]
+        identity.iloc[positions[kept]] = hint
+        check.iloc[positions[kept]] = "faces"
+        eps = f"eps {cleanings.eps[code]:.3f}"
+        outcome = judged.get(code)
+        if outcome is None:
+            rejected.append(pd.DataFrame({"id": rows.loc[positions[~kept], "id"], "reason": IDENTITY_OUTLIER,
+                                          "detail": f"outside the main face cluster of {hint!r} ({eps})"}))
+            continue
+        proposal = cleanings.keep[members]
+        if outcome.status == judging.FAILED:
+            verdicts["judge_verdict"].iloc[positions[kept]] = JUDGE_FAILED
+            verdicts["judge_reason"].iloc[positions[kept]] = outcome.reason
+            rejected.append(pd.DataFrame({
+                "id": rows.loc[positions[~kept], "id"], "reason": IDENTITY_OUTLIER,
+                "detail": f"outside the main face cluster of {hint!r} ({eps}); doubtful ({outcome.doubt}), but the "
+                          f"judge gave no verdict ({outcome.reason}), so the clustering decided"}))
+            continue
+        verdicts["judge_verdict"].iloc[positions[kept & proposal]] = JUDGE_SAME
+        verdicts["judge_verdict"].iloc[positions[kept & ~proposal]] = JUDGE_RESCUED
+        verdicts["judge_reason"].iloc[positions[kept]] = outcome.reason
+        verdicts["summary"]["images_rejected"] += int((~kept & proposal).sum())
+        verdicts["summary"]["images_rescued"] += int((kept & ~proposal).sum())
+        rejected.append(pd.DataFrame({
+            "id": rows.loc[positions[~kept], "id"], "reason": JUDGE_REJECTED,
+            "detail": f"{config.judge} ({outcome.status}): {outcome.reason} (doubtful: {outcome.doubt}; the "
+                      f"clustering kept {int(proposal.sum())} of {len(proposal)} faces)"}))
+    return rejected
 
 
 # --- output ----------------------------------------------------------------------------------------------
@@ -685,7 +785,7 @@ def _manifest(rows: pd.DataFrame, out: Path) -> pd.DataFrame:
         "near_duplicates": rows["near_duplicates"],
     })
     for column in ("character", "artist", "outfit", "cloth_tags", "vqa_answer", "vqa_backend",
-                   "head_box_source", "mask_source", "label_check", "notes"):
+                   "head_box_source", "mask_source", "label_check", "judge_verdict", "judge_reason", "notes"):
         if column in rows:
             manifest[column] = rows[column].to_numpy()
     assert tuple(manifest.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS

@@ -70,6 +70,9 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "subject_masks": "Multi-subject rows: absolute path of each subject's figure mask.",
     "subject_references": "Multi-subject rows: per subject, the ids of single-subject images of its identity "
     "(never this image, never a near-duplicate of it).",
+    "judge_verdict": "For an image of a doubtful identity folder (`sameid build --judge`): what the judge said "
+    "(`same person`, `same person (a clustering outlier)`) or that it gave no verdict and the clustering decided.",
+    "judge_reason": "The judge's reason for its verdict on the image's folder, or why it gave none.",
 }
 
 # Hugging Face `size_categories` buckets, upper bounds exclusive.
@@ -488,8 +491,13 @@ def write_stats(
     rejected: pd.DataFrame | None,
     *,
     build_config: dict | None = None,
+    sections: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``stats.json``, ``plots/*.png`` and the card ``README.md`` into ``out_dir``; return the stats.
+
+    ``sections`` adds named sections computed elsewhere to the stats and the card: ``judge`` (what the judge of
+    doubtful folders did, :mod:`sameid.dataset.judging`) and ``leakage`` (the identity-leakage check of
+    synthetic identities, :mod:`sameid.synth.leakage`).
 
     ``build_config`` is shown verbatim in the card. Keys the card reads: ``name`` (title), ``license`` (the
     Hugging Face license id, default ``unknown``), ``source`` and ``is_generated_sample``: when
@@ -499,6 +507,9 @@ def write_stats(
     out = Path(out_dir)
     build_config = dict(build_config or {})
     stats = compute_stats(manifest, rejected)
+    for name, section in (sections or {}).items():
+        if section:
+            stats[name] = section
     plots = _write_plots(stats, out / PLOTS_DIRNAME)
     write_text_atomic(out / STATS_FILENAME, stats_json(stats))
     write_text_atomic(out / CARD_FILENAME, _render_card(stats, plots, build_config))

@@ -1,0 +1,183 @@
+"""The identity-leakage check of synthetic identities (after Hybrid Generative Fusion, arXiv 2508.10672): a
+synthetic identity planted as a copy of a real person (skimage's astronaut, Eileen Collins) is removed and listed;
+a duplicate synthetic identity is removed; the input dataset is never changed."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.cbook
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance, ImageOps
+from typer.testing import CliRunner
+
+from sameid.errors import SameIdError
+from sameid.synth.leakage import (
+    DUPLICATE,
+    REAL_PERSON,
+    Gallery,
+    LeakageConfig,
+    build_index,
+    check_identities,
+    identity_embeddings,
+    run_leakage,
+    search,
+)
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_identity_embeddings_are_normalised_means():
+    vectors = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 2], [0, 0, 3]], dtype=np.float32)
+    gallery = identity_embeddings(vectors, ["b", "b", "a", "a"])
+    assert gallery.names.tolist() == ["a", "b"]
+    np.testing.assert_allclose(gallery.vectors, [[0, 0, 1], [2 ** -0.5, 2 ** -0.5, 0]], atol=1e-6)
+    with pytest.raises(SameIdError, match="row 1"):
+        identity_embeddings(np.array([[1.0, 0], [0, 0]]), ["a", "b"])
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_search_finds_the_brute_force_neighbours_of_planted_copies(index):
+    rng = np.random.default_rng(0)
+    real = _unit(rng.normal(size=(5000, 32)))
+    copies = rng.choice(5000, 200, replace=False)
+    queries = _unit(np.concatenate([real[copies] + 0.03 * rng.normal(size=(200, 32)), rng.normal(size=(300, 32))]))
+    distances, indices = search(build_index(real, index, nprobe=16), queries, 1)
+    brute = 1.0 - queries.astype(np.float64) @ real.T.astype(np.float64)
+    assert indices[:200, 0].tolist() == copies.tolist()  # every planted copy finds its original
+    np.testing.assert_allclose(distances[:200, 0], brute[np.arange(200), copies], atol=1e-5)
+    if index == "flat":  # exact: the same nearest neighbour as brute force for every query
+        assert indices[:, 0].tolist() == brute.argmin(axis=1).tolist()
+
+
+def test_check_identities_removes_real_people_and_later_duplicates():
+    rng = np.random.default_rng(1)
+    real = Gallery(_unit(rng.normal(size=(50, 16))), np.array([f"real{i:02d}" for i in range(50)]))
+    vectors = _unit(rng.normal(size=(4, 16)))
+    vectors[1] = _unit(real.vectors[7:8] + 0.01 * rng.normal(size=(1, 16)))[0]  # "s1" is real07
+    vectors[3] = _unit(vectors[2:3] + 0.01 * rng.normal(size=(1, 16)))[0]  # "s3" duplicates "s2"
+    synthetic = Gallery(vectors, np.array(["s0", "s1", "s2", "s3"]))
+    table = check_identities(synthetic, real, threshold=0.05)
+    assert table["removed"].tolist() == [False, True, False, True]
+    assert table["why"].tolist() == [None, REAL_PERSON, None, DUPLICATE]
+    assert table.loc[1, "nearest_real"] == "real07" and table.loc[1, "real_distance"] < 0.01
+    assert table.loc[3, "nearest_synthetic"] == "s2"
+    assert table.loc[0, "synthetic_distance"] > 0.5
+    with pytest.raises(SameIdError, match="same face embedder"):
+        check_identities(synthetic, Gallery(_unit(np.ones((2, 8))), np.array(["a", "b"])))
+    with pytest.raises(SameIdError, match="threshold"):
+        check_identities(synthetic, real, threshold=-1)
+
+
+def test_gallery_saves_and_loads(tmp_path):
+    gallery = Gallery(_unit(np.eye(3)), np.array(["a", "b", "c"]), "dlib", "somewhere")
+    path = gallery.save(tmp_path / "real.npz")
+    loaded = Gallery.load(path)
+    assert loaded.names.tolist() == ["a", "b", "c"] and loaded.embedder == "dlib" and loaded.source == "somewhere"
+    np.testing.assert_array_equal(loaded.vectors, gallery.vectors)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(SameIdError, match="not a saved gallery"):
+        Gallery.load(tmp_path / "bad.npz")
+
+
+# --- end to end on real photos ---------------------------------------------------------------------------------------
+
+
+def _variants(image, count, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        variant = ImageOps.mirror(image) if i % 2 else image.copy()
+        variant = ImageEnhance.Contrast(variant).enhance(float(rng.uniform(0.8, 1.2)))
+        w, h = variant.size
+        dx, dy = int(rng.integers(0, w // 12)), int(rng.integers(0, h // 12))
+        out.append(variant.crop((dx, dy, w - dx, h - dy)).rotate(float(rng.uniform(-5, 5)), fillcolor=(128, 128, 128)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def synthetic_dataset(tmp_path_factory):
+    """A dataset dir of three "synthetic" identities: ``synth_copy`` is the astronaut (planted: a real person),
+    ``synth_b`` and ``synth_c`` are both Grace Hopper (two synthetic identities that are one person); and a
+    gallery folder of real people holding the astronaut's original photo."""
+    from sameid.dataset.pipeline import BuildConfig, build_dataset
+
+    root = tmp_path_factory.mktemp("leakage")
+    astronaut = Image.fromarray(skimage_data.astronaut())
+    hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    for name, image, seed in (("synth_copy", astronaut, 1), ("synth_b", hopper, 2), ("synth_c", hopper, 3)):
+        (root / "faces" / name).mkdir(parents=True)
+        for i, variant in enumerate(_variants(image, 3, seed)):
+            variant.save(root / "faces" / name / f"{i}.jpg", quality=92)
+    (root / "real" / "eileen_collins").mkdir(parents=True)
+    astronaut.save(root / "real" / "eileen_collins" / "portrait.png")
+    build_dataset(BuildConfig(source=str(root / "faces"), out=str(root / "synthetic"), workers=1,
+                              near_duplicate_bits=0), progress=False)
+    return root
+
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_leakage_removes_the_planted_real_person_and_lists_it(synthetic_dataset, tmp_path):
+    before = _digest(synthetic_dataset / "synthetic")
+    result = run_leakage(LeakageConfig(synthetic=str(synthetic_dataset / "synthetic"),
+                                       real=str(synthetic_dataset / "real"), out=str(tmp_path / "checked"),
+                                       save_real=str(tmp_path / "real.npz")))
+    table = result.table.set_index("identity")
+    assert table.loc["synth_copy", "why"] == REAL_PERSON and table.loc["synth_copy", "nearest_real"] == "eileen_collins"
+    assert table.loc["synth_copy", "real_distance"] < 0.03
+    assert table.loc["synth_c", "why"] == DUPLICATE and table.loc["synth_c", "nearest_synthetic"] == "synth_b"
+    assert not table.loc["synth_b", "removed"] and table.loc["synth_b", "real_distance"] > 0.088
+    assert sorted(result.manifest["identity"].unique()) == ["synth_b"]
+    out = tmp_path / "checked"
+    rejected = pd.read_parquet(out / "rejected.parquet")
+    leaked = rejected[rejected["stage"] == "leakage"]
+    assert sorted(leaked["reason"].unique()) == ["identity leakage: duplicate synthetic identity",
+                                                 "identity leakage: real person"]
+    assert leaked["detail"].str.contains("eileen_collins").sum() == 3
+    assert pd.read_parquet(out / "leakage.parquet")["removed"].sum() == 2
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["leakage"]["removed_real"] == 1 and stats["leakage"]["removed_synthetic"] == 1
+    card = (out / "README.md").read_text()
+    assert "Identity-leakage check" in card and "synth\\_copy" in card and "eileen\\_collins" in card
+    assert json.loads((out / "build_settings.json").read_text())["leakage"]["threshold"] == 0.088
+    assert _digest(synthetic_dataset / "synthetic") == before  # the input is never changed
+    assert "removed synth_copy: real person" in result.describe()
+
+    # the saved gallery gives the same answer without embedding the real photos again, from the command line
+    from sameid.cli import app
+
+    run = CliRunner().invoke(app, ["leakage", "--synthetic", str(synthetic_dataset / "synthetic"), "--real",
+                                   str(tmp_path / "real.npz"), "--out", str(tmp_path / "again")])
+    assert run.exit_code == 0, run.output
+    assert "removed synth_copy: real person (closest eileen_collins" in run.output
+    again = pd.read_parquet(tmp_path / "again" / "leakage.parquet")
+    pd.testing.assert_frame_equal(again, pd.read_parquet(out / "leakage.parquet"))
+
+
+def test_leakage_refuses_bad_input_before_writing(synthetic_dataset, tmp_path):
+    from sameid.cli import app
+
+    runner = CliRunner()
+    for args, message in [
+        (["--synthetic", str(tmp_path), "--real", str(synthetic_dataset / "real")], "not a dataset dir"),
+        (["--synthetic", str(synthetic_dataset / "synthetic"), "--real", str(tmp_path / "absent")], "no such"),
+        (["--synthetic", str(synthetic_dataset / "synthetic"), "--real", str(synthetic_dataset / "real"),
+          "--threshold", "nan"], "--threshold"),
+        (["--synthetic", str(synthetic_dataset / "synthetic"), "--real", str(synthetic_dataset / "real"),
+          "--index", "hnsw"], "unknown index"),
+    ]:
+        run = runner.invoke(app, ["leakage", *args, "--out", str(tmp_path / "out")])
+        assert run.exit_code == 2 and message in run.output, run.output
+        assert not (tmp_path / "out").exists()
+    run = runner.invoke(app, ["leakage", "--synthetic", str(synthetic_dataset / "synthetic"), "--real",
+                              str(synthetic_dataset / "real"), "--out", str(synthetic_dataset / "synthetic")])
+    assert run.exit_code == 2 and "never changed in place" in run.output
