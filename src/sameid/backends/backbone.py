@@ -1,6 +1,6 @@
 """Image backbones that can be fine-tuned with LoRA (peft) and saved as an adapter on a base loaded by id or path.
 
-Personalized representations (Personalized Representation from Personalized Generation, arXiv 2412.16156, §3)
+Personalized representations (Personalized Representation from Personalized Generation, arXiv 2412.16156, method)
 adapt a general-purpose backbone to one instance with LoRA and a contrastive loss. A :class:`Backbone` names its
 base by a spec, as the image embedders do:
 

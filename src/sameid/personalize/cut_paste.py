@@ -1,6 +1,6 @@
 """Cut-and-Paste positives: the instance cut out of a real image and pasted onto another background.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §5) uses Cut-and-Paste as a generator
+Personalized Representation from Personalized Generation (arXiv 2412.16156, generator comparison) uses Cut-and-Paste as a generator
 of high fidelity (the pixels are the instance's own) and low diversity (no new pose or viewpoint): the instance is
 segmented, then pasted with a random scale, position, flip and rotation onto new backgrounds. Here the mask is the
 given one (a dataset's ``mask`` column, ``--masks``) or comes from one of the project's segmenters

@@ -1,6 +1,6 @@
 """DreamBooth-LoRA positives and generic negatives from a diffusers text-to-image model.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §3) personalizes Stable Diffusion 1.5
+Personalized Representation from Personalized Generation (arXiv 2412.16156, method) personalizes Stable Diffusion 1.5
 to the instance with DreamBooth on its 3 real images, then samples positives ("a photo of sks <category>" in
 varied prompts) and negatives (the base model's generic images of the category). Here DreamBooth trains LoRA
 layers (peft, through diffusers' ``add_adapter``) on the U-Net's attention projections with the usual noise

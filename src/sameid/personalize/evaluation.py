@@ -1,6 +1,6 @@
 """The pretrained and the personalized backbone, side by side, on held-out real images among distractors.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §4) evaluates a personalized backbone
+Personalized Representation from Personalized Generation (arXiv 2412.16156, evaluation) evaluates a personalized backbone
 against the pretrained one on real test images: one-vs-all classification (PR-AUC) and retrieval (NDCG), per
 instance and averaged over instances. :func:`compare` scores one instance with both backbones
 (:func:`sameid.personalize.metrics.instance_scores`); :func:`plot_scores` draws, for each backbone, the scores of

@@ -1,6 +1,6 @@
 """Contrastive LoRA fine-tuning of a backbone on one instance: InfoNCE with real anchors, resumable, seeded.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §3) fine-tunes a pretrained backbone
+Personalized Representation from Personalized Generation (arXiv 2412.16156, method) fine-tunes a pretrained backbone
 with LoRA and an InfoNCE loss at temperature 0.07: positives are pairs of images of the instance, negatives the
 others. Here the loss is pytorch-metric-learning's ``NTXentLoss`` (InfoNCE with cosine similarity) on explicit
 pairs: each **real** image of the instance is an anchor; its positives are the synthetic positives of the step and

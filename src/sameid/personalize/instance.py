@@ -1,6 +1,6 @@
 """What personalization starts from: a few real images of one instance, its category, and images of others.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §3-§4) personalizes from 3 real images
+Personalized Representation from Personalized Generation (arXiv 2412.16156, method and evaluation) personalizes from 3 real images
 of an instance and evaluates on held-out real images of it among other instances of the same category. An
 :class:`Instance` holds both sides, kept apart: ``real`` (training anchors, with masks when known) and
 ``negatives`` (other instances, for training) versus ``held_out`` and ``distractors`` (for evaluation only). No

@@ -1,6 +1,6 @@
 """The metrics of the personalized-representation protocol, in numpy, equal to scikit-learn's on any input.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §4) scores a backbone on real
+Personalized Representation from Personalized Generation (arXiv 2412.16156, evaluation) scores a backbone on real
 held-out images of the instance among distractors by one-vs-all classification (**PR-AUC**, the area under the
 precision-recall curve as average precision) and retrieval (**NDCG**; we add mean average precision). Both are
 written here without scikit-learn so that the meaning of ties is explicit; tests check them against

@@ -1,6 +1,6 @@
 """Reference-conditioned positives, tuning-free: a trained sameid run or a diffusers IP-Adapter pipeline.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §5) compares personalized generators;
+Personalized Representation from Personalized Generation (arXiv 2412.16156, generator comparison) compares personalized generators;
 a reference-conditioned model needs no per-instance training: the real images are its references and the prompt
 varies the scene. Two of them:
 

@@ -1,6 +1,6 @@
 """``sameid personalize`` as one function: real images of an instance in, a personalized backbone and its evaluation out.
 
-The flow of Personalized Representation from Personalized Generation (arXiv 2412.16156, §3-§4), per instance:
+The flow of Personalized Representation from Personalized Generation (arXiv 2412.16156, method and evaluation), per instance:
 
 1. synthetic images (:mod:`.synthetic`): positives from the chosen generators, generic negatives from a base model
    when asked, every image listed in ``synthetic.jsonl``;

@@ -1,6 +1,6 @@
 """Synthetic training images: the generator interface, the generators by name, and the manifest of what was made.
 
-Personalized Representation from Personalized Generation (arXiv 2412.16156, §3 and §5) makes positives of the
+Personalized Representation from Personalized Generation (arXiv 2412.16156, method and generator comparison) makes positives of the
 instance with a generator and compares generators: Cut-and-Paste (high fidelity, little pose diversity), a
 personalized text-to-image model (DreamBooth: more diversity, less fidelity), and their combination, which is
 best. Here each generator is a :class:`Generator` chosen by a spec string (``name`` or ``name:argument``), as the
