@@ -543,7 +543,7 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier synth output in --out.")] = False,
 ):
     """Synthetic identities: a text-to-image reference per identity, expanded to variants, screened for identity
-    drift and near-duplicates (Hybrid Generative Fusion, arXiv 2508.10672, §3.2). Writes a dataset dir."""
+    drift and near-duplicates (Hybrid Generative Fusion, arXiv 2508.10672). Writes a dataset dir."""
     from .synth.identities import SynthConfig, synthesize_identities
 
     config = SynthConfig(out=str(out), text_to_image=text_to_image, expander=expander, identities=identities,
@@ -571,7 +571,7 @@ def augment(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier output in --out.")] = False,
 ):
     """Fuse dataset dirs, augment every identity to a fixed number of images (marked augmented) and write the
-    curriculum (Hybrid Generative Fusion, arXiv 2508.10672, §3.3)."""
+    curriculum (Hybrid Generative Fusion, arXiv 2508.10672)."""
     from .synth.augment import AugmentConfig, augment_dataset
 
     config = AugmentConfig(inputs=tuple(str(d) for d in datasets), out=str(out), per_identity=per_identity,

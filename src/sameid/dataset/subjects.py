@@ -1,6 +1,6 @@
 """Multi-subject samples: which single-subject identity each figure of a K-character post shows.
 
-RetriBooru (arXiv 2312.02521, A.1) keeps only posts of one character; PairHuman (arXiv 2511.16712, §3) shows that
+RetriBooru (arXiv 2312.02521, A.1) keeps only posts of one character; PairHuman (arXiv 2511.16712) shows that
 dual-person data, each person linked to references of the same identity, is what multi-subject customisation
 needs. A Danbooru post tagged with K >= 2 characters (``BuildConfig.max_subjects``) gets its subjects here, after
 the single-subject rows are grouped and cleaned:

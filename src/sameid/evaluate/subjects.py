@@ -1,8 +1,8 @@
 """Multi-subject metrics: match the subjects found in a generation to the given subjects, then score them.
 
-A generation of K subjects (PairHuman, arXiv 2511.16712, §5: dual-person portraits scored by face similarity and
-CLIP-T) can keep every identity, lose one, or blend them: FastComposer (arXiv 2305.10431, §3) names this
-*identity blending*, MuDI (arXiv 2404.04243, §4) *identity mixing*, and measures it by Detect-and-Compare: detect
+A generation of K subjects (PairHuman, arXiv 2511.16712: dual-person portraits scored by face similarity and
+CLIP-T) can keep every identity, lose one, or blend them: FastComposer (arXiv 2305.10431) names this
+*identity blending*, MuDI (arXiv 2404.04243) *identity mixing*, and measures it by Detect-and-Compare: detect
 the subjects in the generation, compare each with every reference subject. Here, per generation:
 
 1. **find** the subjects shown: every face (``subject_face``: the face embedder's faces, dlib by default) or every

@@ -1,8 +1,8 @@
 """Multi-subject training examples: one target showing K >= 2 subjects, N references per subject.
 
-PairHuman (arXiv 2511.16712, §4) conditions each of two subjects on its own reference images and keeps their
-identities apart by giving each its own cross-attention; FastComposer (arXiv 2305.10431, §3.2) supervises each
-subject's attention with its segmentation mask, and MS-Diffusion (arXiv 2406.07209, §3) grounds each subject in a
+PairHuman (arXiv 2511.16712) conditions each of two subjects on its own reference images and keeps their
+identities apart by giving each its own cross-attention; FastComposer (arXiv 2305.10431) supervises each
+subject's attention with its segmentation mask, and MS-Diffusion (arXiv 2406.07209) grounds each subject in a
 layout box. What a model of that family needs from the data is here: the target (letterboxed like every target),
 the references of each subject drawn from the dataset's ``subject_references`` (single-subject images of that
 subject's identity: never the target, never a near-duplicate of it, checked again here), the subject index of each

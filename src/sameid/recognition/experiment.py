@@ -1,4 +1,4 @@
-"""The curriculum vs shuffle check of Hybrid Generative Fusion (arXiv 2508.10672, §4, "Curriculum Learning
+"""The curriculum vs shuffle check of Hybrid Generative Fusion (arXiv 2508.10672, "Curriculum Learning
 Validation": train the same model on the same data once in curriculum order and once shuffled, compare training
 curves and verification): one command, ``sameid recognition compare``.
 

@@ -1,5 +1,5 @@
 """Training a face-recognition model on a dataset dir: the paper's measure of a dataset (Hybrid Generative Fusion,
-arXiv 2508.10672, §4: a fixed recognition model trained on the generated dataset, scored by verification), in
+arXiv 2508.10672: a fixed recognition model trained on the generated dataset, scored by verification), in
 curriculum or shuffled order (the same paper's curriculum vs shuffle check).
 
 The model is an :class:`~.backbone.IResNet`; the loss is ArcFace (additive angular margin; Deng et al., arXiv

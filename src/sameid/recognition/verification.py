@@ -7,7 +7,7 @@ lines then its negative lines; a file without the header is split into ``folds``
 identities percent-encoded (``urllib.parse.quote``: no spaces), which leaves LFW's names as they are.
 
 The measure (LFW's "unrestricted" protocol, as face-recognition papers report it, and Hybrid Generative Fusion,
-arXiv 2508.10672, §4): 10-fold accuracy, the threshold chosen on nine folds and tested on the tenth, mean and
+arXiv 2508.10672): 10-fold accuracy, the threshold chosen on nine folds and tested on the tenth, mean and
 standard deviation over folds; and TAR at fixed FAR from the ROC of all pairs (``sklearn.metrics.roc_curve``).
 """
 

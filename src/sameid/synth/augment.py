@@ -1,5 +1,5 @@
 """Offline augmentation to a fixed number of images per identity, fused from one or more dataset dirs, with the
-curriculum written in (Hybrid Generative Fusion, arXiv 2508.10672, §3.3: "50 images per identity maintained through
+curriculum written in (Hybrid Generative Fusion, arXiv 2508.10672: "50 images per identity maintained through
 offline augmentation", identities ordered easy to hard).
 
 ``sameid augment DATASET [DATASET ...] --out DIR --per-identity 50 --curriculum phash`` reads each input dataset dir

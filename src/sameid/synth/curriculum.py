@@ -1,5 +1,5 @@
 """The curriculum written into a dataset: identities ranked easy to hard (Hybrid Generative Fusion, arXiv
-2508.10672, §3.3, curriculum-based training: synthetic identities, consistent and of low variance, first; then
+2508.10672, curriculum-based training: synthetic identities, consistent and of low variance, first; then
 cleaned real ones, ordered by how much their images vary).
 
 The spread of an identity is measured by :mod:`sameid.pairs.curriculum` (mean pairwise perceptual-hash distance, or

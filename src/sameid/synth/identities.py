@@ -1,4 +1,4 @@
-"""Synthetic identities (Hybrid Generative Fusion, arXiv 2508.10672, §3.2, "Identity Generation"): one reference
+"""Synthetic identities (Hybrid Generative Fusion, arXiv 2508.10672, "Identity Generation"): one reference
 image per new identity from a text-to-image model, with prompts over age, gender, ethnicity and accessories (the
 paper's prompt engineering, with Stable Diffusion XL), expanded to K variants by a reference-conditioned generator
 (the paper uses Vec2Face; here a finished sameid training run, or a diffusers pipeline with an IP-Adapter), with

@@ -19,7 +19,7 @@ from ..dataset.stats import write_stats
 from ..dataset.writer import write_parquet_atomic
 from ..records import DATASET_SETTINGS_FILE, MANIFEST_COLUMNS
 
-#: ``source`` values: where an identity's images came from (Hybrid Generative Fusion, arXiv 2508.10672, §3: cleaned
+#: ``source`` values: where an identity's images came from (Hybrid Generative Fusion, arXiv 2508.10672: cleaned
 #: real identities and generated ones, fused into one training set).
 SOURCES = ("synthetic", "real")
 
