@@ -115,6 +115,19 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
                                     "missing (pass a folder written by save_pretrained, e.g. a training run's model/)")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    #: Inference settings a run records in the config (``register_to_config``), not constructor arguments.
+    _inference_config_keys = ("unconditional_references", "reference_scale")
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' split of a config into constructor arguments and the rest, with the recorded inference
+        settings kept as config entries (restored on load) instead of reported as unexpected arguments."""
+        inference = {key: config_dict[key] for key in cls._inference_config_keys if key in config_dict}
+        rest = {key: value for key, value in config_dict.items() if key not in inference}
+        init_dict, unused, hidden = super().extract_init_dict(rest, **kwargs)
+        hidden.update(inference)
+        return init_dict, unused, hidden
+
     @property
     def decoder_trained(self) -> bool:
         """Whether the U-Net decoder differs from the base model's (trained by lock "full", or loaded so)."""
