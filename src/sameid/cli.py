@@ -163,7 +163,7 @@ def leakage(
                                                                    "(default: --threshold).")] = None,
     face_embedder: Annotated[str, typer.Option(help="dlib | arcface-onnx:<path.onnx>; the same for both sides.")] = "dlib",
     index: Annotated[str, typer.Option(help="flat (exact) | ivf (approximate, for millions of real identities).")] = "flat",
-    nprobe: Annotated[int, typer.Option(help="Lists an ivf index searches per query.")] = 32,
+    nprobe: Annotated[int, typer.Option(help="Lists an ivf index searches per query (of ~2 sqrt(n) lists).")] = 128,
     save_real: Annotated[Path | None, typer.Option(help="Save the real gallery's identity embeddings to this .npz "
                                                         "for the next check.")] = None,
 ):

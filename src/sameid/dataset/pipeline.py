@@ -195,6 +195,9 @@ class BuildConfig:
         content = asdict(self)
         for key in ("engine", "workers", "export_hf", "out", "judge_cache"):
             content.pop(key)
+        if content["judge"] is None:  # without a judge its margins decide nothing (and older builds resume)
+            for key in ("judge", "judge_margin", "judge_clear_fraction"):
+                content.pop(key)
         return content
 
 

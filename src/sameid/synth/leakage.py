@@ -42,7 +42,7 @@ from ..records import DATASET_SETTINGS_FILE, read_dataset_settings
 LEAKAGE_FILE = "leakage.parquet"
 DEFAULT_THRESHOLD = 0.088
 INDEXES = ("flat", "ivf")
-DEFAULT_NPROBE = 32
+DEFAULT_NPROBE = 128
 REAL_PERSON = "real person"
 DUPLICATE = "duplicate synthetic identity"
 NO_FACE = "no face to check"
