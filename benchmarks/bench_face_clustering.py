@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from sameid.atomic import write_json_atomic
+
 
 def planted_embeddings(
     n: int, dim: int, planted_fraction: float, cluster_size: int, spread: float, seed: int
@@ -173,9 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
+        write_json_atomic(args.json, result, sort_keys=False)
     return result
 
 

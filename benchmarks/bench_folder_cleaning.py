@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from sameid.atomic import write_json_atomic
+
 
 def make_folders(n_folders: int, size: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -115,9 +117,7 @@ def main(argv=None) -> dict:
           f"same eps {eps_equal}/{m}  same kept {keep_equal}/{m}", flush=True)
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
+        write_json_atomic(args.json, result, sort_keys=False)
     return result
 
 

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from sameid.atomic import write_json_atomic
+
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024**3 if sys.platform == "darwin" else 1024**2)
@@ -146,9 +148,7 @@ def main(argv=None) -> dict:
     result["load_average_at_end"] = os.getloadavg()
     print(json.dumps(result, indent=2))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-            handle.write("\n")
+        write_json_atomic(args.json, result, sort_keys=False)
     return result
 
 
