@@ -91,10 +91,10 @@ def build(
                                                       "= blue).")] = "strict",
     allow_no_artist: Annotated[bool, typer.Option(help="Tags grouping: keep posts without an artist tag, grouped "
                                                        "under '(unknown artist)' (refused by default).")] = False,
-    max_subjects: Annotated[int, typer.Option(help="Tags grouping: also keep posts of 2..K characters as "
-                                                   "multi-subject samples, each figure assigned to a single-subject "
-                                                   "identity (docs/multi_subject.md); 1 = single-character posts "
-                                                   "only.")] = 1,
+    max_subjects: Annotated[int, typer.Option(help="Also keep posts of 2..K characters (tags grouping) or photos "
+                                                   "with 2..K faces (faces grouping, dlib) as multi-subject samples, "
+                                                   "each figure or face assigned to a single-subject identity "
+                                                   "(docs/multi_subject.md); 1 = single-subject images only.")] = 1,
     face_embedder: Annotated[str | None, typer.Option(help="dlib (offline) | arcface-onnx:<path.onnx>.")] = None,
     unwanted_tag: Annotated[list[str] | None, typer.Option(help="A tag whose images are dropped; repeat it. "
                                                                 "Replaces the default list (monochrome, greyscale, sketch, comic, ...).")] = None,

@@ -40,6 +40,11 @@ HEAD_EXPAND_TOP = 0.7
 HEAD_EXPAND_SIDES = 0.3
 HEAD_EXPAND_BOTTOM = 0.15
 
+# A face counts as a subject of a multi-subject photo (``sameid build --max-subjects``) only above this SVM margin:
+# on the test photos real faces score 0.57-1.68 and HOG's false faces (the badge on skimage's astronaut's space
+# suit, found at every scale) 0.04-0.33; a false face would turn a one-person photo into a "two-person" one.
+SUBJECT_FACE_MIN_MARGIN = 0.5
+
 # Whole images are searched at most this large on their longer side: HOG's cost grows with the pixel count, and a
 # face that shrinks below the 80 px detection window is still found thanks to the upsampling pass.
 DETECT_MAX_SIDE = 1024
@@ -283,14 +288,16 @@ class DlibFaceEmbedder(FaceEmbedder):
             return None
         return self._describe(rgb, face)
 
-    def embed_faces(self, image: Image.Image) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
+    def embed_faces(self, image: Image.Image,
+                    min_margin: float = 0.0) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
         """Every frontal face of ``image`` with its embedding, best first: (face box in pixels, unit vector).
 
         One detection pass (``upsample`` doublings) and one descriptor per face, for images that show several
-        people (multi-subject evaluation, :mod:`sameid.evaluate.subjects`)."""
+        people (multi-subject evaluation, :mod:`sameid.evaluate.subjects`; multi-subject photos of a build, with
+        ``min_margin`` :data:`SUBJECT_FACE_MIN_MARGIN`). Only faces whose SVM margin exceeds ``min_margin``."""
         rgb = _rgb_array(image)
         found = []
-        for box, _ in detect_faces(rgb, self.upsample, 0.0, self.max_side):
+        for box, _ in detect_faces(rgb, self.upsample, float(min_margin), self.max_side):
             vector = self._describe(rgb, box)
             if vector is not None:
                 found.append((box, vector))

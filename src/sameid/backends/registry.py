@@ -58,6 +58,16 @@ def available_backends(kind: str) -> list[str]:
     return sorted(_REGISTRY.get(kind, {}))
 
 
+def backend_class(kind: str, spec: str) -> type:
+    """The class a spec names, imported but not built (to ask what it can do before loading a model)."""
+    name = spec.partition(":")[0]
+    names = _REGISTRY.get(kind, {})
+    if name not in names:
+        raise SameIdError(f"unknown {kind} backend {name!r}; choose one of: {', '.join(sorted(names))}")
+    module_name, _, class_name = names[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 @functools.cache
 def create_backend(kind: str, spec: str) -> Backend:
     """Build (once per process) the backend named by ``spec`` = ``name`` or ``name:argument``."""

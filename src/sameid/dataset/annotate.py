@@ -32,7 +32,7 @@ HEAD_BOX_TOLERANCE_FRACTION = 0.02
 #: Columns of an annotation row (one per input image), the unit the resumable shards store.
 ANNOTATION_COLUMNS = (
     "id", "status", "reason", "detail", "width", "height", "phash", "head_box", "head_box_source", "mask",
-    "mask_source", "vqa_answer", "vqa_backend", "embedding", "notes",
+    "mask_source", "vqa_answer", "vqa_backend", "embedding", "notes", "face_boxes", "face_embeddings",
 )
 
 
@@ -45,6 +45,9 @@ class AnnotateConfig:
     segmenter: str | None = "border-colors"
     vqa: str | None = "pixel-colors"
     face_embedder: str | None = None
+    # Multi-subject photos (``--max-subjects`` K >= 2 with faces grouping): also find every face of the image,
+    # with its box and embedding (``face_boxes``, ``face_embeddings``), for dataset/subjects.assign_photo_subjects.
+    all_faces: bool = False
     question: str = "List top two colors of the character's clothes"
     dataset_dir: str = "."
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -158,6 +161,14 @@ def _annotate_pixels(row: dict, config: AnnotateConfig):
             result["notes"].append("no face found")
         else:
             result["embedding"] = [float(v) for v in np.asarray(embedding, dtype=np.float32)]
+        if config.all_faces:
+            from ..backends.face_dlib import SUBJECT_FACE_MIN_MARGIN
+
+            faces = create_backend("face_embedder", config.face_embedder).embed_faces(
+                image, min_margin=SUBJECT_FACE_MIN_MARGIN)
+            result["face_boxes"] = [[float(v) for v in box] for box, _ in faces]
+            result["face_embeddings"] = [[float(v) for v in np.asarray(vector, dtype=np.float32)]
+                                         for _, vector in faces]
     return result, image, mask
 
 

@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -103,11 +103,12 @@ class BuildConfig:
     reject_monochrome: bool = True
     answer_matching: str = "strict"  # outfit answers: strict (A.1) | color-family
     allow_no_artist: bool = False  # tag grouping: keep posts without an artist tag (grouped as "(unknown artist)")
-    # Multi-subject posts (docs/multi_subject.md): 1 keeps single-character posts only (RetriBooru A.1); K >= 2
-    # also keeps posts of 2..K characters, each figure assigned to a single-subject identity (dataset/subjects.py).
+    # Multi-subject samples (docs/multi_subject.md): 1 keeps single-character posts only (RetriBooru A.1); K >= 2
+    # also keeps posts of 2..K characters (tags grouping) or photos with 2..K faces (faces grouping), each figure
+    # or face assigned to a single-subject identity (dataset/subjects.py).
     max_subjects: int = 1
-    subject_descriptor: str = "colors"  # colors | image:<image embedder spec>
-    subject_min_similarity: float = 0.6
+    subject_descriptor: str | None = None  # tags: colors (default) | image:<image embedder spec>; faces: faces
+    subject_min_similarity: float | None = None  # default: 0.6 (colour signatures) or 0.912 (dlib faces)
     subject_min_margin: float = 0.05
     shard_size: int = 32
     # How to run, not what to build: excluded from the resume check.
@@ -179,10 +180,8 @@ class BuildConfig:
             config.image_root = str(Path(config.image_root).resolve())
         if config.workers < 1 or config.shard_size < 1:
             raise SameIdError("--workers and --shard-size must be at least 1")
+        _resolve_subject_settings(config)
         config.subject_config()  # checks the multi-subject settings
-        if config.max_subjects > 1 and config.grouping != "tags":
-            raise SameIdError("--max-subjects above 1 needs tag grouping (Danbooru-style posts with K character "
-                              "tags); multi-subject photos are not built yet (docs/multi_subject.md)")
         return config
 
     def subject_config(self):
@@ -280,6 +279,8 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
         face_embedder=config.face_embedder if config.grouping == "faces" else None,
         dataset_dir=str(build_dir), reject_monochrome=config.reject_monochrome,
     )
+    if config.max_subjects > 1 and config.grouping == "faces":
+        annotate_config = replace(annotate_config, all_faces=True)
     annotations = _annotate(kept, annotate_config, config, work, progress=progress)
 
     # The annotation row supersedes the source's own head box, mask and size (it used them when given).
@@ -298,8 +299,7 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     rejected.append(_rejected_frame(rows.loc[bad, ["id", "image", "reason", "detail"]], "annotate"))
     rows = rows.loc[~bad].reset_index(drop=True)
 
-    multi = rows["characters"].map(lambda c: c is not None and len(c) > 1).to_numpy() \
-        if config.max_subjects > 1 else np.zeros(len(rows), dtype=bool)
+    multi = _multi_subject_candidates(rows, config)
     multi_rows, rows = rows.loc[multi].reset_index(drop=True), rows.loc[~multi].reset_index(drop=True)
     if config.grouping == "tags":
         rows, not_grouped = _group_by_outfit(rows, config.answer_matching)
@@ -313,11 +313,15 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
 
     manifest = _manifest(rows, out)
     if config.max_subjects > 1:
-        from .subjects import append_subject_rows, assign_drawn_subjects
+        from .subjects import append_subject_rows, assign_drawn_subjects, assign_photo_subjects
 
-        multi_rows["artist"] = [_artist_key(a) for a in multi_rows["artists"]]
-        assigned, not_assigned = assign_drawn_subjects(multi_rows, rows, build_dir, config.subject_config(),
-                                                       config.near_duplicate_bits)
+        if config.grouping == "tags":
+            multi_rows["artist"] = [_artist_key(a) for a in multi_rows["artists"]]
+            assigned, not_assigned = assign_drawn_subjects(multi_rows, rows, build_dir, config.subject_config(),
+                                                           config.near_duplicate_bits)
+        else:
+            assigned, not_assigned = assign_photo_subjects(multi_rows, rows, build_dir, config.subject_config(),
+                                                           config.near_duplicate_bits)
         rejected.append(_rejected_frame(not_assigned, "group"))
         manifest = append_subject_rows(manifest, assigned, out)
     rejected_frame = _finish_rejected(rejected, table)
@@ -334,6 +338,52 @@ def _build(config: BuildConfig, plan: OutputPlan, kept: pa.Table, table: pa.Tabl
     if hf_target is not None:
         export_huggingface(manifest, out, hf_target)
     return BuildResult(out=out, manifest=manifest, rejected=rejected_frame, stats=stats, hf_dataset=hf_target)
+
+
+def _resolve_subject_settings(config: BuildConfig) -> None:
+    """The multi-subject defaults of the grouping: drawn figures are described by colour signatures (similarity
+    line 0.6), photos by their faces (the face embedder; dlib's same-person line 0.912). Checked here so a bad
+    combination stops the build before it writes."""
+    from .subjects import FACE_DESCRIPTOR, FACE_MATCH_SIMILARITY
+
+    if config.grouping == "tags":
+        config.subject_descriptor = config.subject_descriptor or "colors"
+        if config.subject_descriptor == FACE_DESCRIPTOR:
+            raise SameIdError("subject descriptor 'faces' is for photos (grouping 'faces'); drawn figures take "
+                              "colors or image:<image embedder spec>")
+        if config.subject_min_similarity is None:
+            config.subject_min_similarity = 0.6
+        return
+    config.subject_descriptor = config.subject_descriptor or FACE_DESCRIPTOR
+    if config.subject_descriptor != FACE_DESCRIPTOR:
+        raise SameIdError(f"subject descriptor {config.subject_descriptor!r} describes drawn figures (grouping "
+                          "'tags'); photos are matched by their faces (--face-embedder): leave it unset")
+    if config.subject_min_similarity is None:
+        config.subject_min_similarity = FACE_MATCH_SIMILARITY
+    if config.max_subjects > 1:
+        from ..backends.registry import backend_class
+
+        if not hasattr(backend_class("face_embedder", config.face_embedder), "embed_faces"):
+            raise SameIdError(f"--max-subjects above 1 on photos needs a face embedder that finds every face of an "
+                              f"image (dlib); {config.face_embedder!r} embeds one face per image: use "
+                              "--face-embedder dlib")
+
+
+def _multi_subject_candidates(rows: pd.DataFrame, config: BuildConfig) -> np.ndarray:
+    """Per annotated row, whether it goes on as a multi-subject candidate: with ``max_subjects`` K >= 2, a post of
+    2..K characters (tags grouping; the filters let no more through) or a photo with 2..K subject faces (faces
+    grouping, :func:`.subjects.subject_faces`; a photo with more stays a single-subject image of its most
+    prominent face, as with K = 1)."""
+    if config.max_subjects < 2:
+        return np.zeros(len(rows), dtype=bool)
+    if config.grouping == "tags":
+        return rows["characters"].map(lambda c: c is not None and len(c) > 1).to_numpy()
+    from .subjects import subject_faces
+
+    fraction = config.subject_config().min_component_fraction
+    counts = np.array([len(subject_faces(boxes, vectors, fraction))
+                       for boxes, vectors in zip(rows["face_boxes"], rows["face_embeddings"])], dtype=np.int64)
+    return (counts >= 2) & (counts <= config.max_subjects)
 
 
 def dataset_settings(config: BuildConfig) -> dict:
@@ -483,7 +533,8 @@ ANNOTATION_SCHEMA = pa.schema([
     ("width", pa.int64()), ("height", pa.int64()), ("phash", pa.string()), ("head_box", pa.list_(pa.float64())),
     ("head_box_source", pa.string()), ("mask", pa.string()), ("mask_source", pa.string()),
     ("vqa_answer", pa.string()), ("vqa_backend", pa.string()), ("embedding", pa.list_(pa.float32())),
-    ("notes", pa.list_(pa.string())),
+    ("notes", pa.list_(pa.string())), ("face_boxes", pa.list_(pa.list_(pa.float64()))),
+    ("face_embeddings", pa.list_(pa.list_(pa.float32()))),
 ])
 assert tuple(ANNOTATION_SCHEMA.names) == ANNOTATION_COLUMNS
 

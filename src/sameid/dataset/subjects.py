@@ -23,9 +23,11 @@ the single-subject rows are grouped and cleaned:
    never one within ``near_duplicate_bits`` of its perceptual hash (``no distinct same-identity reference``
    otherwise).
 
-Photos of people with K faces take the same assignment on face embeddings (:func:`assign`), against face
-clusters or given labels; :func:`assign` is also what ``sameid eval`` matches the subjects found in a generation
-with (:mod:`sameid.evaluate.subjects`).
+A photo in which K >= 2 faces are found (``faces`` grouping, :func:`assign_photo_subjects`) takes the same
+assignment on face embeddings: each face (left to right) against every kept single-subject identity (face
+clusters, or given labels), an identity being the mean of its images' face embeddings; its head box is its face's,
+its figure the part of the person mask nearest to its face. :func:`assign` is also what ``sameid eval`` matches
+the subjects found in a generation with (:mod:`sameid.evaluate.subjects`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ AMBIGUOUS = "ambiguous subject assignment"
 NO_MATCH = "subject matches no identity"
 NO_REFERENCE = "no distinct same-identity reference"
 NO_FIGURE_MASK = "no figure mask"
+NO_IDENTITY_FOR_FACE = "fewer single-subject identities than faces"
+
+#: Descriptors of subjects: drawn figures (``colors`` or ``image:<spec>``); ``faces`` for photos (the build's face
+#: embedder, :func:`assign_photo_subjects`).
+FACE_DESCRIPTOR = "faces"
+#: dlib's "same person" line (euclidean 0.6 on raw descriptors = cosine 0.912 on unit vectors,
+#: :mod:`sameid.backends.face_dlib`): the default ``min_similarity`` of a face to its identity, and the
+#: same-identity line of the multi-subject metrics (:mod:`sameid.evaluate.subjects`).
+FACE_MATCH_SIMILARITY = 0.912
 
 # Colour signature: CIELAB (OpenCV's 8-bit scale) in 6 x 8 x 8 bins.
 _BINS = (6, 8, 8)
@@ -67,9 +78,10 @@ class SubjectConfig:
     def __post_init__(self):
         if int(self.max_subjects) < 1:
             raise SameIdError(f"max_subjects must be at least 1, got {self.max_subjects}")
-        if self.descriptor != "colors" and not self.descriptor.startswith("image:"):
+        if self.descriptor not in ("colors", FACE_DESCRIPTOR) and not self.descriptor.startswith("image:"):
             raise SameIdError(f"unknown subject descriptor {self.descriptor!r}; choose colors or "
-                              "image:<image embedder spec> (image:efficientnet-lite0)")
+                              "image:<image embedder spec> (image:efficientnet-lite0) for drawn figures, "
+                              f"{FACE_DESCRIPTOR} for photos")
         for name in ("min_similarity", "min_margin", "min_component_fraction"):
             value = float(getattr(self, name))
             if not np.isfinite(value) or not 0.0 <= value <= 1.0:
@@ -287,11 +299,7 @@ def assign_drawn_subjects(multi: pd.DataFrame, singles: pd.DataFrame, dataset_di
         # Subjects left to right (the order of the figures).
         order = [int(result.subject_of[i]) for i in range(len(figures))]
         subjects = [str(best_identity[i, k]) for i, k in enumerate(order)]
-        own_hash = int(str(row["phash"]), 16)
-        references = []
-        for identity in subjects:
-            references.append([other for other in members.get(identity, []) if other != row_id
-                               and (own_hash ^ int(str(phash_of[other]), 16)).bit_count() > near_duplicate_bits])
+        references = _distinct_references(row_id, row["phash"], subjects, members, phash_of, near_duplicate_bits)
         if not all(references):
             reject(row_id, NO_REFERENCE, "every single-subject image of a subject's identity is this image's "
                                          "near-duplicate")
@@ -310,6 +318,140 @@ def assign_drawn_subjects(multi: pd.DataFrame, singles: pd.DataFrame, dataset_di
     return pd.DataFrame(kept), pd.DataFrame(rejected, columns=["id", "reason", "detail"])
 
 
+def subject_faces(boxes, embeddings, min_fraction: float = 0.15) -> list[tuple[list[float], np.ndarray]]:
+    """The faces of a photo that count as its subjects, left to right: (face box, unit embedding) of every face
+    the annotation found (``face_boxes``, ``face_embeddings``) whose area is at least ``min_fraction`` of the
+    largest one's (a face far in the background is not a subject; the same rule as drawn figures' specks)."""
+    if boxes is None or embeddings is None or len(boxes) == 0:
+        return []
+    faces = [([float(v) for v in box], np.asarray(vector, dtype=np.float64)) for box, vector in zip(boxes, embeddings)]
+    areas = [(box[2] - box[0]) * (box[3] - box[1]) for box, _ in faces]
+    kept = [face for face, area in zip(faces, areas) if area >= min_fraction * max(areas)]
+    return sorted(kept, key=lambda face: face[0][0])
+
+
+def assign_photo_subjects(multi: pd.DataFrame, singles: pd.DataFrame, dataset_dir: Path, config: SubjectConfig,
+                          near_duplicate_bits: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Subjects of the annotated photos ``multi`` in which 2..K faces were found (columns id, image, mask, phash,
+    width, height, ``face_boxes`` and ``face_embeddings``: every face's box and unit embedding; the subjects are
+    the faces :func:`subject_faces` keeps) against the grouped
+    single-subject rows ``singles`` (id, identity, phash, ``embedding``: the face embedding of the image, None
+    when the identity's label was trusted without a face). Every identity with a face embedding is a candidate,
+    described by the mean of its images' embeddings, so a face's similarity to it is its mean cosine to them.
+    Returns (manifest rows of the kept photos with :data:`SUBJECT_COLUMNS`, rejected rows: id, reason, detail);
+    subject masks are written under ``dataset_dir/masks``."""
+    empty_rejected = pd.DataFrame(columns=["id", "reason", "detail"])
+    if multi.empty:
+        return pd.DataFrame(), empty_rejected
+    with_face = singles[singles["embedding"].notna()]
+    vectors: dict[str, list[np.ndarray]] = {}
+    for identity, vector in zip(with_face["identity"], with_face["embedding"]):
+        vectors.setdefault(str(identity), []).append(np.asarray(vector, dtype=np.float64))
+    names = sorted(vectors)
+    prototypes = np.stack([np.mean(vectors[name], axis=0) for name in names]) if names else np.zeros((0, 1))
+    members = singles.groupby("identity")["id"].apply(list).to_dict()
+    phash_of = dict(zip(singles["id"], singles["phash"]))
+
+    kept, rejected = [], []
+
+    def reject(row_id, reason, detail):
+        rejected.append({"id": row_id, "reason": reason, "detail": detail})
+
+    for row in multi.to_dict("records"):
+        row_id = str(row["id"])
+        faces = subject_faces(row["face_boxes"], row["face_embeddings"], config.min_component_fraction)
+        boxes = [box for box, _ in faces]
+        if len(names) < len(faces):
+            reject(row_id, NO_IDENTITY_FOR_FACE, f"{len(faces)} faces found, {len(names)} single-subject "
+                                                 "identities with a face to match them with")
+            continue
+        found = np.stack([vector for _, vector in faces])
+        similarity = found @ prototypes.T
+        result = assign(similarity)
+        if result.margin < config.min_margin:
+            reject(row_id, AMBIGUOUS, f"best assignment beats the next by {result.margin:.3f} per subject "
+                                      f"(< {config.min_margin}); {_closest(similarity, names)}")
+            continue
+        matched = np.array([similarity[i, k] for i, k in enumerate(result.subject_of)])
+        if matched.min() < config.min_similarity:
+            i = int(matched.argmin())
+            reject(row_id, NO_MATCH, f"face {i} (left to right, box {[round(v) for v in boxes[i]]}) has similarity "
+                                     f"{matched[i]:.3f} (< {config.min_similarity}) to its assigned identity "
+                                     f"{names[result.subject_of[i]]!r}; {_closest(similarity, names)}")
+            continue
+        subjects = [names[k] for k in result.subject_of]
+        references = _distinct_references(row_id, row["phash"], subjects, members, phash_of, near_duplicate_bits)
+        if not all(references):
+            reject(row_id, NO_REFERENCE, "every single-subject image of a subject's identity is this image's "
+                                         "near-duplicate")
+            continue
+        figure_boxes, mask_paths = _photo_figures(row, boxes, dataset_dir)
+        kept.append({**row, "identity": SUBJECT_SEPARATOR.join(subjects), "subjects": subjects,
+                     "subject_head_boxes": [_face_head_box(box, int(row["width"]), int(row["height"]))
+                                            for box in boxes],
+                     "subject_boxes": figure_boxes, "subject_masks": mask_paths, "subject_references": references,
+                     "subject_margin": float(result.margin), "label_check": "subjects"})
+    return pd.DataFrame(kept), pd.DataFrame(rejected, columns=["id", "reason", "detail"])
+
+
+def _closest(similarity: np.ndarray, names: list[str]) -> str:
+    """Per face, its two most similar identities with their similarities (the detail of a rejection)."""
+    parts = []
+    for i, values in enumerate(similarity):
+        top = np.argsort(-values)[:2]
+        parts.append(f"face {i}: " + ", ".join(f"{names[k]!r} {values[k]:.3f}" for k in top))
+    return "; ".join(parts)
+
+
+def _face_head_box(face_box: list[float], width: int, height: int) -> list[float]:
+    """The head box around a face box: the growth dlib's head detector uses (:mod:`sameid.backends.face_dlib`)."""
+    from ..backends.face_dlib import face_box_to_head_box
+
+    return [float(v) for v in face_box_to_head_box(tuple(face_box), width, height)]
+
+
+def _photo_figures(row: dict, face_boxes: list[list[float]], dataset_dir: Path) -> tuple[list, list]:
+    """Each subject's figure in a photo of people side by side: the columns nearest to its face's centre (cut at
+    the midpoints between neighbouring faces), intersected with the photo's person mask when it has one. Returns
+    (figure boxes, mask paths relative to ``dataset_dir``; None for a subject whose column holds no mask pixel,
+    whose figure is then its column)."""
+    from ..images import load_mask, save_mask
+    from .annotate import mask_file_name
+
+    width, height = int(row["width"]), int(row["height"])
+    centres = [(box[0] + box[2]) / 2 for box in face_boxes]
+    cuts = [0.0] + [(a + b) / 2 for a, b in zip(centres, centres[1:])] + [float(width)]
+    mask_path = _absolute(row.get("mask"), dataset_dir)
+    person = load_mask(mask_path, size=(width, height)) if mask_path is not None else None
+    boxes, paths = [], []
+    columns = np.arange(width)
+    for k in range(len(face_boxes)):
+        band = [float(np.floor(cuts[k])), 0.0, float(np.ceil(cuts[k + 1])), float(height)]
+        figure = None
+        if person is not None:
+            inside = (columns >= band[0]) & (columns < band[2])
+            figure = person & inside[None, :]
+        if figure is None or not figure.any():
+            boxes.append(band)
+            paths.append(None)
+            continue
+        relative = f"masks/{mask_file_name(str(row['id']) + f'-subject{k}')}"
+        save_mask(figure, dataset_dir / relative)
+        boxes.append(mask_box(figure))
+        paths.append(relative)
+    return boxes, paths
+
+
+def _distinct_references(row_id: str, phash: str, subjects: list[str], members: dict, phash_of: dict,
+                         near_duplicate_bits: int) -> list[list[str]]:
+    """Per subject, the ids of its identity's single-subject images: never ``row_id``, never an image within
+    ``near_duplicate_bits`` of its perceptual hash."""
+    own_hash = int(str(phash), 16)
+    return [[other for other in members.get(identity, []) if other != row_id
+             and (own_hash ^ int(str(phash_of[other]), 16)).bit_count() > near_duplicate_bits]
+            for identity in subjects]
+
+
 def _head_box(figure: np.ndarray) -> list[float] | None:
     from ..backends.figure import MaskTopHeadDetector
 
@@ -326,8 +468,8 @@ def is_multi_subject(frame: pd.DataFrame) -> np.ndarray:
 
 
 def append_subject_rows(manifest: pd.DataFrame, kept: pd.DataFrame, out: Path) -> pd.DataFrame:
-    """``manifest`` (single-subject rows) with the multi-subject rows ``kept`` (from :func:`assign_drawn_subjects`)
-    after it, and the :data:`SUBJECT_COLUMNS` (null on single-subject rows). A multi-subject row is its own group:
+    """``manifest`` (single-subject rows) with the multi-subject rows ``kept`` (from :func:`assign_drawn_subjects`
+    or :func:`assign_photo_subjects`) after it, and the :data:`SUBJECT_COLUMNS` (null on single-subject rows). A multi-subject row is its own group:
     ``similar`` and ``near_duplicates`` are empty, ``head_box`` is null (each subject has its own), ``mask`` is
     the union of the subjects' masks, paths are absolute like every path of the manifest."""
     manifest = manifest.copy()

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dataset.subjects import assign, colour_signature, figure_components
+from ..dataset.subjects import FACE_MATCH_SIMILARITY, assign, colour_signature, figure_components
 from .registry import MetricContext
 
 #: Same-identity lines: dlib's "same person" (euclidean 0.6 on raw descriptors = cosine 0.912 on unit vectors,
 #: :mod:`sameid.backends.face_dlib`); for colour signatures 0.8, between the similarity of a drawn figure to its own
 #: identity (0.90-0.95 on the bundled sample) and to another character of the same artist (0.30-0.70).
-MATCH_THRESHOLDS = {"faces": 0.912, "figures": 0.8}
+MATCH_THRESHOLDS = {"faces": FACE_MATCH_SIMILARITY, "figures": 0.8}
 
 
 @dataclass
