@@ -143,3 +143,26 @@ def test_photo_subject_settings_fail_before_anything_is_written(photos, tmp_path
                     face_embedder="arcface-onnx:/models/w600k_r50.onnx").resolved()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert pd.isna(BuildConfig(source=str(photos), out=str(tmp_path / "c")).subject_descriptor)
+
+
+def test_the_one_loop_trains_on_the_photo_subjects_with_the_configured_face_embedder(labelled, tmp_path):
+    """End to end: the photo dataset's two-person rows train the multi-subject denoiser (tiny, 2 steps); the
+    config's face_embedder reaches the model and config.yaml."""
+    import torch
+    import yaml
+
+    from sameid.models.denoisers import load_denoiser
+    from sameid.train import TrainConfig
+    from sameid.train.loop import train
+
+    torch.manual_seed(0)
+    config = TrainConfig.from_flat({
+        "dataset": str(labelled.out), "out": str(tmp_path / "run"), "tiny": True, "model": "multi-subject",
+        "face_embedder": "none", "resolution": 64, "n_references": 1, "max_train_steps": 2,
+        "gradient_accumulation_steps": 1, "learning_rate": 1e-4, "checkpointing_steps": 100,
+        "validation_steps": 100, "validation_examples": 0, "lr_scheduler": "constant", "log_with": []})
+    result = train(config, progress=False)
+    assert result.global_step == 2 and all(np.isfinite(result.losses))
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["face_embedder"] == "none"
+    model = load_denoiser(result.model_dir)
+    assert model.config.face_embedder == "" and model.projector.face_projection is None

@@ -56,6 +56,34 @@ def test_every_field_is_checked_at_construction(field, value, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("model, value, message", [
+    ("multi-subject", "facenet", "face_embedder 'facenet' is not one of dlib, arcface-onnx:<model.onnx>, none"),
+    ("multi-subject", "arcface-onnx:", "give the model's path after arcface-onnx:"),
+    ("retrinet", "dlib", "face_embedder is read by the multi-subject models only"),
+])
+def test_face_embedder_is_checked_at_construction(model, value, message):
+    with pytest.raises(SameIdError) as error:
+        TrainConfig.from_flat({**BASE, "model": model, "face_embedder": value})
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_face_embedder_defaults_to_dlib_for_multi_subject_models_and_is_recorded(tmp_path):
+    assert TrainConfig.from_flat(BASE).face_embedder is None
+    config = TrainConfig.from_flat({**BASE, "model": "multi-subject"})
+    assert config.face_embedder == "dlib" and config.face_embedder_spec == "dlib"
+    none = TrainConfig.from_flat({**BASE, "model": "multi-subject-shared", "face_embedder": "none"})
+    assert none.face_embedder_spec == ""
+    none.save(tmp_path / "config.yaml")
+    assert "face_embedder: none" in (tmp_path / "config.yaml").read_text()
+    assert TrainConfig.load(tmp_path / "config.yaml") == none
+    # a run recorded before the field existed trained with dlib, the model's default then
+    (tmp_path / "old.yaml").write_text("dataset: d\nout: o\ntiny: true\nmodel: multi-subject\n")
+    assert TrainConfig.load(tmp_path / "old.yaml").face_embedder == "dlib"
+    with pytest.raises(SameIdError, match="no such file /nowhere/w600k_r50.onnx"):
+        TrainConfig.from_flat({**BASE, "model": "multi-subject",
+                               "face_embedder": "arcface-onnx:/nowhere/w600k_r50.onnx"}).check_machine()
+
+
 def test_config_is_frozen_and_the_run_seed_is_the_pairs_seed():
     config = TrainConfig(dataset="d", out="o", tiny=True, seed=5, pairs=PairsConfig(seed=1))
     assert config.pairs.seed == 5
@@ -127,6 +155,7 @@ def test_generate_depends_on_train_and_not_the_reverse():
     (("--learning-rate", "-1"), "learning_rate must be greater than 0"),
     (("--mode", "bogus"), "unknown reference mode"),
     (("--mode", "identity,bogus"), "unknown reference mode"),  # a grid is checked whole before its first run
+    (("--model", "multi-subject", "--face-embedder", "facenet"), "face_embedder 'facenet' is not one of"),
 ])
 def test_train_refuses_a_bad_value_and_leaves_nothing(built_sample, tmp_path, args, message):
     out = tmp_path / "run"

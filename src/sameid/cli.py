@@ -333,6 +333,9 @@ def train(
     task: Annotated[str | None, typer.Option(help="reconstruction | composition | multitask.")] = None,
     image_encoder: Annotated[str | None, typer.Option(help="ip-adapter: CLIPVisionModelWithProjection id or "
                                                            "folder.")] = None,
+    face_embedder: Annotated[str | None, typer.Option(help="multi-subject: each reference's face feature: dlib "
+                                                           "(default, offline) | arcface-onnx:<model.onnx> "
+                                                           "(InsightFace's ArcFace models) | none.")] = None,
     n_references: Annotated[int | None, typer.Option(help="References per example.")] = None,
     resolution: Annotated[int | None, typer.Option(help="Training resolution (256, 384, 512).")] = None,
     max_train_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps.")] = None,
@@ -383,7 +386,7 @@ def train(
 
     settings = dict(dataset=str(dataset) if dataset else None, out=str(out) if out else None,
                     pretrained=pretrained, tiny=tiny, lock=lock, task=task, image_encoder=image_encoder,
-                    n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
+                    face_embedder=face_embedder, n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
                     train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
                     learning_rate=learning_rate, prompt_drop=prompt_drop, image_drop=image_drop, both_drop=both_drop,
                     loss=loss, face_loss_weight=face_loss_weight, unconditional_references=unconditional_references,

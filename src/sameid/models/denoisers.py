@@ -42,12 +42,14 @@ def tiny_image_encoder(seed: int = 0, image_size: int = 32):
 
 
 def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False,
-                    vae_scale_factor: int | None = None) -> ReferenceConditionedDenoiser:
+                    vae_scale_factor: int | None = None,
+                    face_embedder: str | None = None) -> ReferenceConditionedDenoiser:
     """A fresh, untrained denoiser of ``kind`` around ``unet``.
 
     ``image_encoder`` (ip-adapter): a ``CLIPVisionModelWithProjection``, or its hub id or folder; with
     ``tiny`` and no encoder, a random tiny one. (multi-subject kinds): the same, or "efficientnet-lite0"
-    (offline; the default with ``tiny``). ``vae_scale_factor`` (controlnet only): the base VAE's
+    (offline; the default with ``tiny``); ``face_embedder`` (multi-subject kinds): the local feature's backend
+    spec, "" for none, None for the model's default (dlib). ``vae_scale_factor`` (controlnet only): the base VAE's
     (``DiffusionComponents.vae_scale_factor``); default the tiny base's with ``tiny``, else Stable Diffusion's 8.
     """
     from .components import SD_VAE_SCALE_FACTOR, TINY_VAE_SCALE_FACTOR
@@ -67,8 +69,9 @@ def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False,
             raise MissingModelError(f"model {kind} needs a global image encoder: a CLIPVisionModelWithProjection "
                                     "id or folder (e.g. openai/clip-vit-large-patch14, the paper's), or "
                                     "efficientnet-lite0 (offline)")
+        options = {} if face_embedder is None else {"face_embedder": face_embedder}
         return classes[kind].from_unet(unet, image_encoder=image_encoder or "efficientnet-lite0",
-                                       shared_attention=kind == "multi-subject-shared")
+                                       shared_attention=kind == "multi-subject-shared", **options)
     if kind == "controlnet":
         factor = vae_scale_factor or (TINY_VAE_SCALE_FACTOR if tiny else SD_VAE_SCALE_FACTOR)
         return classes[kind].from_unet(unet, vae_scale_factor=factor)

@@ -61,6 +61,30 @@ PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "r
 _WHERE = "training config"
 
 
+#: The face embedders a multi-subject model takes (TrainConfig.face_embedder), and the value for none.
+FACE_EMBEDDERS = ("dlib", "arcface-onnx:<model.onnx>", "none")
+FACE_EMBEDDER_NONE = "none"
+MULTI_SUBJECT_MODELS = ("multi-subject", "multi-subject-shared")
+
+
+def _face_embedder(where: str, model: str, value: Any) -> str | None:
+    """``face_embedder`` checked: dlib, arcface-onnx:<path>, or none for a multi-subject model (None: dlib); None
+    for any other model, which reads no face feature."""
+    value = as_optional_text(where, "face_embedder", value)
+    if model not in MULTI_SUBJECT_MODELS:
+        if value is not None:
+            raise SameIdError(f"{where}: face_embedder is read by the multi-subject models only "
+                              f"({', '.join(MULTI_SUBJECT_MODELS)}), not by model {model}; remove it")
+        return None
+    if value is None:
+        return "dlib"
+    name, _, argument = value.partition(":")
+    if value in ("dlib", FACE_EMBEDDER_NONE) or (name == "arcface-onnx" and argument.strip()):
+        return value
+    raise SameIdError(f"{where}: face_embedder {value!r} is not one of {', '.join(FACE_EMBEDDERS)}"
+                      + ("; give the model's path after arcface-onnx:" if name == "arcface-onnx" else ""))
+
+
 def has_gpu() -> bool:
     """Whether torch sees a GPU (CUDA, XPU or Apple MPS); without one, training runs on the CPU."""
     import torch
@@ -86,6 +110,11 @@ class TrainConfig:
     tiny_kind: str = "sd"
     model: str = "retrinet"
     image_encoder: str | None = None  # ip-adapter: a CLIPVisionModelWithProjection id or folder
+    # Multi-subject models: the local (face) feature of each reference (PairHuman, arXiv 2511.16712): "dlib" (128-d,
+    # offline), "arcface-onnx:<model.onnx>" (512-d; InsightFace's ArcFace models by path), or "none" (no local
+    # feature: the ablation without subject-augmented conditioning). None: dlib for a multi-subject model; other
+    # models read no face feature and refuse a value.
+    face_embedder: str | None = None
     lock: str = "full"
     # Training examples; ``pairs.seed`` is always ``seed``. near_duplicate_bits None: the dataset's recorded one.
     pairs: PairsConfig = field(default_factory=PairsConfig)
@@ -143,6 +172,7 @@ class TrainConfig:
         checked["pretrained"] = as_optional_text(w, "pretrained", self.pretrained)
         checked["image_encoder"] = as_optional_text(w, "image_encoder", self.image_encoder)
         checked["preset"] = as_optional_text(w, "preset", self.preset)
+        checked["face_embedder"] = _face_embedder(w, self.model, self.face_embedder)
         if checked["preset"] is not None:
             as_choice(w, "preset", checked["preset"], preset_names())
         for name in ("tiny", "gradient_checkpointing"):
@@ -262,9 +292,15 @@ class TrainConfig:
         mine, theirs = self.resolved().to_dict(), other.resolved().to_dict()
         return [name for name, value in mine.items() if name not in RESUMABLE_CHANGES and value != theirs[name]]
 
+    @property
+    def face_embedder_spec(self) -> str:
+        """The face embedder as the multi-subject denoiser takes it ("" for none)."""
+        return "" if self.face_embedder in (None, FACE_EMBEDDER_NONE) else self.face_embedder
+
     def check_machine(self) -> None:
         """Refuse settings this machine cannot train with (before anything is written): a tracker whose package
-        is not installed (accelerate would drop it with a log line), fp16 mixed precision without a GPU
+        is not installed (accelerate would drop it with a log line), an ArcFace ONNX face embedder whose file is
+        not here, fp16 mixed precision without a GPU
         (accelerate would silently train without autocast or a loss scaler, with half-precision frozen models),
         bf16 on a GPU without bf16. bf16 on the CPU works (CPU autocast)."""
         import accelerate.utils
@@ -273,6 +309,12 @@ class TrainConfig:
             if not getattr(accelerate.utils, f"is_{name}_available")():
                 raise SameIdError(f"{_WHERE}: log_with {name}: the {name} package is not installed; install it "
                                   f"(pip install {name}) or log with tensorboard")
+        if self.face_embedder_spec.startswith("arcface-onnx:"):
+            path = self.face_embedder_spec.partition(":")[2]
+            if not os.path.isfile(path):
+                raise SameIdError(f"{_WHERE}: face_embedder {self.face_embedder}: no such file {path}; give the "
+                                  "path of an ArcFace ONNX model (e.g. InsightFace's buffalo_l/w600k_r50.onnx), or "
+                                  "face_embedder dlib")
         if self.mixed_precision == "no":
             return
         import torch

@@ -226,7 +226,8 @@ class Trainer:
             image_encoder = str(encoder_dir)
         torch.manual_seed(config.seed)  # initialisation of the new modules depends on the seed alone
         self.denoiser = create_denoiser(config.model, self.components.unet, image_encoder=image_encoder,
-                                        tiny=config.tiny, vae_scale_factor=self.components.vae_scale_factor)
+                                        tiny=config.tiny, vae_scale_factor=self.components.vae_scale_factor,
+                                        face_embedder=config.face_embedder_spec if config.face_embedder else None)
         trainable = configure_denoiser(self.denoiser, config)
         if config.gradient_checkpointing:
             self.denoiser.enable_gradient_checkpointing()
