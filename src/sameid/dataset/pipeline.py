@@ -194,6 +194,9 @@ class BuildConfig:
         content = asdict(self)
         for key in ("engine", "workers", "export_hf", "out", "judge_cache"):
             content.pop(key)
+        if content["max_subjects"] == 1:  # without multi-subject samples these decide nothing: recorded as builds
+            # recorded them before photos had their own defaults (faces, 0.912), so those builds resume
+            content["subject_descriptor"], content["subject_min_similarity"] = "colors", 0.6
         if content["judge"] is None:  # without a judge its margins decide nothing (and older builds resume)
             for key in ("judge", "judge_margin", "judge_clear_fraction"):
                 content.pop(key)
