@@ -166,6 +166,11 @@ def test_multi_subject_trains_in_the_one_loop_with_subject_fields(built_sample, 
                                  resolution=32, reference_schedule="0.3@0.5").manifest
     rows = read_generations(manifest).frame
     assert len(rows) == 1 and rows["subject"][0] == f"{first}&{second}" and len(rows["references"][0]) == 4
+    # each subject with its own references (the manifest's subjects column), for the subject metrics
+    subjects = rows["subjects"][0]
+    assert [s["identity"] for s in subjects] == [first, second]
+    assert [p for s in subjects for p in s["references"]] == list(rows["references"][0])
+    assert all(len(s["references"]) == 2 for s in subjects)
     assert seen[0][0] == [[0, 0, 1, 1]]
     with pytest.raises(SameIdError, match="at most 2 per image"):
         generate_manifest(result.run_dir, built_sample.out, tmp_path / "gen3", prompts=["x"], seeds=[0],

@@ -230,7 +230,8 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     images this call wrote are removed again.
 
     Several subjects in one image (a multi-subject run): a subject ``"alice&bob"`` takes ``n_references`` of each
-    identity, alice's as subject 0 and bob's as subject 1. ``reference_schedule``: a
+    identity, alice's as subject 0 and bob's as subject 1; its manifest rows list them in ``subjects`` (each with
+    its own references; null on the single-subject rows of the same manifest). ``reference_schedule``: a
     :class:`~sameid.pipelines.ReferenceSchedule` or its text ``"λ@fraction"`` (cascaded inference: weight λ for
     the first steps, then full weight); None: ``reference_scale`` at every step.
     """
@@ -330,6 +331,7 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     written: list[Path] = []  # files and folders this call made (not replaced), removed again if it fails
     total = len(reference_rows) * len(prompts) * len(seeds) * samples_per_seed
     show = show_progress() if progress is None else progress
+    multi_subject = any(slots is not None for slots in reference_subjects.values())
     try:
         with tqdm(total=total, desc=f"generate {model_name}", unit="image", disable=not show) as bar:
             for subject, subject_rows in reference_rows.items():
@@ -346,6 +348,11 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                 references = pipeline.prepare_references([images], [used_concepts], resolution,
                                                          subjects=None if slots is None else [slots])
                 reference_paths = [dataset.image_paths[row] for row in subject_rows]
+                # A multi-subject row names each subject with its own references (the manifest's ``subjects``
+                # column, docs/architecture.md), so the evaluation compares each subject with its own images.
+                members = None if slots is None else [
+                    {"identity": member, "references": reference_paths[index * count:(index + 1) * count]}
+                    for index, member in enumerate(subject_members(subject, groups))]
                 for prompt_index, prompt in enumerate(prompts):
                     for seed in seeds:
                         generated = pipeline(
@@ -360,8 +367,11 @@ def generate_manifest(run_dir: str | os.PathLike, dataset_dir: str | os.PathLike
                             if not (out_dir / relative).exists():
                                 written.append(out_dir / relative)
                             write_atomic(out_dir / relative, image.save, suffix=".png")
-                            rows.append({"image": relative.as_posix(), "references": reference_paths,
-                                         "prompt": prompt, "subject": subject, "model": model_name, "seed": seed})
+                            row = {"image": relative.as_posix(), "references": reference_paths,
+                                   "prompt": prompt, "subject": subject, "model": model_name, "seed": seed}
+                            if multi_subject:
+                                row["subjects"] = members
+                            rows.append(row)
                             bar.update(1)
 
         settings = {
