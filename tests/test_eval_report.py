@@ -63,3 +63,12 @@ def test_write_report_files_and_escaping(tmp_path):
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt; &amp; a girl" in html
     assert "swd(clip_t,clip_i)" in html
+    assert "notes" not in summary and 'class="note"' not in html
+
+
+def test_notes_stand_at_the_top_of_the_report_and_in_the_summary(tmp_path):
+    summary = write_report(_per_image(), tmp_path, resamples=20, examples=0,
+                           notes=["a random <tiny> model: the scores test the flow"])
+    assert summary["notes"] == ["a random <tiny> model: the scores test the flow"]
+    html = (tmp_path / "report.html").read_text()
+    assert html.index("a random &lt;tiny&gt; model") < html.index("<h2>Means")

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -224,11 +225,13 @@ td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}th{background:#eee}
 .example{margin:0;border:1px solid #ccc;padding:6px;width:272px;font-size:12px}
 .example img,.missing{width:128px;height:128px;object-fit:contain;background:#f4f4f4;vertical-align:top}
 .missing{display:inline-flex;align-items:center;justify-content:center;text-align:center;color:#a00;
-font-size:11px;border:1px dashed #a00;box-sizing:border-box;overflow:hidden}</style></head><body>
+font-size:11px;border:1px dashed #a00;box-sizing:border-box;overflow:hidden}
+.note{background:#fff6d6;border:1px solid #e0c060;padding:6px 10px;max-width:60em}</style></head><body>
 {% macro thumbnail(t, what) %}{% if t.uri %}<img src="{{ t.uri }}" alt="{{ what }}" title="{{ t.path }}">{% else
 %}<span class="missing" title="{{ t.path }}">{{ what }}: {{ t.error }}</span>{% endif %}{% endmacro %}
 <h1>sameid evaluation</h1>
-<p>{{ n_generations }} generations from {{ manifest }}. clip_t is a cosine (0-1 scale); clip_score is
+{% for note in notes %}<p class="note"><strong>Note:</strong> {{ note }}</p>
+{% endfor %}<p>{{ n_generations }} generations from {{ manifest }}. clip_t is a cosine (0-1 scale); clip_score is
 torchmetrics' max(100 &times; cosine, 0). SWD(div, sim) is the mean of div &times; sim (equation 1); compare it with
 the product of means (higher SWD = generations good at both at once) and the Cauchy-Schwarz bound.</p>
 <h2>Means (95% bootstrap interval)</h2>
@@ -275,9 +278,10 @@ def _fmt(value) -> str:
 
 
 def render_html(summary: dict, per_image: pd.DataFrame, plots: dict[str, str], *, manifest: str = "",
-                max_rows: int = 500, examples: dict | None = None) -> str:
+                max_rows: int = 500, examples: dict | None = None, notes: Sequence[str] = ()) -> str:
     """The HTML report; every value (model names, prompts, paths) is HTML-escaped by jinja2's autoescape.
-    ``examples``: :func:`example_thumbnails`' result, or None for no examples section."""
+    ``examples``: :func:`example_thumbnails`' result, or None for no examples section; ``notes``: paragraphs
+    shown at the top (what the numbers can and cannot say about this run)."""
     import jinja2
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
@@ -288,17 +292,21 @@ def render_html(summary: dict, per_image: pd.DataFrame, plots: dict[str, str], *
     shown = per_image.head(max_rows)
     return template.render(models=summary["models"], columns=columns, row_columns=row_columns,
                            rows=shown.to_dict("records"), shown=len(shown), n_generations=len(per_image),
-                           plots=plots, manifest=manifest, fmt=_fmt, examples=examples)
+                           plots=plots, manifest=manifest, fmt=_fmt, examples=examples, notes=list(notes))
 
 
 def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: str = "", problems: pd.DataFrame | None = None,
-                 resamples: int = N_BOOTSTRAP, seed: int = 0, examples: int = N_EXAMPLES) -> dict:
+                 resamples: int = N_BOOTSTRAP, seed: int = 0, examples: int = N_EXAMPLES,
+                 notes: Sequence[str] = ()) -> dict:
     """Write every output file into ``out``; return the summary. ``problems`` (rows left out) -> problems.parquet.
-    ``examples``: best and worst generations shown per model in report.html (0: none)."""
+    ``examples``: best and worst generations shown per model in report.html (0: none); ``notes``: paragraphs at
+    the top of report.html (also ``notes`` in summary.json when given)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(out / "per_image.parquet", per_image)
     summary = summarize(per_image, resamples=resamples, seed=seed)
+    if notes:
+        summary["notes"] = list(notes)
     if problems is not None and len(problems):
         write_parquet_atomic(out / "problems.parquet", problems)
         summary["skipped_rows"] = int(problems["row"].nunique())
@@ -318,5 +326,6 @@ def write_report(per_image: pd.DataFrame, out: str | os.PathLike, *, manifest: s
             path = write_scatter(rows, div, sim, out / "plots" / f"{name}.png", f"{model}: {sim} vs {div}")
             plots[str(model)] = path.relative_to(out).as_posix()
     shown = example_thumbnails(per_image, summary["metrics"], examples) if examples > 0 else None
-    write_text_atomic(out / "report.html", render_html(summary, per_image, plots, manifest=manifest, examples=shown))
+    write_text_atomic(out / "report.html", render_html(summary, per_image, plots, manifest=manifest, examples=shown,
+                                                       notes=notes))
     return summary
