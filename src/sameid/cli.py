@@ -203,9 +203,26 @@ def demo(
     inference_steps: Annotated[int, typer.Option(help="Denoising steps per generated image.")] = 20,
     workers: Annotated[int | None, typer.Option(help="Parallel workers of the build (default: CPU count).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace outputs in --out that an earlier demo did not write.")] = False,
+    subjects: Annotated[int, typer.Option(help="Subjects per image: 2 runs the multi-subject flow on the sample's "
+                                               "two-character drawings (docs/multi_subject.md).")] = 1,
 ):
     """Run the whole system on the bundled sample, offline: sample, build, audit, train, generate, eval."""
     from .demo.run import DemoSettings, run_demo
+
+    if subjects != 1:
+        from .demo.multi_subject import MultiSubjectDemoSettings, run_multi_subject_demo
+
+        if pretrained or clip:
+            raise SameIdError("--subjects 2 runs on the random tiny base with offline metrics only; leave out "
+                              "--pretrained and --clip (train a real base with `sameid train --model multi-subject`)")
+        multi = MultiSubjectDemoSettings(subjects=subjects, steps=steps, inference_steps=inference_steps,
+                                         workers=workers)
+        multi.check()
+        result = run_multi_subject_demo(out, multi, overwrite=overwrite, progress=show_progress(), echo=typer.echo)
+        typer.echo(f"report: {result.report}")
+        for line in result.lines:
+            typer.echo(line)
+        return
 
     if steps < 1:
         raise SameIdError(f"--steps must be at least 1, got {steps}")
