@@ -195,7 +195,8 @@ def sample(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the demo's sample and outputs.")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option(help="Training steps of the tiny RetriNet (a few minutes on 2 cores).")] = 300,
+    steps: Annotated[int | None, typer.Option(help="Training steps per model (default 400 for RetriNet -b and -a on "
+                                                   "the small world, 300 for the multi-subject model).")] = None,
     pretrained: Annotated[str | None, typer.Option(help="Train on a real base model: a Stable Diffusion 1.5 id "
                                                         "or folder (a GPU machine; sets 384 px).")] = None,
     clip: Annotated[str | None, typer.Option(help="Evaluate with a real CLIP (id or folder): clip_i, clip_t "
@@ -206,7 +207,8 @@ def demo(
     subjects: Annotated[int, typer.Option(help="Subjects per image: 2 runs the multi-subject flow on the sample's "
                                                "two-character drawings (docs/multi_subject.md).")] = 1,
 ):
-    """Run the whole system on the bundled sample, offline: sample, build, audit, train, generate, eval."""
+    """Run the whole system offline: sample, build and audit on the bundled sample; then RetriNet -b vs -a trained,
+    generating and evaluated on the small world, where a model learns in minutes (the report compares them)."""
     from .demo.run import DemoSettings, run_demo
 
     if subjects != 1:
@@ -215,7 +217,8 @@ def demo(
         if pretrained or clip:
             raise SameIdError("--subjects 2 runs on the random tiny base with offline metrics only; leave out "
                               "--pretrained and --clip (train a real base with `sameid train --model multi-subject`)")
-        multi = MultiSubjectDemoSettings(subjects=subjects, steps=steps, inference_steps=inference_steps,
+        multi = MultiSubjectDemoSettings(subjects=subjects, **({} if steps is None else {"steps": steps}),
+                                         inference_steps=inference_steps,
                                          workers=workers)
         multi.check()
         result = run_multi_subject_demo(out, multi, overwrite=overwrite, progress=show_progress(), echo=typer.echo)
@@ -224,14 +227,12 @@ def demo(
             typer.echo(line)
         return
 
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise SameIdError(f"--steps must be at least 1, got {steps}")
     if inference_steps < 1:
         raise SameIdError(f"--inference-steps must be at least 1, got {inference_steps}")
-    settings = DemoSettings(steps=steps, pretrained=pretrained, clip=clip, workers=workers,
+    settings = DemoSettings(**({} if steps is None else {"steps": steps}), pretrained=pretrained, clip=clip, workers=workers,
                             inference_steps=inference_steps)
-    if pretrained:
-        settings.resolution = 384
     result = run_demo(out, settings, overwrite=overwrite, progress=show_progress(), echo=typer.echo)
     typer.echo(f"report: {result.report}")
     for line in result.lines:
@@ -724,27 +725,62 @@ app.add_typer(experiment_app, name="experiment")
 @experiment_app.command("claim")
 @user_errors
 def experiment_claim(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the world, the runs, images and the table.")] = Path("runs/claim"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the world, the runs, images, the report "
+                                                          "(eval/) and the table (table.md).")] = Path("runs/claim"),
     steps: Annotated[int, typer.Option(help="Training steps per model (-a and -b get the same).")] = 400,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each trains both modes.")] = "0,1,2",
     inference_steps: Annotated[int, typer.Option(help="Denoising steps per generated image.")] = 20,
+    base: Annotated[Path | None, typer.Option(help="A pretrained world base folder (default: the one that ships "
+                                                   "with sameid).")] = None,
+    pretrain_base: Annotated[bool, typer.Option(help="Pretrain a world base per seed instead (about 12 CPU "
+                                                     "minutes each at the default --base-steps).")] = False,
     base_steps: Annotated[int | None, typer.Option(
-        help="Text-to-image pretraining steps of each seed's world base (default: BaseSettings').")] = None,
+        help="With --pretrain-base: text-to-image steps of each seed's base (default: BaseSettings').")] = None,
 ):
-    """RetriBooru's claim (§3.1) in the small world: a pretrained world base per seed, then RetriNet -a vs -b vs
-    untrained on it, one table (table.md)."""
+    """RetriBooru's claim (§3.1) in the small world: RetriNet -a vs -b vs untrained on a pretrained world base,
+    scored by `sameid eval`'s world metrics; one table (table.md) and the report (eval/report.html)."""
     from .demo.claim import ClaimSettings, run_claim
     from .demo.world_base import BaseSettings
+    from .generate.prompts import parse_seeds
 
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        raise SameIdError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
-    result = run_claim(out, ClaimSettings(steps=steps, seeds=seed_list, inference_steps=inference_steps,
-                                          base=BaseSettings(**({} if base_steps is None else {"steps": base_steps}))),
+    if base_steps is not None and not pretrain_base:
+        raise SameIdError("--base-steps applies to --pretrain-base only")
+    if base is not None and pretrain_base:
+        raise SameIdError("give --base or --pretrain-base, not both")
+    pretrain = BaseSettings(**({} if base_steps is None else {"steps": base_steps})) if pretrain_base else None
+    result = run_claim(out, ClaimSettings(steps=steps, seeds=parse_seeds(seeds), inference_steps=inference_steps,
+                                          base=None if base is None else str(base), pretrain=pretrain),
                        echo=typer.echo, progress=show_progress())
     say(result)
 
+
+@experiment_app.command("world-base")
+@user_errors
+def experiment_world_base(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pretrained base (Stable Diffusion "
+                                                          "layout + world_base.json).")],
+    steps: Annotated[int, typer.Option(help="Text-to-image training steps (3,000: about 12 CPU minutes).")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and the data order.")] = 0,
+    holdout_seed: Annotated[int, typer.Option(help="The held-out identities left out of pretraining are those a "
+                                                   "run with this holdout seed keeps out.")] = 0,
+    world: Annotated[Path | None, typer.Option(help="The world dataset dir (default: the default world, written "
+                                                    "to <out>.world).")] = None,
+):
+    """Pretrain the small world's base (the part Stable Diffusion plays for RetriNet) as the one that ships with
+    sameid was made: a text-to-image model on full captions, without the held-out identities."""
+    import pandas as pd
+
+    from .demo.claim import ClaimSettings, held_out
+    from .demo.world_base import BaseSettings, pretrain_world_base
+    from .sources.world import WorldSettings, make_world
+
+    folder = world if world is not None else make_world(out.with_name(out.name + ".world"), WorldSettings())
+    manifest = pd.read_parquet(folder / "manifest.parquet")
+    held = held_out(manifest, ClaimSettings(holdout_seed=holdout_seed))
+    result = pretrain_world_base(folder, out, BaseSettings(steps=steps), seed=seed, exclude=held,
+                                 echo=typer.echo, log_every=250)
+    typer.echo(f"{'reused' if result.reused else 'pretrained'} {result.path}: loss {result.losses[0]:.4f} -> "
+               f"{result.losses[-1]:.4f} ({result.seconds:.0f} s); held out: {', '.join(held)}")
 
 
 @app.command()

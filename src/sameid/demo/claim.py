@@ -1,37 +1,35 @@
 """RetriBooru's central claim as one experiment on a CPU: -b (another image of the identity as the reference)
-against -a (the target itself, augmented), trained for equal steps in the small world (:mod:`.world`).
+against -a (the target itself, augmented), trained for equal steps in the small world (:mod:`sameid.sources.world`).
 
 RetriBooru, arXiv 2312.02521, §3.1: a model trained with the target as its own reference learns to copy it and
 follows the prompt less. The experiment (``sameid experiment claim``):
 
-1. writes the world (:func:`.world.make_world`), a dataset dir like any other;
-2. for every seed, pretrains the world base as a text-to-image model on full captions (:mod:`.world_base`, the
-   part Stable Diffusion 1.5 plays in the paper), without the held-out identities, and checks that it draws
-   what a full caption asks (identity and prompt scores of the base alone, ``base_check`` in table.json);
+1. writes the world (:func:`sameid.sources.world.make_world`), a dataset dir like any other;
+2. takes a pretrained world base (:mod:`.world_base`, the part Stable Diffusion 1.5 plays in the paper): the one
+   that ships with sameid (pretrained by ``sameid experiment world-base`` without the held-out identities), a
+   folder given as ``base``, or one pretrained per seed (``pretrain``); a base that saw a held-out identity is
+   refused; it checks what the base alone draws from full captions (``base_check`` in table.json);
 3. trains RetriNet (:mod:`sameid.models.retrinet`) on that base with the project's loop
    (:func:`sameid.train.loop.train`, ``pretrained: <base>``) in mode ``same`` (-a) and in mode ``identity`` (-b),
-   same steps and settings, layout-only captions, holding out the same identities;
+   same steps and settings, layout-only captions, every seed holding out the same identities (``holdout_seed``);
 4. keeps the untrained model of each seed (the base with RetriNet's initialisation, whose zero-initialised
    retrieval attentions add nothing: the base drawing a layout-only caption) as the floor;
 5. generates, with :class:`sameid.pipelines.ReferencePipeline`, for every held-out identity from one reference
    image and prompts that ask for a layout unlike the reference's in every factor (other background, other
-   position, other size);
-6. reads every generation back with :func:`.world.measure` and scores it:
+   position, other size), and writes them as a generations manifest (``generations.jsonl``);
+6. scores them with ``sameid eval``'s evaluator and report (:mod:`sameid.evaluate.world_metrics`:
+   ``world_identity``, ``world_prompt``, ``world_copy`` and SWD(world_prompt, world_identity), paper eq. 1) into
+   ``eval/`` (report.html, summary.json, per_image.parquet), and tabulates mean and standard deviation over seeds
+   (table.md, table.json, side_by_side.png).
 
-   - **identity**: share of hair / top / bottom colours that are the reference identity's;
-   - **prompt**: share of background / position / size that are the prompt's;
-   - **copy**: share of background / position / size that are the *reference image's* (the prompt asks for other
-     values in all three, so copying and following exclude each other per factor);
-   - **SWD**: equation 1 of the paper (:mod:`sameid.evaluate.swd`) with the prompt score as the diversity and the
-     identity score as the similarity.
-
-These scores need the world's ground truth (the reference's identity and layout, the prompt's layout), so they
-live here and not in the evaluator's registry, whose metrics read only a generations manifest and images.
+A killed run resumes: a finished model, a finished seed's images and a base are reused; a run stopped between
+checkpoints resumes from its latest complete one.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,46 +38,52 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from ..atomic import write_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
+from ..atomic import write_atomic, write_json_atomic, write_text_atomic
 from ..errors import SameIdError
-from .world import (
-    FACTORS,
-    PARTS,
-    Identity,
-    Layout,
-    WorldSettings,
-    identity_score,
-    layout_agreement,
-    make_world,
-    measure,
-)
-from .world_base import BaseSettings, check_base, pretrain_world_base
+from ..sources.world import FACTORS, Layout, WorldSettings, make_world
+from .world_base import BaseSettings, base_record, check_base, pretrain_world_base, shipped_world_base
 
 MODES = {"same": "-a (target as reference)", "identity": "-b (other image of the identity)"}
 UNTRAINED = "untrained"
+WORLD_METRICS = ("world_identity", "world_prompt", "world_copy")
+SCORES = {"identity": "world_identity", "prompt": "world_prompt", "copy": "world_copy"}
 
 
 @dataclass(frozen=True)
 class ClaimSettings:
-    """One run of the experiment. ``steps`` optimizer steps per model; each seed trains both modes."""
+    """One run of the experiment. ``steps`` optimizer steps per model; each seed trains both modes.
+
+    ``base``: a pretrained world base folder (None: the one shipped with sameid); ``pretrain``: pretrain one base
+    per seed with these settings instead (``bases/seed<k>``). ``lock``: ``lockd`` trains the retrieval encoder and
+    its attentions and keeps the base's decoder (measured: ``full`` at this learning rate first undid the base's
+    drawing, docs/benchmarks.md).
+    """
 
     steps: int = 400
     seeds: tuple[int, ...] = (0, 1, 2)
     world: WorldSettings = field(default_factory=WorldSettings)
-    base: BaseSettings = field(default_factory=BaseSettings)
+    base: str | None = None
+    pretrain: BaseSettings | None = None
     holdout_identities: int = 8
+    holdout_seed: int = 0
     batch_size: int = 8
     learning_rate: float = 1e-3
+    lock: str = "lockd"
     prompt_drop: float = 0.2
     prompts_per_subject: int = 4
     inference_steps: int = 20
-    guidance_scale: float = 3.0
+    guidance_scale: float = 1.0
     model: str = "retrinet"
+    bootstrap: int = 1000  # resamples of the report's 95% intervals
 
     def __post_init__(self):
         if self.steps < 1 or not self.seeds or self.prompts_per_subject < 1 or self.inference_steps < 1:
             raise SameIdError("claim experiment: steps, seeds, prompts_per_subject and inference_steps must be "
                               "at least 1")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise SameIdError(f"claim experiment: seeds must be distinct and not negative, got {self.seeds}")
+        if self.base is not None and self.pretrain is not None:
+            raise SameIdError("claim experiment: give a base folder or pretraining settings, not both")
 
 
 @dataclass
@@ -87,18 +91,20 @@ class ClaimResult:
     out: Path
     table: pd.DataFrame  # one row per model (mode), means and standard deviations over seeds
     per_seed: pd.DataFrame  # one row per (model, seed)
-    per_image: pd.DataFrame
+    per_image: pd.DataFrame  # the evaluator's per-image table (eval/per_image.parquet) with the plan's columns
     seconds: float
     base_checks: pd.DataFrame = field(default_factory=pd.DataFrame)  # per seed: the base alone, full captions
+    report: Path | None = None
 
     def describe(self) -> list[str]:
-        return [*markdown_table(self.table).splitlines(), f"written to {self.out} ({self.seconds:.0f} s)"]
+        return [*markdown_table(self.table).splitlines(), f"report: {self.report}",
+                f"written to {self.out} ({self.seconds:.0f} s)"]
 
 
 # --- what is asked --------------------------------------------------------------------------------------------
 def unlike_layouts(reference: Layout, count: int, rng: np.random.Generator) -> list[Layout]:
     """``count`` layouts that differ from ``reference`` in every factor, drawn without repeats while possible."""
-    from .world import BACKGROUNDS, POSITIONS, SIZES
+    from ..sources.world import BACKGROUNDS, POSITIONS, SIZES
 
     every = [Layout(b, p, s) for b in BACKGROUNDS for p in POSITIONS for s in SIZES
              if b != reference.background and p != reference.position and s != reference.size]
@@ -143,46 +149,40 @@ def generate(components, denoiser, plan: pd.DataFrame, dataset: Path, *, inferen
     return images
 
 
-def score(plan: pd.DataFrame, images: list[Image.Image]) -> pd.DataFrame:
-    """The plan with, per generation, what :func:`.world.measure` read and the identity / prompt / copy scores."""
-    rows = []
-    for (_, row), image in zip(plan.iterrows(), images):
-        measured = measure(image)
-        identity = Identity(row["hair"], row["top"], row["bottom"])
-        asked = Layout(*(row[f"prompt_{f}"] for f in FACTORS))
-        reference = Layout(*(row[f"reference_{f}"] for f in FACTORS))
-        rows.append({**{f"measured_{name}": getattr(measured, name) for name in (*FACTORS, *PARTS)},
-                     "identity_score": identity_score(measured, identity),
-                     "prompt_score": layout_agreement(measured, asked),
-                     "copy_score": layout_agreement(measured, reference)})
-    return pd.concat([plan.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
-
-
-def summarise(scored: pd.DataFrame) -> dict:
-    """Means of the scores of one model and seed, and SWD(prompt, identity) (paper eq. 1)."""
+def summarise(per_image: pd.DataFrame) -> dict:
+    """Means of the world scores of one model and seed, and SWD(world_prompt, world_identity) (paper eq. 1)."""
     from ..evaluate.swd import similarity_weighted_diversity
 
-    swd = similarity_weighted_diversity(scored["prompt_score"], scored["identity_score"], div_name="prompt",
-                                        sim_name="identity")
-    return {"identity": float(scored["identity_score"].mean()), "prompt": float(scored["prompt_score"].mean()),
-            "copy": float(scored["copy_score"].mean()), "swd": float(swd.swd), "n": int(len(scored))}
+    swd = similarity_weighted_diversity(per_image["world_prompt"], per_image["world_identity"],
+                                        div_name="world_prompt", sim_name="world_identity")
+    return {**{name: float(np.nanmean(per_image[column])) for name, column in SCORES.items()},
+            "swd": float(swd.swd), "n": int(len(per_image))}
 
 
 # --- the experiment -------------------------------------------------------------------------------------------
 def _train(world: Path, out: Path, base: Path, mode: str, seed: int, settings: ClaimSettings,
            progress: bool | None):
+    """Train (or finish) one model; a run dir left without a checkpoint by a killed run is started afresh."""
     from ..train import TrainConfig
     from ..train.loop import train
+    from ..train.run_dir import RunDir
 
     config = TrainConfig.from_flat({
         "dataset": str(world), "out": str(out), "pretrained": str(base), "model": settings.model,
-        "mode": mode, "task": "reconstruction", "n_references": 1, "resolution": 32,
+        "mode": mode, "task": "reconstruction", "n_references": 1, "resolution": 32, "lock": settings.lock,
         "prompt_drop": settings.prompt_drop, "holdout_identities": settings.holdout_identities,
-        "max_train_steps": settings.steps, "train_batch_size": settings.batch_size,
-        "gradient_accumulation_steps": 1, "learning_rate": settings.learning_rate, "lr_scheduler": "constant",
-        "checkpointing_steps": settings.steps, "validation_steps": settings.steps, "validation_examples": 0,
-        "face_loss_weight": 0.0, "seed": seed})
-    return train(config, progress=progress)
+        "holdout_seed": settings.holdout_seed, "max_train_steps": settings.steps,
+        "train_batch_size": settings.batch_size, "gradient_accumulation_steps": 1,
+        "learning_rate": settings.learning_rate, "lr_scheduler": "constant",
+        "checkpointing_steps": max(1, settings.steps // 4), "checkpoints_total_limit": 1,
+        "validation_steps": settings.steps, "validation_examples": 0, "face_loss_weight": 0.0, "seed": seed})
+    resume = None
+    if out.exists():
+        if RunDir(out).latest_checkpoint() is not None:
+            resume = "latest"
+        else:  # this experiment's own run dir, stopped before its first checkpoint: nothing to keep
+            shutil.rmtree(out)
+    return train(config, resume=resume, progress=progress)
 
 
 def _model(run_dir: Path, *, trained: bool, seed: int, kind: str):
@@ -205,43 +205,81 @@ def _model(run_dir: Path, *, trained: bool, seed: int, kind: str):
     return components, denoiser
 
 
-def world_base(out: Path, world: Path, seed: int, settings: ClaimSettings, manifest: pd.DataFrame, *,
-               echo=print) -> tuple[Path, dict]:
-    """The seed's pretrained world base (made once, reused by -a and -b and by a re-run) and its check: the
-    identity and prompt scores of the base alone drawing the held-out identities from full captions."""
-    from ..models.components import load_components
+def held_out(manifest: pd.DataFrame, settings: ClaimSettings) -> list[str]:
     from ..train.loop import holdout_identities
 
-    held = holdout_identities(manifest["identity"], settings.holdout_identities, seed)
-    path = out / "bases" / f"seed{seed}"
-    echo(f"seed {seed}: world base, {settings.base.steps} text-to-image steps on full captions")
-    pretrained = pretrain_world_base(world, path, settings.base, seed=seed, exclude=held, echo=echo)
-    window = max(1, min(20, len(pretrained.losses) // 4))  # steps averaged at each end of the loss curve
-    first, last = float(np.mean(pretrained.losses[:window])), float(np.mean(pretrained.losses[-window:]))
-    if not pretrained.reused:
-        echo(f"    loss {first:.4f} -> {last:.4f} ({pretrained.seconds:.0f} s)")
+    return holdout_identities(manifest["identity"], settings.holdout_identities, settings.holdout_seed)
+
+
+def world_base(out: Path, world: Path, seed: int, settings: ClaimSettings, held: list[str], *,
+               echo=print) -> tuple[Path, dict]:
+    """The seed's world base (the shipped one, ``settings.base``, or pretrained once per seed and reused by -a,
+    -b and a re-run) and its check: what the base alone draws for the held-out identities from full captions.
+    A base pretrained with a held-out identity is refused: the experiment would test on what the base saw."""
+    from ..models.components import load_components
+    from ..sources.world import Identity
+
+    if settings.pretrain is not None:
+        path = out / "bases" / f"seed{seed}"
+        echo(f"seed {seed}: world base, {settings.pretrain.steps} text-to-image steps on full captions")
+        pretrained = pretrain_world_base(world, path, settings.pretrain, seed=seed, exclude=held, echo=echo)
+        losses, seconds = pretrained.losses, pretrained.seconds
+    else:
+        path = Path(settings.base) if settings.base is not None else shipped_world_base()
+        record = base_record(path)
+        seen = sorted(set(held) - set(record["settings"]["exclude"]))
+        if seen:
+            raise SameIdError(f"the world base {path} was pretrained on {len(seen)} of the held-out identities "
+                              f"({', '.join(seen[:3])}...): use a base pretrained without them (pretrain one per "
+                              "seed, or `sameid experiment world-base --out DIR`) or the held-out seed it excludes")
+        losses, seconds = record["losses"], record["seconds"]
+    window = max(1, min(20, len(losses) // 4))  # steps averaged at each end of the loss curve
+    first, last = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
     subjects = [Identity(*name.split("-")) for name in held]
     checked = check_base(load_components(path), subjects, per_identity=settings.prompts_per_subject,
                          inference_steps=settings.inference_steps, guidance_scale=settings.guidance_scale, seed=seed)
-    echo(f"    base from full captions: identity {checked['identity']:.3f}, prompt {checked['prompt']:.3f} "
-         f"({checked['n']} images)")
+    echo(f"    base {path.name}: loss {first:.4f} -> {last:.4f}; alone from full captions: identity "
+         f"{checked['identity']:.3f}, prompt {checked['prompt']:.3f} ({checked['n']} images)")
     return path, {"seed": seed, "identity": checked["identity"], "prompt": checked["prompt"], "n": checked["n"],
-                  "loss_first": first, "loss_last": last, "seconds": pretrained.seconds}
+                  "loss_first": first, "loss_last": last, "seconds": seconds}
+
+
+def _generations(out: Path, world: Path, plan: pd.DataFrame, name: str, seed: int, settings: ClaimSettings,
+                 run_dir: Path, trained: bool) -> pd.DataFrame:
+    """The seed's generations by one model as manifest rows (paths relative to ``out``); images already written
+    by a killed run are reused only when all of them are there."""
+    folder = out / "images" / f"{name}-seed{seed}"
+    paths = [folder / f"{k:03d}.png" for k in range(len(plan))]
+    if not all(path.is_file() for path in paths):
+        components, denoiser = _model(run_dir, trained=trained, seed=seed, kind=settings.model)
+        images = generate(components, denoiser, plan, world, inference_steps=settings.inference_steps,
+                          guidance_scale=settings.guidance_scale, seed=seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, image in zip(paths, images):
+            write_atomic(path, image.save, suffix=".png")
+    return pd.DataFrame({
+        "image": [str(p.relative_to(out)) for p in paths],
+        "references": [[str((world / r).relative_to(out))] for r in plan["reference"]],
+        "prompt": plan["prompt"].to_list(), "subject": plan["subject"].to_list(), "model": name, "seed": seed})
 
 
 def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, echo=print,
               progress: bool | None = None) -> ClaimResult:
-    """Run the experiment into ``out`` (world/, bases/seed<k>/, runs/<mode>-seed<k>/, images, table.md,
-    table.json, per_image.parquet, side_by_side.png)."""
-    from ..train.run_dir import RunDir
+    """Run the experiment into ``out`` (world/, runs/<mode>-seed<k>/, images/, generations.jsonl, eval/,
+    table.md, table.json, side_by_side.png; bases/seed<k>/ when pretraining)."""
+    from ..evaluate.evaluator import EvalConfig, evaluate_generations
+    from ..evaluate.manifest import read_generations
+    from ..evaluate.report import write_report
+    from ..records import write_generations
 
     start = time.time()
     out = Path(out)
     world = make_world(out / "world", settings.world)
     manifest = pd.read_parquet(world / "manifest.parquet")
-    scored_all, base_checks = [], []
+    held = held_out(manifest, settings)
+    rows, base_checks = [], []
     for seed in settings.seeds:
-        base, checked = world_base(out, world, seed, settings, manifest, echo=echo)
+        base, checked = world_base(out, world, seed, settings, held, echo=echo)
         base_checks.append(checked)
         for mode in MODES:
             run_dir = out / "runs" / f"{mode}-seed{seed}"
@@ -249,34 +287,32 @@ def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, ech
                 echo(f"seed {seed}: training {settings.model} {MODES[mode]}, {settings.steps} steps")
                 result = _train(world, run_dir, base, mode, seed, settings, progress)
                 echo(f"    loss {np.mean(result.losses[:10]):.4f} -> {np.mean(result.losses[-10:]):.4f}")
-        subjects = RunDir(out / "runs" / f"identity-seed{seed}").holdout_identities()
-        plan = generation_plan(manifest, subjects, settings.prompts_per_subject, seed)
+        plan = generation_plan(manifest, held, settings.prompts_per_subject, seed)
         for name, run_dir, trained in ((UNTRAINED, out / "runs" / f"identity-seed{seed}", False),
                                        *((mode, out / "runs" / f"{mode}-seed{seed}", True) for mode in MODES)):
             echo(f"seed {seed}: generating {len(plan)} images with {name}")
-            components, denoiser = _model(run_dir, trained=trained, seed=seed, kind=settings.model)
-            images = generate(components, denoiser, plan, world, inference_steps=settings.inference_steps,
-                              guidance_scale=settings.guidance_scale, seed=seed)
-            folder = out / "images" / f"{name}-seed{seed}"
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = []
-            for k, image in enumerate(images):
-                path = folder / f"{k:03d}.png"
-                write_atomic(path, image.save, suffix=".png")
-                paths.append(str(path.relative_to(out)))
-            scored = score(plan, images)
-            scored.insert(0, "image", paths)
-            scored.insert(0, "seed", seed)
-            scored.insert(0, "model", name)
-            scored_all.append(scored)
-            echo(f"    identity {scored['identity_score'].mean():.3f}, prompt {scored['prompt_score'].mean():.3f}, "
-                 f"copy {scored['copy_score'].mean():.3f}")
-    per_image = pd.concat(scored_all, ignore_index=True)
-    per_seed = pd.DataFrame([{"model": model, "seed": seed, **summarise(group)}
+            rows.append(_generations(out, world, plan, name, seed, settings, run_dir, trained))
+    write_generations(pd.concat(rows, ignore_index=True), out / "generations.jsonl")
+    generations = read_generations(out / "generations.jsonl").frame
+    evaluation = evaluate_generations(generations, EvalConfig(metrics=WORLD_METRICS, cache_dir=None))
+    per_image = evaluation.per_image
+    summary = write_report(per_image, out / "eval", manifest=str(out / "generations.jsonl"),
+                           resamples=settings.bootstrap, notes=[
+        f"RetriBooru's claim in the small world: RetriNet trained {settings.steps} steps with the target as its own "
+        "reference (same, -a) and with another image of the identity (identity, -b), and the untrained model; "
+        "prompts ask for a layout unlike the reference's in every factor. world_copy is the share of the "
+        "reference's own layout in the generation."])
+    del summary
+    per_seed = pd.DataFrame([{"model": model, "seed": int(seed), **summarise(group)}
                              for (model, seed), group in per_image.groupby(["model", "seed"], sort=False)])
     table = summary_table(per_seed)
-    result = ClaimResult(out, table, per_seed, per_image, time.time() - start, pd.DataFrame(base_checks))
-    _write(result, settings, world)
+    result = ClaimResult(out, table, per_seed, per_image, time.time() - start, pd.DataFrame(base_checks),
+                         out / "eval" / "report.html")
+    _write(result, settings)
+    for model, label in ((UNTRAINED, "untrained"), *MODES.items()):
+        scores = table.set_index("model").loc[model]
+        echo(f"    {label}: identity {scores['identity']:.3f}, prompt {scores['prompt']:.3f}, copy "
+             f"{scores['copy']:.3f}")
     return result
 
 
@@ -320,28 +356,30 @@ def base_table(base_checks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _write(result: ClaimResult, settings: ClaimSettings, world: Path) -> None:
+def _write(result: ClaimResult, settings: ClaimSettings) -> None:
     out = result.out
-    write_parquet_atomic(out / "per_image.parquet", result.per_image)
+    base = "pretrained per seed" if settings.pretrain is not None else (settings.base or "shipped with sameid")
     write_json_atomic(out / "table.json", {
-        "settings": {**asdict(settings), "seeds": list(settings.seeds)}, "seconds": round(result.seconds, 1),
-        "table": result.table.to_dict(orient="records"), "per_seed": result.per_seed.to_dict(orient="records"),
+        "settings": {**asdict(settings), "seeds": list(settings.seeds)}, "base": str(base),
+        "seconds": round(result.seconds, 1), "table": result.table.to_dict(orient="records"),
+        "per_seed": result.per_seed.to_dict(orient="records"),
         "base_check": result.base_checks.to_dict(orient="records")}, sort_keys=False)
     text = ("# RetriBooru's claim in the small world\n\n" + markdown_table(result.table) +
             "\n\n± is the standard deviation over seeds " + ", ".join(map(str, settings.seeds)) +
-            f". {settings.steps} RetriNet steps per model on a base pretrained for {settings.base.steps} steps. "
-            "Side by side: side_by_side.png\n\n## Per seed\n\n" + per_seed_table(result.per_seed) +
-            "\n\n## The pretrained base alone, full captions (layout + identity colours)\n\n" +
+            f". {settings.steps} RetriNet steps per model (lock {settings.lock}) on the world base ({base}). "
+            "Side by side: side_by_side.png; the evaluator's report: eval/report.html\n\n## Per seed\n\n" +
+            per_seed_table(result.per_seed) +
+            "\n\n## The base alone, full captions (layout + identity colours), held-out identities\n\n" +
             base_table(result.base_checks) + "\n")
     write_text_atomic(out / "table.md", text)
-    sheet = side_by_side(result.per_image, out, world)
+    sheet = side_by_side(result.per_image, out)
     write_atomic(out / "side_by_side.png", sheet.save, suffix=".png")
 
 
-def side_by_side(per_image: pd.DataFrame, out: Path, world: Path, rows: int = 8, scale: int = 3) -> Image.Image:
-    """Per row: the reference, the prompt, then the generation of each model (first seed), 3x enlarged."""
-    seed = per_image["seed"].iloc[0]
-    first = per_image[per_image["seed"] == seed]
+def side_by_side(per_image: pd.DataFrame, out: Path, rows: int = 8, scale: int = 3) -> Image.Image:
+    """Per row: the reference, then the generation of each model (first seed), 3x enlarged, and the prompt."""
+    first = per_image[per_image["seed"] == per_image["seed"].iloc[0]].copy()
+    first["plan_row"] = [Path(path).name for path in first["image"]]  # NNN.png: the plan's row, in every model
     models = list(dict.fromkeys(first["model"]))
     plan = first[first["model"] == models[0]].head(rows)
     cell, text_width = 32 * scale, 220
@@ -352,11 +390,11 @@ def side_by_side(per_image: pd.DataFrame, out: Path, world: Path, rows: int = 8,
     draw.text((cell * (1 + len(models)) + 4, 1), "prompt", fill="black")
     for r, (_, row) in enumerate(plan.iterrows()):
         y = 14 + r * cell
-        sheet.paste(Image.open(world / row["reference"]).convert("RGB").resize((cell, cell), Image.NEAREST), (0, y))
+        reference = Image.open(row["first_reference"]).convert("RGB")
+        sheet.paste(reference.resize((cell, cell), Image.NEAREST), (0, y))
         for column, model in enumerate(models, start=1):
-            match = first[(first["model"] == model) & (first["subject"] == row["subject"]) &
-                          (first["sample"] == row["sample"])]
-            image = Image.open(out / match["image"].iloc[0]).convert("RGB").resize((cell, cell), Image.NEAREST)
+            match = first[(first["model"] == model) & (first["plan_row"] == row["plan_row"])]
+            image = Image.open(match["image"].iloc[0]).convert("RGB").resize((cell, cell), Image.NEAREST)
             sheet.paste(image, (column * cell, y))
         draw.text((cell * (1 + len(models)) + 4, y + cell // 2 - 6), row["prompt"][:34], fill="black")
     return sheet

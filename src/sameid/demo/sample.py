@@ -40,6 +40,7 @@ from ..errors import SameIdError
 from ..images import save_mask
 from ..records import SAMPLE_README_MARKER as README_MARKER
 from ..records import is_generated_sample
+from ..sources.world import PALETTE
 
 #: What :func:`make_sample` writes at the top of its directory (and removes when it regenerates).
 SAMPLE_ENTRIES = ("README.md", "metadata.jsonl", "ground_truth.csv", "images", "outside.png")
@@ -76,9 +77,7 @@ class SamplePaths:
 # Garment colours, one per vocabulary name; chosen so that the colour, its shade and its JPEG-compressed edges
 # keep their vocabulary name (tests/test_figure_backends.py checks it).
 GARMENT_RGB: dict[str, tuple[int, int, int]] = {
-    "black": (38, 36, 42), "white": (244, 244, 240), "gray": (128, 128, 134), "red": (205, 35, 45),
-    "orange": (240, 135, 35), "yellow": (245, 215, 60), "green": (45, 150, 75), "blue": (45, 85, 195),
-    "purple": (125, 65, 175), "pink": (245, 135, 180), "brown": (125, 78, 45),
+    "black": (38, 36, 42), "white": (244, 244, 240), "gray": (128, 128, 134), **PALETTE, "brown": (125, 78, 45),
 }
 HAIR_RGB: dict[str, tuple[int, int, int]] = {
     "black": (40, 36, 48), "brown": (120, 80, 50), "blonde": (246, 216, 120), "red": (196, 52, 52),

@@ -39,7 +39,7 @@ from PIL import Image
 from ..atomic import write_directory_atomic, write_json_atomic
 from ..errors import SameIdError
 from ..references import normalize_pixels
-from .world import (
+from ..sources.world import (
     BACKGROUNDS,
     POSITIONS,
     SIZES,
@@ -52,15 +52,46 @@ from .world import (
 )
 
 BASE_FILE = "world_base.json"  # inside the saved base: settings, losses, seconds; its presence marks it complete
+#: The world base that ships inside the package (float16 weights, 8.5 MB): pretrained by ``sameid experiment
+#: world-base`` with the default :class:`BaseSettings`, seed 0, without the 8 identities that the default world's
+#: runs hold out (holdout seed 0), so the demo and the claim experiment start from it instead of spending
+#: 12 CPU minutes pretraining one.
+SHIPPED_BASE = Path(__file__).resolve().parent.parent / "data" / "world_base"
+
+
+def shipped_world_base() -> Path:
+    """The world base inside the package; a MissingModelError says how to make one if it is not there."""
+    from ..errors import MissingModelError
+
+    if not (SHIPPED_BASE / BASE_FILE).is_file():
+        raise MissingModelError(f"the world base that ships with sameid is missing from {SHIPPED_BASE} (an "
+                                "incomplete install?): reinstall sameid, or make one with `sameid experiment "
+                                "world-base --out DIR` and pass it as the base")
+    return SHIPPED_BASE
+
+
+def base_record(path: str | Path) -> dict:
+    """What ``world_base.json`` of a pretrained world base says (settings with ``exclude``, losses, seconds)."""
+    file = Path(path) / BASE_FILE
+    if not file.is_file():
+        raise SameIdError(f"{path} is not a pretrained world base (no {BASE_FILE}): make one with `sameid "
+                          "experiment world-base --out DIR`")
+    try:
+        record = json.loads(file.read_text())
+        record["settings"]["exclude"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise SameIdError(f"{file} is damaged ({error}): make the base again with `sameid experiment "
+                          "world-base`") from None
+    return record
 
 
 @dataclass(frozen=True)
 class BaseSettings:
     """How the world base is pretrained (per seed: the random initialisation and the data order)."""
 
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 16
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     warmup_steps: int = 50
     full_caption_rate: float = 0.7
     caption_drop: float = 0.1
@@ -192,7 +223,7 @@ def pretrain_world_base(world: str | Path, out: str | Path, settings: BaseSettin
 
 
 # --- does the base draw what a full caption asks? --------------------------------------------------------------
-def draw_from_captions(components, prompts: list[str], *, inference_steps: int = 20, guidance_scale: float = 3.0,
+def draw_from_captions(components, prompts: list[str], *, inference_steps: int = 20, guidance_scale: float = 1.0,
                        seed: int = 0, batch: int = 64) -> list[Image.Image]:
     """The base's own images for ``prompts``: the project's pipeline with a fresh RetriNet at reference scale 0,
     which is exactly the plain U-Net (:class:`~sameid.models.retrinet.RetriNetDenoiser`)."""
@@ -213,7 +244,7 @@ def draw_from_captions(components, prompts: list[str], *, inference_steps: int =
 
 
 def check_base(components, identities: list[Identity], *, per_identity: int = 4, inference_steps: int = 20,
-               guidance_scale: float = 3.0, seed: int = 0) -> dict:
+               guidance_scale: float = 1.0, seed: int = 0) -> dict:
     """Identity and prompt scores (:func:`.world.measure`) of the base drawing ``identities`` from full captions
     in random layouts; the mean identity score of a model that draws *some* figure is near 1/7 per colour by
     chance, one that reads the caption's colours near 1."""

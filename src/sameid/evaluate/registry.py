@@ -177,3 +177,9 @@ register_metric("subject_missing", "sameid.evaluate.subjects:subject_missing_met
                 help="multi-subject: share of given subjects with no matching face/figure")
 register_metric("subject_mixing", "sameid.evaluate.subjects:subject_mixing_metric", role="rate",
                 help="multi-subject: share of found subjects that look like another given subject (identity mixing)")
+register_metric("world_identity", "sameid.evaluate.world_metrics:world_identity_metric",
+                help="small world: share of hair/top/bottom colours that are the first reference's (from pixels)")
+register_metric("world_prompt", "sameid.evaluate.world_metrics:world_prompt_metric", role="diversity",
+                help="small world: share of background/position/size that the prompt asks for (from pixels)")
+register_metric("world_copy", "sameid.evaluate.world_metrics:world_copy_metric", role="rate",
+                help="small world: share of background/position/size copied from the first reference")

@@ -32,12 +32,20 @@ SD_VAE_SCALE_FACTOR = 8
 TINY_VAE_BLOCK_OUT_CHANNELS = (32, 32, 64)
 TINY_VAE_SCALE_FACTOR = 2 ** (len(TINY_VAE_BLOCK_OUT_CHANNELS) - 1)
 #: Kinds of random base a tiny run builds: "sd" (Stable Diffusion's layout, 64 px, a random VAE: shows the code path)
-#: or "world" (pixel space, 32 px: learns the small world of sameid.demo.world from scratch in minutes on a CPU).
+#: or "world" (pixel space, 32 px: learns the small world of sameid.sources.world from scratch in minutes on a CPU).
 TINY_KINDS = ("sd", "world")
 WORLD_RESOLUTION = 32
-# Text tokens of the world's byte-level tokenizer (one per character): its longest full caption ("a small figure in
-# the centre, white background, yellow hair, ...", sameid.demo.world.full_caption) is 86 characters + start + end.
-WORLD_TEXT_TOKENS = 96
+WORLD_PATCH = 4  # pixels per latent cell side of the world base (PixelAutoencoder.patch_size)
+# The words of the small world's captions (sameid.sources.world: layout, identity colours), each one token of the world
+# tokenizer. A caption is then a fixed template of 18 tokens in which a word's position says what it describes,
+# where one token per character put "red" of "red hair" at a position that shifted with every earlier word; the
+# world base learnt colours from full captions only with word tokens (docs/benchmarks.md, "The claim in the small
+# world"). tests/test_claim.py checks that every word of every world caption is here.
+WORLD_WORDS = ("a", "small", "large", "figure", "on", "the", "left", "right", "in", "centre", "white", "gray", "black",
+               "background", "red", "orange", "yellow", "green", "blue", "purple", "pink", "hair", "top", "bottom")
+# Text tokens of the world tokenizer: a full caption is 18 word tokens + start + end; the rest is room for a
+# user's own prompt (spelt one byte per token where its words are not world words).
+WORLD_TEXT_TOKENS = 32
 _EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
@@ -87,13 +95,15 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(code) for code in codes]
 
 
-def byte_level_clip_tokenizer(folder: str | Path, *, model_max_length: int = 77):
-    """Write a CLIP tokenizer with a byte-level vocabulary and no merges to ``folder`` and load it.
+def byte_level_clip_tokenizer(folder: str | Path, *, model_max_length: int = 77, words: tuple[str, ...] = ()):
+    """Write a CLIP tokenizer with a byte-level vocabulary to ``folder`` and load it.
 
     Every character is one token (the vocabulary is the 256-symbol byte alphabet, each also with the CLIP
-    end-of-word suffix, plus start and end tokens: 514 ids), so any text tokenizes without a trained vocabulary.
-    The files are written as vocab.json + merges.txt and loaded with ``from_pretrained``, because
-    ``CLIPTokenizer(vocab_file=...)`` ignores the file in transformers 5.
+    end-of-word suffix, plus start and end tokens: 514 ids), so any text tokenizes without a trained vocabulary;
+    each of ``words`` (lower case) is one token more, built by a chain of BPE merges (longer words first, so
+    a shorter word's merge never splits a longer word that contains it). The files are written as vocab.json +
+    merges.txt and loaded with ``from_pretrained``, because ``CLIPTokenizer(vocab_file=...)`` ignores the file in
+    transformers 5.
     """
     from transformers import CLIPTokenizer
 
@@ -101,21 +111,32 @@ def byte_level_clip_tokenizer(folder: str | Path, *, model_max_length: int = 77)
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = _bytes_to_unicode()
     vocab: dict[str, int] = {}
-    for token in [*alphabet, *(c + "</w>" for c in alphabet), "<|startoftext|>", "<|endoftext|>"]:
+    for token in [*alphabet, *(c + "</w>" for c in alphabet)]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    for word in sorted(set(words), key=lambda word: (-len(word), word)):
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        merged = symbols[0]
+        for symbol in symbols[1:]:
+            if f"{merged} {symbol}" not in merges:
+                merges.append(f"{merged} {symbol}")
+            merged += symbol
+            vocab.setdefault(merged, len(vocab))
+    for token in ("<|startoftext|>", "<|endoftext|>"):
         vocab.setdefault(token, len(vocab))
     (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "merges.txt").write_text("".join(line + "\n" for line in ["#version: 0.2", *merges]))
     tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
 
-def _tiny_text_encoder(tokenizer, *, intermediate_size: int):
-    """A random 2-layer, 32-wide CLIP text encoder over ``tokenizer``'s vocabulary (the tiny and world bases)."""
+def _tiny_text_encoder(tokenizer, *, intermediate_size: int, hidden_size: int = 32):
+    """A random 2-layer CLIP text encoder over ``tokenizer``'s vocabulary (the tiny and world bases)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=intermediate_size, num_hidden_layers=2, num_attention_heads=4,
+        hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=2, num_attention_heads=4,
         vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
@@ -155,18 +176,21 @@ def _tiny_components(seed: int) -> DiffusionComponents:
 
 
 def _world_components(seed: int) -> DiffusionComponents:
-    """A random pixel-space base for the small world (:mod:`sameid.demo.world`); :mod:`sameid.demo.world_base`
+    """A random pixel-space base for the small world (:mod:`sameid.sources.world`); :mod:`sameid.demo.world_base`
     pretrains it as a text-to-image model before RetriNet is trained on it.
 
-    The VAE is a :class:`~.pixel_autoencoder.PixelAutoencoder` (latents are the 32 px pixels in 2 x 2 patches:
-    16 x 16 x 12; at 32 x 32 cells RetriNet's retrieval attention, 1024 queries by 1024 keys per reference, made a
-    CPU step many seconds), the U-Net has two levels (16 and 8 cells) with attention at 8, the text encoder is a
-    random 2-layer CLIP over the byte-level vocabulary (:data:`WORLD_TEXT_TOKENS` tokens), and the noise schedule is
-    the cosine one of "Improved Denoising Diffusion Probabilistic Models" (arXiv 2102.09672, §3.2), with x0 clipped
-    to [-1, 1] as pixel-space DDPM does; SD's scaled-linear schedule, made for latents scaled by 0.18215, leaves too
-    much of a pixel image at its last step. The U-Net predicts the clean image (``prediction_type="sample"``):
-    measured on 600-step pretrainings (docs/benchmarks.md), epsilon prediction left noise over every image and
-    averaged all backgrounds to gray, v-prediction left more noise, x0-prediction gave clean backgrounds.
+    The VAE is a :class:`~.pixel_autoencoder.PixelAutoencoder` whose latents are the 32 px pixels in 4 x 4 patches
+    (8 x 8 cells of 48 channels, as a vision transformer's patches); the U-Net has two levels (8 and 4 cells),
+    64 and 128 channels, cross-attention at both; the text encoder is a random 2-layer, 64-wide CLIP over the
+    byte-level vocabulary plus the world's words (:data:`WORLD_WORDS`, one token each; :data:`WORLD_TEXT_TOKENS`
+    tokens). The noise schedule is the cosine one of "Improved Denoising Diffusion Probabilistic Models" (arXiv
+    2102.09672, §3.2), with x0 clipped to [-1, 1] as pixel-space DDPM does (SD's scaled-linear schedule, made for
+    latents scaled by 0.18215, leaves too much of a pixel image at its last step), and the U-Net predicts the
+    clean image (``prediction_type="sample"``). Each choice was measured on pretrainings of a few thousand CPU
+    steps (docs/benchmarks.md, "The claim in the small world"): epsilon prediction left noise over every image,
+    2 x 2 patches with 32/64 channels drew blurred blobs after 1,500 steps, one token per character left the
+    colour words unusable; this configuration draws clean figures in the asked layout after 3,000 steps
+    (about 12 CPU minutes).
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
@@ -176,14 +200,16 @@ def _world_components(seed: int) -> DiffusionComponents:
     torch.manual_seed(seed)
     try:
         with tempfile.TemporaryDirectory() as folder:
-            tokenizer = byte_level_clip_tokenizer(folder, model_max_length=WORLD_TEXT_TOKENS)
-        text_encoder = _tiny_text_encoder(tokenizer, intermediate_size=64)
+            tokenizer = byte_level_clip_tokenizer(folder, model_max_length=WORLD_TEXT_TOKENS, words=WORLD_WORDS)
+        text_encoder = _tiny_text_encoder(tokenizer, intermediate_size=128, hidden_size=64)
         unet = UNet2DConditionModel(
-            sample_size=WORLD_RESOLUTION // 2, in_channels=12, out_channels=12, block_out_channels=(32, 64),
-            layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), mid_block_type="UNetMidBlock2DCrossAttn",
-            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
-        vae = PixelAutoencoder()
+            sample_size=WORLD_RESOLUTION // WORLD_PATCH, in_channels=3 * WORLD_PATCH ** 2,
+            out_channels=3 * WORLD_PATCH ** 2, block_out_channels=(64, 128), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), mid_block_type="UNetMidBlock2DCrossAttn",
+            cross_attention_dim=64, attention_head_dim=16, norm_num_groups=16)
+        vae = PixelAutoencoder(patch_size=WORLD_PATCH, latent_channels=3 * WORLD_PATCH ** 2,
+                               block_out_channels=(3 * WORLD_PATCH ** 2,) * 3)
     finally:
         torch.random.set_rng_state(generator_state)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
@@ -251,7 +277,8 @@ def load_components(pretrained: str | Path | None = None, *, tiny: bool = False,
     vae = load_pretrained(_vae_class(source), source, what="base model VAE", subfolder="vae", **model_dtype)
     text_encoder = load_pretrained(
         CLIPTextModel, source, what="base model text encoder", subfolder="text_encoder",
-        **({} if resolved_dtype is None else {"dtype": resolved_dtype}))
+        # transformers keeps a checkpoint's own dtype unless told: float32 unless asked, as the U-Net and VAE
+        dtype=resolved_dtype if resolved_dtype is not None else torch.float32)
     tokenizer = load_pretrained(CLIPTokenizer, source, what="base model tokenizer", subfolder="tokenizer")
     scheduler = load_pretrained(DDPMScheduler, source, what="base model scheduler", subfolder="scheduler")
     for model in (unet, vae, text_encoder):

@@ -1,6 +1,6 @@
 """A trivial autoencoder for pixel-space diffusion: the latents are the pixels.
 
-The small world of :mod:`sameid.demo.world` is learnt from scratch on a CPU in minutes, which a latent diffusion
+The small world of :mod:`sameid.sources.world` is learnt from scratch on a CPU in minutes, which a latent diffusion
 model cannot do without a trained VAE. :class:`PixelAutoencoder` stands where the VAE stands (the training loop,
 the reference preparation and :class:`~sameid.pipelines.ReferencePipeline` call ``encode`` / ``decode`` and read
 ``config.block_out_channels``, ``config.latent_channels`` and ``config.scaling_factor`` as they do for

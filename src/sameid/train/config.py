@@ -106,7 +106,7 @@ class TrainConfig:
     pretrained: str | None = None
     tiny: bool = False
     # Which random base a tiny run builds: "sd" (Stable Diffusion's layout) or "world" (pixel space, for the small
-    # world of sameid.demo.world; sameid.models.components.TINY_KINDS).
+    # world of sameid.sources.world; sameid.models.components.TINY_KINDS).
     tiny_kind: str = "sd"
     model: str = "retrinet"
     image_encoder: str | None = None  # ip-adapter: a CLIPVisionModelWithProjection id or folder
@@ -118,8 +118,11 @@ class TrainConfig:
     lock: str = "full"
     # Training examples; ``pairs.seed`` is always ``seed``. near_duplicate_bits None: the dataset's recorded one.
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    # Identities kept out of training (listed in holdout.json) for `sameid generate` / evaluation.
+    # Identities kept out of training (listed in holdout.json) for `sameid generate` / evaluation, picked by
+    # holdout_seed (None: seed), so runs of several seeds can share one held-out set (and a base pretrained
+    # without it: sameid experiment claim).
     holdout_identities: int = 0
+    holdout_seed: int | None = None
     # Loss (sameid.train.losses.LOSSES): "eq3" is RetriBooru's equation 3 as written (MSE over all elements of the
     # masked valid area + face_loss_weight x the same of the masked face box); "eq3-area-normalised" each term a
     # mean over its mask's cells; "mse" plain MSE, no masks (the official baseline scripts).
@@ -200,6 +203,8 @@ class TrainConfig:
         for name in ("holdout_identities", "lr_warmup_steps", "dataloader_num_workers", "seed",
                      "validation_examples"):
             checked[name] = as_int(w, name, getattr(self, name), minimum=0)
+        if self.holdout_seed is not None:
+            checked["holdout_seed"] = as_int(w, "holdout_seed (or none: the seed)", self.holdout_seed, minimum=0)
         if self.checkpoints_total_limit is not None:
             checked["checkpoints_total_limit"] = as_int(w, "checkpoints_total_limit (or none: keep all)",
                                                         self.checkpoints_total_limit, minimum=1)

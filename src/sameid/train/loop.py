@@ -315,7 +315,8 @@ class Trainer:
         if count >= len(identities):
             raise SameIdError(f"holdout_identities = {count}, but {self.config.dataset} has only "
                               f"{len(identities)} identities; keep at least one for training")
-        held = holdout_identities(identities, count, self.config.seed)
+        held = holdout_identities(identities, count, self.config.seed if self.config.holdout_seed is None
+                                      else self.config.holdout_seed)
         excluded = set(held)
         self.dataset.target_rows = [r for r in self.dataset.target_rows
                                     if self.dataset.manifest.identities[r] not in excluded]

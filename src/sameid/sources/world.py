@@ -24,6 +24,7 @@ stages read it like any other dataset.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,12 +36,13 @@ from ..atomic import write_atomic, write_json_atomic, write_parquet_atomic, writ
 from ..errors import SameIdError
 from ..images import perceptual_hash
 from ..records import DATASET_SETTINGS_FILE
-from .sample import GARMENT_RGB
 
 SIZE = 32  # pixels per side
-#: Identity colours (hair, top, bottom), saturated so that no one is near a background or the skin.
+#: Identity colours (hair, top, bottom), saturated so that no one is near a background or the skin (the bundled
+#: sample's garment colours of the same names, sameid.demo.sample, take theirs from here).
 PALETTE: dict[str, tuple[int, int, int]] = {
-    name: GARMENT_RGB[name] for name in ("red", "orange", "yellow", "green", "blue", "purple", "pink")}
+    "red": (205, 35, 45), "orange": (240, 135, 35), "yellow": (245, 215, 60), "green": (45, 150, 75),
+    "blue": (45, 85, 195), "purple": (125, 65, 175), "pink": (245, 135, 180)}
 #: Background colours, neutral so that no one is near an identity colour.
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (236, 236, 236), "gray": (128, 128, 128),
                                                 "black": (24, 24, 24)}
@@ -52,6 +54,8 @@ SKIN = (246, 208, 180)
 FACTORS = ("background", "position", "size")
 PARTS = ("hair", "top", "bottom")
 _FEET = SIZE - 3
+_CAPTION = re.compile(rf"a (?P<size>{'|'.join(SIZES)}) figure (?:on the |in the )(?P<position>{'|'.join(POSITIONS)}), "
+                      rf"(?P<background>{'|'.join(BACKGROUNDS)}) background(?:,|$)")
 # Vertical extent of each part, as fractions of the figure's height from its top.
 _BANDS = {"hair": (0.0, 0.16), "face": (0.16, 0.30), "top": (0.30, 0.62), "bottom": (0.62, 1.0)}
 # Where measure() reads each part's colour: the middle of its band, away from the borders between parts.
@@ -80,6 +84,15 @@ class Layout:
         """What the prompt asks for; the identity is never in it."""
         where = "in the centre" if self.position == "centre" else f"on the {self.position}"
         return f"a {self.size} figure {where}, {self.background} background"
+
+    @classmethod
+    def from_caption(cls, text: str) -> Layout | None:
+        """The layout a world caption (:meth:`caption`, or a full caption starting with one) asks for; None for
+        text that is not one."""
+        match = _CAPTION.match(text.strip().lower())
+        if match is None:
+            return None
+        return cls(match["background"], match["position"], match["size"])
 
 
 def full_caption(identity: Identity, layout: Layout) -> str:
@@ -253,7 +266,7 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
     write_parquet_atomic(out / "manifest.parquet", frame)
     write_parquet_atomic(out / "rejected.parquet", pd.DataFrame({"id": pd.Series([], dtype=str),
                                                                  "reason": pd.Series([], dtype=str)}))
-    write_json_atomic(out / DATASET_SETTINGS_FILE, {"source": "sameid.demo.world", "near_duplicate_bits": 0,
+    write_json_atomic(out / DATASET_SETTINGS_FILE, {"source": "sameid.sources.world", "near_duplicate_bits": 0,
                                                     **asdict(settings)})
     write_text_atomic(out / "README.md", _card(settings, len(frame)))
     write_json_atomic(out / WORLD_FILE, asdict(settings))
@@ -266,7 +279,7 @@ configs:
 - config_name: default
   data_files: manifest.parquet
 ---
-# The small world (sameid.demo.world)
+# The small world (sameid.sources.world)
 
 {count} generated 32 x 32 images of {settings.identities} identities ({settings.images_per_identity} each), seed
 {settings.seed}. Identity = (hair, top, bottom) colours; background, position and size are drawn independently for
