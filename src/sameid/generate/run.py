@@ -39,7 +39,7 @@ _COMPOSITION_CONCEPTS = ("face", "clothes")
 def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=None):
     """``(components, denoiser, config)`` of the training run in ``run_dir``, ready for generation (eval mode).
 
-    Reads ``run_dir/config.yaml``; the VAE, text encoder, tokenizer and scheduler of the base model from
+    Reads ``run_dir/config.yaml``; the VAE, text encoder(s), tokenizer(s) and scheduler of the base model from
     ``config.pretrained``, or ``run_dir/base`` (where a tiny run saves its random base); the trained denoiser, with
     its own U-Net (``components.unet`` is set to it), from ``run_dir/model``. ``device`` defaults to cuda when
     available; ``dtype`` (torch dtype or name) defaults to float32. An incomplete run dir raises SameIdError
@@ -70,6 +70,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     # argument to .to(), hence device only.
     components.vae.to(device=device)
     components.text_encoder.to(device=device)
+    if components.text_encoder_2 is not None:  # an SDXL base (sameid.models.components.prompt_conditions)
+        components.text_encoder_2.to(device=device)
     denoiser.to(device=device)
     denoiser.eval()
     return components, denoiser, config
