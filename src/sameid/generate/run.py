@@ -45,8 +45,10 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     available; ``dtype`` (torch dtype or name) defaults to float32. An incomplete run dir raises SameIdError
     naming the missing file; without ``model/`` it says training has not finished and names the latest checkpoint.
     """
+    import torch
+
     from ..backends.pretrained import torch_device, torch_dtype
-    from ..models.components import load_components
+    from ..models.components import load_components, sdxl_vae_needs_float32
     from ..models.denoisers import load_denoiser
 
     run = RunDir(run_dir)
@@ -69,6 +71,8 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     # The base is already in ``resolved`` (loaded so), the denoiser too. A diffusers model warns about any dtype
     # argument to .to(), hence device only.
     components.vae.to(device=device)
+    if resolved is not None and resolved != torch.float32 and sdxl_vae_needs_float32(components):
+        components.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in float16 (its config's force_upcast)
     components.text_encoder.to(device=device)
     if components.text_encoder_2 is not None:  # an SDXL base (sameid.models.components.prompt_conditions)
         components.text_encoder_2.to(device=device)

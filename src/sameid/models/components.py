@@ -402,6 +402,13 @@ def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch
     return encode_texts(components.text_encoder, components.tokenizer, prompts)
 
 
+def sdxl_vae_needs_float32(components) -> bool:
+    """Whether an SDXL base's VAE must run in float32: its config sets ``force_upcast`` (SDXL's VAE overflows in
+    float16; diffusers' SDXL pipeline and training script upcast it). Always False for a Stable Diffusion base."""
+    return (getattr(components, "text_encoder_2", None) is not None
+            and bool(getattr(components.vae.config, "force_upcast", False)))
+
+
 def sdxl_time_ids(batch: int, height: int, width: int) -> torch.Tensor:
     """(batch, 6) SDXL micro-conditioning: original size (height, width), crop top-left (0, 0), target size
     (height, width), as diffusers' ``StableDiffusionXLPipeline`` builds ``add_time_ids`` for an uncropped image."""

@@ -52,7 +52,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..atomic import write_text_atomic
-from ..models.components import prompt_conditions
+from ..models.components import prompt_conditions, sdxl_vae_needs_float32
 from ..references import DEFAULT_CONCEPT, ReferenceInputs, reference_batch, reference_inputs
 from .guidance import ReferenceSchedule
 
@@ -329,8 +329,13 @@ class ReferencePipeline(DiffusionPipeline):
             images = latents
         else:
             vae_device, vae_dtype = _module_device_dtype(self.vae)
-            decoded = self.vae.decode(latents.to(vae_device, vae_dtype) / self.vae.config.scaling_factor,
-                                      return_dict=False)[0]
+            upcast = sdxl_vae_needs_float32(self) and vae_dtype == torch.float16
+            if upcast:  # SDXL's VAE overflows in float16: decoded in float32, as diffusers' SDXL pipeline does
+                self.vae.to(dtype=torch.float32)
+            decoded = self.vae.decode(latents.to(vae_device, torch.float32 if upcast else vae_dtype)
+                                      / self.vae.config.scaling_factor, return_dict=False)[0]
+            if upcast:
+                self.vae.to(dtype=vae_dtype)
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

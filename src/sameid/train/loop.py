@@ -158,7 +158,7 @@ class Trainer:
         from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
         from diffusers.optimization import get_scheduler
 
-        from ..models.components import base_is_sdxl, load_components, save_components
+        from ..models.components import base_is_sdxl, load_components, save_components, sdxl_vae_needs_float32
         from ..models.denoisers import create_denoiser, tiny_image_encoder
         from ..pairs.manifest import load_manifest
 
@@ -221,8 +221,12 @@ class Trainer:
             if frozen is None:
                 continue
             frozen.requires_grad_(False)
-            # dtype only when it changes: diffusers warns about any dtype given to .to() of a VAE
-            frozen.to(device, **({"dtype": self.weight_dtype} if self.weight_dtype != torch.float32 else {}))
+            # dtype only when it changes: diffusers warns about any dtype given to .to() of a VAE. SDXL's VAE
+            # overflows in float16 (its config says force_upcast): kept in float32, as diffusers' SDXL training
+            # script keeps it.
+            keep = frozen is self.components.vae and sdxl_vae_needs_float32(self.components)
+            frozen.to(device, **({"dtype": self.weight_dtype} if self.weight_dtype != torch.float32 and not keep
+                                 else {}))
             frozen.eval()
         image_encoder = config.image_encoder
         if config.model == "ip-adapter" and image_encoder is None and config.tiny:
@@ -384,7 +388,8 @@ class Trainer:
         vae = components.vae
         config = self.config
         with torch.no_grad():
-            target = normalize_pixels(batch["target"].to(device)).to(self.weight_dtype)
+            # In the VAE's dtype: the run's, or float32 for SDXL's VAE (sdxl_vae_needs_float32).
+            target = normalize_pixels(batch["target"].to(device)).to(next(vae.parameters()).dtype)
             latents = vae.encode(target).latent_dist.sample(generator) * vae.config.scaling_factor
             # An SDXL base also gives the U-Net's pooled text and time ids (the training resolution, uncropped).
             prompt_embeds, added = prompt_conditions(components, batch["caption"], config.resolution)
