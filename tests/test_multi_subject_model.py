@@ -255,11 +255,18 @@ def test_an_sdxl_folder_loads_saves_and_encodes_prompts_as_diffusers_does(sdxl_f
     from transformers import CLIPTextModelWithProjection
 
     from sameid.errors import MissingModelError
-    from sameid.models.components import base_is_sdxl, encode_prompts, prompt_conditions, save_components
+    from sameid.models.components import (
+        base_is_sdxl,
+        encode_prompts,
+        prompt_conditions,
+        save_components,
+        sdxl_vae_needs_float32,
+    )
 
     components = load_components(sdxl_folder)
     assert components.is_sdxl and isinstance(components.text_encoder_2, CLIPTextModelWithProjection)
     assert base_is_sdxl(sdxl_folder) and not base_is_sdxl(tmp_path)
+    assert sdxl_vae_needs_float32(components)  # its VAE config's force_upcast: training keeps it float32
     prompts = ["two people at the beach", ""]
     states, added = prompt_conditions(components, prompts, 64)
     pipeline = StableDiffusionXLPipeline.from_pretrained(sdxl_folder)
@@ -281,9 +288,9 @@ def test_an_sdxl_folder_loads_saves_and_encodes_prompts_as_diffusers_does(sdxl_f
 
 
 def test_a_stable_diffusion_base_keeps_its_prompt_encoding():
-    from sameid.models.components import encode_prompts, prompt_conditions
+    from sameid.models.components import encode_prompts, prompt_conditions, sdxl_vae_needs_float32
 
     components = load_components(tiny=True, seed=0)
-    assert not components.is_sdxl
+    assert not components.is_sdxl and not sdxl_vae_needs_float32(components)
     states, added = prompt_conditions(components, ["a figure", ""], 64)
     assert added is None and torch.equal(states, encode_prompts(components, ["a figure", ""]))
