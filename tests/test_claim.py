@@ -9,7 +9,13 @@ import torch
 from PIL import Image
 
 from sameid.demo.claim import UNTRAINED, ClaimSettings, generation_plan, held_out, run_claim
-from sameid.demo.world_base import BASE_FILE, BaseSettings, base_record, pretrain_world_base, shipped_world_base
+from sameid.demo.world_base import (
+    BASE_FILE,
+    BaseSettings,
+    base_record,
+    pretrain_world_base,
+    shipped_world_base,
+)
 from sameid.errors import SameIdError
 from sameid.evaluate.world_metrics import WorldScore
 from sameid.models.components import WORLD_TEXT_TOKENS, WORLD_WORDS, load_components, save_components

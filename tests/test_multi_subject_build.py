@@ -236,3 +236,48 @@ def test_sameid_train_multi_subject_reads_the_multi_subject_rows(subset_dataset,
     examples = MultiSubjectDataset(subset_dataset.out, config.pairs)
     assert len(examples) >= 5 and len(examples[0].subject_identities) == 2
     assert (result.model_dir / "denoiser.json").is_file()
+
+
+def test_the_multi_subject_model_trains_on_an_sdxl_base_and_generates(subset_dataset, tmp_path):
+    """`sameid train --model multi-subject --pretrained <SDXL folder>` (PairHuman, arXiv 2511.16712: an SDXL
+    base): the loop gives the U-Net its pooled text and time ids, validates, and the run generates; a kind that
+    cannot pass them is refused before anything is written."""
+    import torch
+
+    from sameid.evaluate.manifest import read_generations
+    from sameid.generate import generate_manifest, load_run
+    from sameid.pairs.manifest import load_manifest
+    from sameid.train import TrainConfig
+    from sameid.train.loop import train
+    from sdxl_fixtures import save_tiny_sdxl
+
+    base = save_tiny_sdxl(tmp_path / "sdxl")
+    settings = {
+        "dataset": str(subset_dataset.out), "pretrained": str(base), "image_encoder": "efficientnet-lite0",
+        "model": "multi-subject", "lock": "lockd", "resolution": 64, "n_references": 1, "max_train_steps": 2,
+        "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "checkpointing_steps": 100,
+        "validation_steps": 2, "validation_examples": 1, "validation_inference_steps": 2, "lr_scheduler": "constant",
+        "log_with": []}
+    with pytest.raises(SameIdError, match="model retrinet does not work on an SDXL base"):
+        train(TrainConfig.from_flat({**settings, "model": "retrinet", "image_encoder": None,
+                                     "out": str(tmp_path / "refused")}), progress=False)
+    assert not (tmp_path / "refused").exists()
+
+    torch.manual_seed(0)
+    result = train(TrainConfig.from_flat({**settings, "out": str(tmp_path / "run")}), progress=False)
+    assert result.global_step == 2 and all(np.isfinite(result.losses))
+    assert len(list((result.run_dir / "validation").rglob("*_strip.png"))) == 1
+
+    components, denoiser, config = load_run(result.run_dir, device="cpu")
+    assert components.is_sdxl and denoiser.kind == "multi-subject" and config.pretrained == str(base)
+    assert denoiser.unet.config.addition_embed_type == "text_time"
+    half, _, _ = load_run(result.run_dir, device="cpu", dtype="float16")
+    assert next(half.vae.parameters()).dtype == torch.float32  # SDXL's VAE overflows in float16
+    assert next(half.text_encoder_2.parameters()).dtype == torch.float16
+    multi = load_manifest(subset_dataset.out)
+    first, second = sorted(multi.identity_rows())[:2]
+    manifest = generate_manifest(result.run_dir, subset_dataset.out, tmp_path / "gen", prompts=["two figures"],
+                                 seeds=[0], identities=[f"{first}&{second}"], num_inference_steps=2, resolution=64,
+                                 n_references=1, device="cpu").manifest
+    rows = read_generations(manifest).frame
+    assert len(rows) == 1 and Path(rows["image"][0]).is_file()

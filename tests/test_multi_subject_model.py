@@ -236,3 +236,61 @@ def test_sdxl_layout_trains_and_round_trips(encoder, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(noisy, timesteps, text, references(), **extra),
                            model(noisy, timesteps, text, references(), **extra))
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(tmp_path_factory):
+    from sdxl_fixtures import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("sdxl") / "base")
+
+
+def test_an_sdxl_folder_loads_saves_and_encodes_prompts_as_diffusers_does(sdxl_folder, tmp_path):
+    """load_components recognises the SDXL layout, save_components writes it (diffusers' StableDiffusionXLPipeline
+    reads the folder), and prompt_conditions gives what that pipeline's encode_prompt gives."""
+    import json
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    from sameid.errors import MissingModelError
+    from sameid.models.components import (
+        base_is_sdxl,
+        encode_prompts,
+        prompt_conditions,
+        save_components,
+        sdxl_vae_needs_float32,
+    )
+
+    components = load_components(sdxl_folder)
+    assert components.is_sdxl and isinstance(components.text_encoder_2, CLIPTextModelWithProjection)
+    assert base_is_sdxl(sdxl_folder) and not base_is_sdxl(tmp_path)
+    assert sdxl_vae_needs_float32(components)  # its VAE config's force_upcast: training keeps it float32
+    prompts = ["two people at the beach", ""]
+    states, added = prompt_conditions(components, prompts, 64)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(sdxl_folder)
+    expected, _, pooled, _ = pipeline.encode_prompt(prompts, device="cpu", do_classifier_free_guidance=False)
+    assert states.shape == (2, 32, 64) and torch.equal(states, expected)
+    assert torch.equal(added["text_embeds"], pooled)
+    assert added["time_ids"].tolist() == [[64.0, 64.0, 0.0, 0.0, 64.0, 64.0]] * 2
+    assert prompt_conditions(components, prompts, (48, 64))[1]["time_ids"][0].tolist() == [48, 64, 0, 0, 48, 64]
+    with pytest.raises(SameIdError, match="prompt_conditions"):
+        encode_prompts(components, prompts)
+
+    saved = save_components(components, tmp_path / "again")
+    assert json.loads((saved / "model_index.json").read_text())["_class_name"] == "StableDiffusionXLPipeline"
+    again = load_components(saved)
+    assert again.is_sdxl and torch.equal(prompt_conditions(again, prompts, 64)[0], states)
+    shutil.rmtree(saved / "tokenizer_2")
+    with pytest.raises(MissingModelError, match="lacks tokenizer_2/"):
+        load_components(saved)
+
+
+def test_a_stable_diffusion_base_keeps_its_prompt_encoding():
+    from sameid.models.components import encode_prompts, prompt_conditions, sdxl_vae_needs_float32
+
+    components = load_components(tiny=True, seed=0)
+    assert not components.is_sdxl and not sdxl_vae_needs_float32(components)
+    states, added = prompt_conditions(components, ["a figure", ""], 64)
+    assert added is None and torch.equal(states, encode_prompts(components, ["a figure", ""]))

@@ -338,7 +338,8 @@ def train(
                                                     "retrinet-p075, controlnet, ip-adapter (each also -a / -b); "
                                                     "fills every setting not given; a comma-separated list trains "
                                                     "each into <out>/<preset>-<mode>.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Base model: a Stable Diffusion 1.x id or folder.")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Base model: a Stable Diffusion 1.x id or folder, or an "
+                                                        "SDXL one (multi-subject models only).")] = None,
     tiny: Annotated[bool | None, typer.Option("--tiny/--no-tiny", help="A random tiny base model (tests, demo; "
                                                                        "no weights needed).")] = None,
     model: Annotated[str | None, typer.Option(help="retrinet | controlnet | ip-adapter; a comma-separated list "

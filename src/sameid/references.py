@@ -9,7 +9,8 @@ reference pipeline, generation from a run and the training-step benchmark:
   :func:`letterbox_array`); uint8, channel-first, mapped to [-1, 1] by :func:`normalize_pixels`.
 * **latents**: the VAE posterior's mode times the VAE scaling factor (:func:`encode_reference_latents`).
 * **concept embeddings**: the text encoder's last hidden states of each reference's concept caption ("face",
-  "clothes", "figure"), each distinct caption encoded once (:func:`embed_concepts`).
+  "clothes", "figure"), each distinct caption encoded once (:func:`embed_concepts`); on an SDXL base (two text
+  encoders) what its U-Net reads as text instead (:func:`encode_texts_sdxl`).
 
 :class:`ReferenceInputs` carries the three to a denoiser. This is the ground floor: it imports no sameid stage
 (pairs, models, train, generate), only numpy, PIL and torch; the VAE and
@@ -205,32 +206,57 @@ def encode_texts(text_encoder, tokenizer, texts: Sequence[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def encode_texts_sdxl(text_encoders, tokenizers, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """An SDXL base's text conditioning, as diffusers' ``StableDiffusionXLPipeline.encode_prompt`` computes it:
+    (len(texts), L, D1 + D2) penultimate hidden states of both text encoders side by side, and (len(texts), P) the
+    pooled (projected) embedding of the second (a ``CLIPTextModelWithProjection``). Each tokenizer pads to its
+    maximum length."""
+    states, pooled = [], None
+    for text_encoder, tokenizer in zip(text_encoders, tokenizers):
+        tokens = tokenizer(list(texts), padding="max_length", truncation=True,
+                           max_length=tokenizer.model_max_length, return_tensors="pt")
+        output = text_encoder(tokens.input_ids.to(text_encoder.device), output_hidden_states=True)
+        pooled = output[0]
+        states.append(output.hidden_states[-2])
+    return torch.cat(states, dim=-1), pooled
+
+
+@torch.no_grad()
 def embed_concepts(text_encoder, tokenizer, concepts: Sequence[Sequence[str]],
-                   cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                   cache: dict[str, torch.Tensor] | None = None, *, text_encoder_2=None,
+                   tokenizer_2=None) -> torch.Tensor:
     """(B, N, L, D) text-encoder states of each reference's concept caption; each distinct caption encoded once.
 
-    ``cache`` (caption -> (L, D)) is read and filled, so a training run encodes "face" only once.
+    ``cache`` (caption -> (L, D)) is read and filled, so a training run encodes "face" only once. With
+    ``text_encoder_2`` and ``tokenizer_2`` (an SDXL base) the states are :func:`encode_texts_sdxl`'s, the width the
+    U-Net's cross-attention reads.
     """
     cache = {} if cache is None else cache
     missing = sorted({concept for row in concepts for concept in row} - set(cache))
-    if missing:
+    if missing and text_encoder_2 is not None:
+        cache.update(zip(missing, encode_texts_sdxl((text_encoder, text_encoder_2), (tokenizer, tokenizer_2),
+                                                    missing)[0]))
+    elif missing:
         cache.update(zip(missing, encode_texts(text_encoder, tokenizer, missing)))
     return torch.stack([torch.stack([cache[concept] for concept in row]) for row in concepts])
 
 
 def reference_inputs(pixels: torch.Tensor, concepts: Sequence[Sequence[str]], *, vae, text_encoder, tokenizer,
                      with_latents: bool, device=None, dtype=None, valid: torch.Tensor | None = None,
-                     concept_cache: dict[str, torch.Tensor] | None = None) -> ReferenceInputs:
+                     concept_cache: dict[str, torch.Tensor] | None = None, text_encoder_2=None,
+                     tokenizer_2=None) -> ReferenceInputs:
     """:class:`ReferenceInputs` of uint8 (B, N, 3, H, W) reference ``pixels`` and their concept captions.
 
     ``with_latents``: whether to VAE-encode them (a denoiser's ``uses_reference_latents``). Everything ends on
     ``device`` in ``dtype`` (default: the VAE's). ``valid`` (B, N) marks real slots; all-true becomes None.
+    ``text_encoder_2`` / ``tokenizer_2``: an SDXL base's second text encoder (see :func:`embed_concepts`).
     """
     vae_device, vae_dtype = _device_dtype(vae)
     device, dtype = device or vae_device, dtype or vae_dtype
     normalized = normalize_pixels(pixels)
     latents = encode_reference_latents(vae, normalized).to(device, dtype) if with_latents else None
-    embeds = embed_concepts(text_encoder, tokenizer, concepts, concept_cache).to(device, dtype)
+    embeds = embed_concepts(text_encoder, tokenizer, concepts, concept_cache, text_encoder_2=text_encoder_2,
+                            tokenizer_2=tokenizer_2).to(device, dtype)
     if valid is not None:
         valid = None if bool(valid.all()) else valid.to(device=device, dtype=torch.bool)
     return ReferenceInputs(pixels=normalized.to(device, dtype), latents=latents, concept_embeds=embeds, valid=valid)

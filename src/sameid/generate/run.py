@@ -39,14 +39,16 @@ _COMPOSITION_CONCEPTS = ("face", "clothes")
 def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=None):
     """``(components, denoiser, config)`` of the training run in ``run_dir``, ready for generation (eval mode).
 
-    Reads ``run_dir/config.yaml``; the VAE, text encoder, tokenizer and scheduler of the base model from
+    Reads ``run_dir/config.yaml``; the VAE, text encoder(s), tokenizer(s) and scheduler of the base model from
     ``config.pretrained``, or ``run_dir/base`` (where a tiny run saves its random base); the trained denoiser, with
     its own U-Net (``components.unet`` is set to it), from ``run_dir/model``. ``device`` defaults to cuda when
     available; ``dtype`` (torch dtype or name) defaults to float32. An incomplete run dir raises SameIdError
     naming the missing file; without ``model/`` it says training has not finished and names the latest checkpoint.
     """
+    import torch
+
     from ..backends.pretrained import torch_device, torch_dtype
-    from ..models.components import load_components
+    from ..models.components import load_components, sdxl_vae_needs_float32
     from ..models.denoisers import load_denoiser
 
     run = RunDir(run_dir)
@@ -69,7 +71,11 @@ def load_run(run_dir: str | os.PathLike, *, device: str | None = None, dtype=Non
     # The base is already in ``resolved`` (loaded so), the denoiser too. A diffusers model warns about any dtype
     # argument to .to(), hence device only.
     components.vae.to(device=device)
+    if resolved is not None and resolved != torch.float32 and sdxl_vae_needs_float32(components):
+        components.vae.to(dtype=torch.float32)  # SDXL's VAE overflows in float16 (its config's force_upcast)
     components.text_encoder.to(device=device)
+    if components.text_encoder_2 is not None:  # an SDXL base (sameid.models.components.prompt_conditions)
+        components.text_encoder_2.to(device=device)
     denoiser.to(device=device)
     denoiser.eval()
     return components, denoiser, config

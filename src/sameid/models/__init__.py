@@ -11,6 +11,7 @@ from .components import (
     byte_level_clip_tokenizer,
     encode_prompts,
     load_components,
+    prompt_conditions,
     save_components,
 )
 from .conditioning import LOCK_MODES, ReferenceConditionedDenoiser, ReferenceInputs
@@ -28,5 +29,6 @@ __all__ = [
     "check_supported_unet",
     "encode_prompts",
     "load_components",
+    "prompt_conditions",
     "save_components",
 ]

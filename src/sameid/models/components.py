@@ -6,6 +6,13 @@ A base model is a Stable Diffusion-layout folder or hub id (subfolders ``unet``,
 corresponding blocks in SD v1.5 weights"). ``load_components(tiny=True)`` builds a random tiny configuration of
 the same layout instead, so tests, the demo and benchmarks run the real code path on a CPU in milliseconds.
 
+An SDXL base (a folder with ``text_encoder_2/`` and ``tokenizer_2/`` or a ``model_index.json`` naming
+``StableDiffusionXLPipeline``, or a hub id whose U-Net takes ``addition_embed_type="text_time"``) loads with its
+second text encoder (a ``CLIPTextModelWithProjection``); :func:`prompt_conditions` gives what its U-Net reads: both
+encoders' penultimate hidden states, the pooled embedding of the second and the size/crop time ids, as diffusers'
+``StableDiffusionXLPipeline`` computes them. Only denoisers that pass ``added_cond_kwargs`` to the U-Net train on it
+(the multi-subject kinds; PairHuman, arXiv 2511.16712).
+
 Loading follows :mod:`sameid.backends.pretrained`: offline unless ``SAMEID_ALLOW_DOWNLOAD=1``, and whatever is
 absent becomes a :class:`~sameid.errors.MissingModelError` whose one line names it and says how to get it.
 """
@@ -21,9 +28,12 @@ from typing import Any
 import torch
 
 from ..backends.pretrained import _looks_like_path, load_pretrained, missing_model_message
-from ..errors import MissingModelError
+from ..errors import MissingModelError, SameIdError
 
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: What an SDXL folder has beyond :data:`SD_SUBFOLDERS`.
+SDXL_SUBFOLDERS = ("text_encoder_2", "tokenizer_2")
+SDXL_PIPELINE_CLASS = "StableDiffusionXLPipeline"
 TINY_SOURCE = "tiny"
 # Stable Diffusion's VAE halves the image three times (8 px per latent cell); the tiny VAE twice (see
 # _tiny_components). A ControlNet's conditioning embedding must downsample by the same factor, or diffusers'
@@ -51,7 +61,8 @@ _EXAMPLE_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 @dataclass
 class DiffusionComponents:
-    """A base model's parts. ``source`` is the hub id or folder it came from, or ``"tiny"``."""
+    """A base model's parts. ``source`` is the hub id or folder it came from, or ``"tiny"``. ``text_encoder_2`` and
+    ``tokenizer_2``: an SDXL base's second text encoder and its tokenizer (None for Stable Diffusion 1.x/2.x)."""
 
     unet: Any  # diffusers.UNet2DConditionModel
     vae: Any  # diffusers.AutoencoderKL
@@ -59,6 +70,13 @@ class DiffusionComponents:
     tokenizer: Any  # transformers.CLIPTokenizer
     noise_scheduler: Any  # diffusers.DDPMScheduler
     source: str
+    text_encoder_2: Any = None  # transformers.CLIPTextModelWithProjection (SDXL)
+    tokenizer_2: Any = None  # transformers.CLIPTokenizer (SDXL)
+
+    @property
+    def is_sdxl(self) -> bool:
+        """Whether this is an SDXL base (two text encoders; the U-Net reads pooled text and time ids)."""
+        return self.text_encoder_2 is not None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -79,8 +97,9 @@ class DiffusionComponents:
         return pixels // self.vae_scale_factor
 
     def to(self, device=None, dtype=None) -> DiffusionComponents:
-        for model in (self.unet, self.vae, self.text_encoder):
-            model.to(device=device, dtype=dtype)
+        for model in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if model is not None:
+                model.to(device=device, dtype=dtype)
         return self
 
 
@@ -240,9 +259,65 @@ def _require_sd_layout(folder: Path, source: str) -> None:
             f"--local-dir DIR`), or pass --tiny for a random tiny base")
 
 
+def _index_class(folder: Path) -> str | None:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    name = json.loads(index.read_text()).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def is_sdxl_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an SDXL base: ``text_encoder_2/`` or ``tokenizer_2/``, or a ``model_index.json``
+    naming an SDXL pipeline class."""
+    folder = Path(folder)
+    if any((folder / name).is_dir() for name in SDXL_SUBFOLDERS):
+        return True
+    return (_index_class(folder) or "").startswith("StableDiffusionXL")
+
+
+def base_is_sdxl(pretrained: str | Path | None) -> bool | None:
+    """Whether the base ``pretrained`` names is SDXL, read without loading it: from a folder's files, or from a hub
+    id's cached ``model_index.json``; None when that cannot be told (a hub id not in the cache)."""
+    if pretrained is None or str(pretrained) == "":
+        return None
+    local = Path(str(pretrained)).expanduser()
+    if local.is_dir():
+        return is_sdxl_folder(local)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(pretrained), "model_index.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id, or no cache: cannot tell
+        return None
+    if not isinstance(cached, str):
+        return None
+    return is_sdxl_folder(Path(cached).parent)
+
+
+def _require_sdxl_layout(folder: Path, source: str) -> None:
+    missing = [name for name in SDXL_SUBFOLDERS if not (folder / name).is_dir()]
+    if missing:
+        raise MissingModelError(
+            f"SDXL base model folder {source} lacks {', '.join(n + '/' for n in missing)}: an SDXL layout has "
+            f"{', '.join(n + '/' for n in (*SD_SUBFOLDERS, *SDXL_SUBFOLDERS))} (e.g. `hf download "
+            "stabilityai/stable-diffusion-xl-base-1.0 --local-dir DIR`)")
+
+
+def _load_sdxl_text(source: str, encoder_dtype: dict) -> tuple[Any, Any]:
+    """An SDXL base's second text encoder (CLIPTextModelWithProjection) and tokenizer."""
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    text_encoder_2 = load_pretrained(CLIPTextModelWithProjection, source, what="SDXL base model second text encoder",
+                                     subfolder="text_encoder_2", **encoder_dtype)
+    tokenizer_2 = load_pretrained(CLIPTokenizer, source, what="SDXL base model second tokenizer",
+                                  subfolder="tokenizer_2")
+    return text_encoder_2.eval(), tokenizer_2
+
+
 def load_components(pretrained: str | Path | None = None, *, tiny: bool = False, seed: int = 0,
                     dtype=None, tiny_kind: str = "sd") -> DiffusionComponents:
-    """The base model at ``pretrained`` (hub id or SD-layout folder), or random tiny parts when ``tiny``.
+    """The base model at ``pretrained`` (hub id or SD- or SDXL-layout folder), or random tiny parts when ``tiny``.
 
     ``dtype`` (a torch dtype or its name) applies to the U-Net, VAE and text encoder; None keeps float32.
     ``seed`` and ``tiny_kind`` (one of :data:`TINY_KINDS`) only affect ``tiny``. A hub id that is not in the local cache is downloaded only when
@@ -267,28 +342,36 @@ def load_components(pretrained: str | Path | None = None, *, tiny: bool = False,
 
     source = str(pretrained)
     local = Path(source).expanduser()
+    sdxl = False
     if local.exists() or _looks_like_path(source) or isinstance(pretrained, Path):
         if not local.is_dir():
             raise MissingModelError(missing_model_message("base model", source))
         _require_sd_layout(local, source)
+        sdxl = is_sdxl_folder(local)
+        if sdxl:
+            _require_sdxl_layout(local, source)
         source = str(local)
     model_dtype = {} if resolved_dtype is None else {"torch_dtype": resolved_dtype}
     unet = load_pretrained(UNet2DConditionModel, source, what="base model U-Net", subfolder="unet", **model_dtype)
     vae = load_pretrained(_vae_class(source), source, what="base model VAE", subfolder="vae", **model_dtype)
+    # transformers keeps a checkpoint's own dtype unless told: float32 unless asked, as the U-Net and VAE
+    encoder_dtype = {"dtype": resolved_dtype if resolved_dtype is not None else torch.float32}
     text_encoder = load_pretrained(
-        CLIPTextModel, source, what="base model text encoder", subfolder="text_encoder",
-        # transformers keeps a checkpoint's own dtype unless told: float32 unless asked, as the U-Net and VAE
-        dtype=resolved_dtype if resolved_dtype is not None else torch.float32)
+        CLIPTextModel, source, what="base model text encoder", subfolder="text_encoder", **encoder_dtype)
     tokenizer = load_pretrained(CLIPTokenizer, source, what="base model tokenizer", subfolder="tokenizer")
     scheduler = load_pretrained(DDPMScheduler, source, what="base model scheduler", subfolder="scheduler")
     for model in (unet, vae, text_encoder):
         model.eval()
-    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, str(pretrained))
+    extra = {}
+    if sdxl or getattr(unet.config, "addition_embed_type", None) == "text_time":
+        extra = dict(zip(("text_encoder_2", "tokenizer_2"), _load_sdxl_text(source, encoder_dtype)))
+    return DiffusionComponents(unet, vae, text_encoder, tokenizer, scheduler, str(pretrained), **extra)
 
 
 def save_components(components: DiffusionComponents, folder: str | Path) -> Path:
     """Write ``components`` in the Stable Diffusion layout (safetensors) so ``load_components(folder)`` reloads
-    them; also a ``model_index.json`` so diffusers' ``StableDiffusionPipeline.from_pretrained`` reads the folder."""
+    them; also a ``model_index.json`` so diffusers' ``StableDiffusionPipeline.from_pretrained`` reads the folder
+    (an SDXL base: the SDXL layout, read by ``StableDiffusionXLPipeline``, :func:`_save_sdxl_parts`)."""
     import diffusers
 
     folder = Path(folder)
@@ -308,8 +391,26 @@ def save_components(components: DiffusionComponents, folder: str | Path) -> Path
         "safety_checker": [None, None], "feature_extractor": [None, None], "image_encoder": [None, None],
         "requires_safety_checker": False,
     }
+    if components.is_sdxl:
+        index = _save_sdxl_parts(components, folder, index)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def _save_sdxl_parts(components: DiffusionComponents, folder: Path, index: dict) -> dict:
+    """Write the second text encoder and tokenizer of an SDXL base; return ``index`` as diffusers'
+    ``StableDiffusionXLPipeline`` names its components (no safety checker)."""
+    components.text_encoder_2.save_pretrained(folder / "text_encoder_2", safe_serialization=True)
+    components.tokenizer_2.save_pretrained(folder / "tokenizer_2")
+    index = {key: value for key, value in index.items()
+             if key not in ("safety_checker", "requires_safety_checker")}
+    index.update({
+        "_class_name": SDXL_PIPELINE_CLASS,
+        "text_encoder_2": ["transformers", type(components.text_encoder_2).__name__],
+        "tokenizer_2": ["transformers", type(components.tokenizer_2).__name__],
+        "force_zeros_for_empty_prompt": True,
+    })
+    return index
 
 
 @torch.no_grad()
@@ -317,8 +418,46 @@ def encode_prompts(components: DiffusionComponents, prompts: list[str]) -> torch
     """(len(prompts), L, D) last hidden states of the text encoder, padded to the tokenizer's maximum length.
 
     The text encoder is frozen in every model sameid trains, so no graph is kept. An empty prompt gives the
-    unconditional embedding that prompt drop and classifier-free guidance use.
+    unconditional embedding that prompt drop and classifier-free guidance use. An SDXL base is refused: its U-Net
+    needs :func:`prompt_conditions` (both encoders, the pooled embedding, the time ids).
     """
     from ..references import encode_texts
 
+    if getattr(components, "text_encoder_2", None) is not None:
+        raise SameIdError("an SDXL base (two text encoders) needs prompt_conditions(components, prompts, "
+                          "resolution), not encode_prompts: its U-Net also reads the pooled text and time ids")
     return encode_texts(components.text_encoder, components.tokenizer, prompts)
+
+
+def sdxl_vae_needs_float32(components) -> bool:
+    """Whether an SDXL base's VAE must run in float32: its config sets ``force_upcast`` (SDXL's VAE overflows in
+    float16; diffusers' SDXL pipeline and training script upcast it). Always False for a Stable Diffusion base."""
+    return (getattr(components, "text_encoder_2", None) is not None
+            and bool(getattr(components.vae.config, "force_upcast", False)))
+
+
+def sdxl_time_ids(batch: int, height: int, width: int) -> torch.Tensor:
+    """(batch, 6) SDXL micro-conditioning: original size (height, width), crop top-left (0, 0), target size
+    (height, width), as diffusers' ``StableDiffusionXLPipeline`` builds ``add_time_ids`` for an uncropped image."""
+    return torch.tensor([[float(height), float(width), 0.0, 0.0, float(height), float(width)]]).repeat(batch, 1)
+
+
+@torch.no_grad()
+def prompt_conditions(components, prompts: list[str], resolution: int | tuple[int, int]
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """What the U-Net reads of ``prompts``: ``(states, added_cond_kwargs)``.
+
+    A Stable Diffusion base: :func:`encode_prompts`' states and None. An SDXL base (``components.text_encoder_2``
+    set): the penultimate hidden states of both text encoders side by side
+    (:func:`sameid.references.encode_texts_sdxl`) and ``{"text_embeds": pooled embedding of the second encoder,
+    "time_ids": sdxl_time_ids(...)}`` for an image of ``resolution`` (a side, or (height, width)). ``components``
+    is anything with the base's text encoders and tokenizers as attributes (a DiffusionComponents, a pipeline).
+    """
+    from ..references import encode_texts_sdxl
+
+    if getattr(components, "text_encoder_2", None) is None:
+        return encode_prompts(components, prompts), None
+    height, width = resolution if isinstance(resolution, tuple | list) else (resolution, resolution)
+    states, pooled = encode_texts_sdxl((components.text_encoder, components.text_encoder_2),
+                                       (components.tokenizer, components.tokenizer_2), prompts)
+    return states, {"text_embeds": pooled, "time_ids": sdxl_time_ids(len(prompts), height, width)}

@@ -102,6 +102,9 @@ class ReferenceConditionedDenoiser(ModelMixin, ConfigMixin):
     reference_drop: str | None = None
     #: The unconditional branch of this kind when its config does not say (see :attr:`unconditional_references`).
     default_unconditional_references: str = "keep"
+    #: Whether forward takes ``added_cond_kwargs`` (an SDXL U-Net's pooled text and time ids) and passes them to the
+    #: U-Net: only such a kind trains and generates on an SDXL base.
+    accepts_added_conditions: bool = False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

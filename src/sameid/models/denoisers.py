@@ -78,6 +78,18 @@ def create_denoiser(kind: str, unet, *, image_encoder=None, tiny: bool = False,
     return classes[kind].from_unet(unet)
 
 
+def works_on_sdxl(kind: str) -> bool:
+    """Whether a denoiser of ``kind`` passes an SDXL U-Net its ``added_cond_kwargs`` (so it trains and generates
+    on an SDXL base); False for an unknown kind."""
+    cls = _classes().get(kind)
+    return bool(cls is not None and cls.accepts_added_conditions)
+
+
+def sdxl_kinds() -> list[str]:
+    """The kinds that work on an SDXL base (:func:`works_on_sdxl`)."""
+    return [kind for kind in KINDS if works_on_sdxl(kind)]
+
+
 def denoiser_kind(directory: str | Path) -> str:
     """The kind of the denoiser saved in ``directory`` (from the class its ``denoiser.json`` names)."""
     path = Path(directory) / DENOISER_CONFIG

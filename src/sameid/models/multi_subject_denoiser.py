@@ -66,6 +66,7 @@ class MultiSubjectDenoiser(ReferenceConditionedDenoiser):
     """
 
     kind = "multi-subject"
+    accepts_added_conditions = True
     ignore_for_config = ["unet", "global_encoder", "projector"]
 
     def __init__(self, unet: UNet2DConditionModel | None = None, global_encoder=None, projector=None, *,

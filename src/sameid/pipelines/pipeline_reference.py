@@ -20,6 +20,13 @@ Several subjects in one image (PairHuman, arXiv 2511.16712): ``subjects`` gives 
 reference, and ``reference_schedule`` (:class:`~sameid.pipelines.guidance.ReferenceSchedule`) the cascaded
 inference's reference weight over the steps (λ early, full weight late).
 
+An SDXL base (``text_encoder_2`` and ``tokenizer_2`` given): the prompt is encoded as diffusers'
+``StableDiffusionXLPipeline`` encodes it (both encoders' penultimate states, the second's pooled embedding) and the
+U-Net also gets the time ids of an uncropped image of the output size, as in training
+(:func:`sameid.models.components.prompt_conditions`); the empty negative prompt is encoded too, as training's
+prompt drop encodes it. Only a denoiser whose ``accepts_added_conditions`` is True (the multi-subject kinds) runs
+on it.
+
 Saving: ``save_pretrained(dir)`` writes a diffusers pipeline folder (every component, the denoiser with its own
 U-Net) plus ``pipeline_reference.py``, a two-line module that imports this class, named in ``model_index.json``
 as diffusers names a custom pipeline class (``["pipeline_reference", "ReferencePipeline"]``). So
@@ -45,7 +52,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from ..atomic import write_text_atomic
-from ..models.components import encode_prompts
+from ..models.components import prompt_conditions, sdxl_vae_needs_float32
 from ..references import DEFAULT_CONCEPT, ReferenceInputs, reference_batch, reference_inputs
 from .guidance import ReferenceSchedule
 
@@ -79,18 +86,20 @@ class ReferencePipeline(DiffusionPipeline):
     and the text encoder may sit elsewhere (their outputs are moved).
     """
 
-    model_cpu_offload_seq = "text_encoder->denoiser->vae"
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->denoiser->vae"
+    # An SDXL base's second text encoder and tokenizer; None (and absent from a saved folder) for SD 1.x/2.x.
+    _optional_components = ["text_encoder_2", "tokenizer_2"]
 
-    def __init__(self, vae, text_encoder, tokenizer, denoiser, scheduler):
+    def __init__(self, vae, text_encoder, tokenizer, denoiser, scheduler, text_encoder_2=None, tokenizer_2=None):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, denoiser=denoiser,
-                              scheduler=scheduler)
+                              scheduler=scheduler, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
     @classmethod
     def from_components(cls, components, denoiser, scheduler=None) -> ReferencePipeline:
-        """A pipeline over ``components`` (VAE, text encoder, tokenizer) and ``denoiser``.
+        """A pipeline over ``components`` (VAE, text encoder(s), tokenizer(s)) and ``denoiser``.
 
         ``scheduler`` defaults to a DDIM scheduler with the base model's noise schedule (a new object: the
         training scheduler is never stepped here, so validating mid-training leaves it untouched); pass a
@@ -101,7 +110,9 @@ class ReferencePipeline(DiffusionPipeline):
         if isinstance(scheduler, type):
             scheduler = scheduler.from_config(components.noise_scheduler.config)
         return cls(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-                   denoiser=denoiser, scheduler=scheduler)
+                   denoiser=denoiser, scheduler=scheduler,
+                   text_encoder_2=getattr(components, "text_encoder_2", None),
+                   tokenizer_2=getattr(components, "tokenizer_2", None))
 
     # Computation follows the denoiser (and its U-Net's dtype), wherever the VAE and text encoder sit.
     @property
@@ -127,8 +138,9 @@ class ReferencePipeline(DiffusionPipeline):
                 device = value
         # Only what was asked for: a diffusers model warns about any dtype argument, None included.
         moves = {name: value for name, value in (("device", device), ("dtype", dtype)) if value is not None}
-        for module in (self.vae, self.text_encoder, self.denoiser):
-            module.to(**moves)
+        for module in (self.vae, self.text_encoder, self.text_encoder_2, self.denoiser):
+            if module is not None:
+                module.to(**moves)
         return self
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
@@ -198,7 +210,8 @@ class ReferencePipeline(DiffusionPipeline):
         prepared = reference_inputs(
             torch.from_numpy(pixels), padded_concepts, vae=self.vae, text_encoder=self.text_encoder,
             tokenizer=self.tokenizer, with_latents=self.denoiser.uses_reference_latents, device=self.device,
-            dtype=self.dtype, valid=torch.from_numpy(valid))
+            dtype=self.dtype, valid=torch.from_numpy(valid), text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2)
         if subjects is not None:
             prepared.subjects = torch.tensor([list(row) + [0] * (count - len(row)) for row in subjects],
                                              dtype=torch.long, device=self.device)
@@ -247,6 +260,10 @@ class ReferencePipeline(DiffusionPipeline):
         if num_inference_steps < 1 or num_images_per_prompt < 1:
             raise ValueError("num_inference_steps and num_images_per_prompt must be at least 1")
         device, dtype = self.device, self.dtype
+        if self.text_encoder_2 is not None and not getattr(self.denoiser, "accepts_added_conditions", False):
+            raise ValueError(f"this pipeline has an SDXL base, and the denoiser ({type(self.denoiser).__name__}) "
+                             "does not pass the U-Net its pooled text and time ids; use a multi-subject denoiser "
+                             "or a Stable Diffusion 1.x/2.x base")
 
         if not isinstance(references, ReferenceInputs):
             if len(references) != batch:
@@ -266,14 +283,15 @@ class ReferencePipeline(DiffusionPipeline):
             references = dataclasses.replace(references, subject_masks=subject_masks.to(device, dtype))
 
         guided = guidance_scale > 1.0
-        prompt_embeds = encode_prompts(self, prompts).to(device, dtype)
+        prompt_embeds, added = self._prompt_conditions(prompts, (height, width), num_images_per_prompt)
         reference_rows = _repeat_references(references, num_images_per_prompt)
-        prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if guided:
-            negative_embeds = encode_prompts(self, negatives).to(device, dtype)
-            negative_embeds = negative_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+            negative_embeds, negative_added = self._prompt_conditions(negatives, (height, width),
+                                                                      num_images_per_prompt)
             # [unconditional, conditional], as diffusers' Stable Diffusion pipeline orders them.
             prompt_embeds = torch.cat([negative_embeds, prompt_embeds])
+            if added is not None:
+                added = {name: torch.cat([negative_added[name], value]) for name, value in added.items()}
             unconditional = reference_rows
             if getattr(self.denoiser, "unconditional_references", "keep") == "zero":
                 unconditional = replace(reference_rows, dropped=torch.ones(
@@ -300,7 +318,8 @@ class ReferencePipeline(DiffusionPipeline):
         for t, step_scale in zip(self.progress_bar(timesteps), scales):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            prediction = self.denoiser(model_input, t, prompt_embeds, reference_rows, reference_scale=step_scale)
+            prediction = self.denoiser(model_input, t, prompt_embeds, reference_rows, reference_scale=step_scale,
+                                       **({} if added is None else {"added_cond_kwargs": added}))
             if guided:
                 unconditional, conditional = prediction.chunk(2)
                 prediction = unconditional + guidance_scale * (conditional - unconditional)
@@ -310,13 +329,30 @@ class ReferencePipeline(DiffusionPipeline):
             images = latents
         else:
             vae_device, vae_dtype = _module_device_dtype(self.vae)
-            decoded = self.vae.decode(latents.to(vae_device, vae_dtype) / self.vae.config.scaling_factor,
-                                      return_dict=False)[0]
+            upcast = sdxl_vae_needs_float32(self) and vae_dtype == torch.float16
+            if upcast:  # SDXL's VAE overflows in float16: decoded in float32, as diffusers' SDXL pipeline does
+                self.vae.to(dtype=torch.float32)
+            decoded = self.vae.decode(latents.to(vae_device, torch.float32 if upcast else vae_dtype)
+                                      / self.vae.config.scaling_factor, return_dict=False)[0]
+            if upcast:
+                self.vae.to(dtype=vae_dtype)
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ReferencePipelineOutput(images=images)
+
+
+    def _prompt_conditions(self, prompts: list[str], size: tuple[int, int], times: int
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """:func:`~sameid.models.components.prompt_conditions` of ``prompts`` for an image of ``size`` (height,
+        width), each row ``times`` times in a row, on the pipeline's device and in its dtype."""
+        device, dtype = self.device, self.dtype
+        embeds, added = prompt_conditions(self, prompts, size)
+        embeds = embeds.to(device, dtype).repeat_interleave(times, dim=0)
+        if added is not None:
+            added = {name: value.to(device, dtype).repeat_interleave(times, dim=0) for name, value in added.items()}
+        return embeds, added
 
 
 def _repeat_references(references: ReferenceInputs, times: int) -> ReferenceInputs:

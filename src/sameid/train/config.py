@@ -102,7 +102,8 @@ class TrainConfig:
     out: str
     # The named experiment (sameid.train.presets) whose settings filled this config's defaults; a label only.
     preset: str | None = None
-    # Base model: a Stable Diffusion 1.x id or folder (unet, vae, text_encoder, tokenizer, scheduler), or tiny.
+    # Base model: a Stable Diffusion 1.x id or folder (unet, vae, text_encoder, tokenizer, scheduler), an SDXL one
+    # (also text_encoder_2, tokenizer_2; the multi-subject models only), or tiny.
     pretrained: str | None = None
     tiny: bool = False
     # Which random base a tiny run builds: "sd" (Stable Diffusion's layout) or "world" (pixel space, for the small

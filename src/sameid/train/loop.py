@@ -97,11 +97,12 @@ def draw_image_drops(caption_dropped: torch.Tensor, generator: torch.Generator, 
 def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: torch.Tensor,
                    references: ReferenceInputs, valid_mask: torch.Tensor, face_mask: torch.Tensor,
                    generator: torch.Generator, face_loss_weight: float, autocast=contextlib.nullcontext,
-                   loss: str = "eq3"):
+                   loss: str = "eq3", added_cond_kwargs: dict | None = None):
     """One training step's loss after the frozen encoders (what :meth:`Trainer.loss` runs and the training-step
     benchmark times): noise and timesteps from ``generator`` (a CPU generator), ``scheduler.add_noise``, the
     denoiser's forward under ``autocast()``, the loss ``loss`` (:mod:`.losses`: RetriBooru, arXiv 2312.02521,
-    equation 3 by default)."""
+    equation 3 by default). ``added_cond_kwargs``: an SDXL base's pooled text and time ids
+    (:func:`sameid.models.components.prompt_conditions`), passed to the denoiser only when given."""
     device = latents.device
     latents = latents.float()
     noise = torch.randn(latents.shape, generator=generator).to(device)
@@ -114,8 +115,9 @@ def denoising_loss(denoiser, scheduler, latents: torch.Tensor, prompt_embeds: to
         objective = latents
     else:
         objective = noise
+    extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": added_cond_kwargs}
     with autocast():
-        prediction = denoiser(noisy, timesteps, prompt_embeds, references)
+        prediction = denoiser(noisy, timesteps, prompt_embeds, references, **extra)
     return masked_diffusion_loss(prediction.float(), objective, valid_mask, face_mask, face_loss_weight, loss)
 
 
@@ -156,7 +158,7 @@ class Trainer:
         from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
         from diffusers.optimization import get_scheduler
 
-        from ..models.components import load_components, save_components
+        from ..models.components import base_is_sdxl, load_components, save_components, sdxl_vae_needs_float32
         from ..models.denoisers import create_denoiser, tiny_image_encoder
         from ..pairs.manifest import load_manifest
 
@@ -172,6 +174,8 @@ class Trainer:
         # Everything that can be refused is checked before the run dir is touched: the machine, the dataset dir,
         # the examples it gives, the held-out identities and the run dir's own state.
         config.check_machine()
+        if not config.tiny and base_is_sdxl(config.pretrained):
+            _check_sdxl_kind(config)
         # A multi-subject model learns from the dataset's multi-subject rows (per-subject references and regions,
         # PairHuman, arXiv 2511.16712); every other model from its single-subject rows.
         examples = MultiSubjectDataset if config.model.startswith("multi-subject") else PairsDataset
@@ -209,12 +213,20 @@ class Trainer:
                                               tiny_kind=config.tiny_kind)
             if config.tiny and self.accelerator.is_main_process:
                 self.run.fill_dir(base, lambda tmp: save_components(self.components, tmp))
+        if self.components.is_sdxl:  # a hub id the cache could not tell about above; still before config.yaml
+            _check_sdxl_kind(config)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision, torch.float32)
         device = self.accelerator.device
-        for frozen in (self.components.vae, self.components.text_encoder):
+        for frozen in (self.components.vae, self.components.text_encoder, self.components.text_encoder_2):
+            if frozen is None:
+                continue
             frozen.requires_grad_(False)
-            # dtype only when it changes: diffusers warns about any dtype given to .to() of a VAE
-            frozen.to(device, **({"dtype": self.weight_dtype} if self.weight_dtype != torch.float32 else {}))
+            # dtype only when it changes: diffusers warns about any dtype given to .to() of a VAE. SDXL's VAE
+            # overflows in float16 (its config says force_upcast): kept in float32, as diffusers' SDXL training
+            # script keeps it.
+            keep = frozen is self.components.vae and sdxl_vae_needs_float32(self.components)
+            frozen.to(device, **({"dtype": self.weight_dtype} if self.weight_dtype != torch.float32 and not keep
+                                 else {}))
             frozen.eval()
         image_encoder = config.image_encoder
         if config.model == "ip-adapter" and image_encoder is None and config.tiny:
@@ -371,20 +383,26 @@ class Trainer:
 
     # -- one micro-batch -----------------------------------------------------------------------------------------
     def loss(self, batch: dict, generator: torch.Generator):
-        from ..models.components import encode_prompts
+        from ..models.components import prompt_conditions
 
         components, device = self.components, self.accelerator.device
         vae = components.vae
         config = self.config
         with torch.no_grad():
-            target = normalize_pixels(batch["target"].to(device)).to(self.weight_dtype)
+            # In the VAE's dtype: the run's, or float32 for SDXL's VAE (sdxl_vae_needs_float32).
+            target = normalize_pixels(batch["target"].to(device)).to(next(vae.parameters()).dtype)
             latents = vae.encode(target).latent_dist.sample(generator) * vae.config.scaling_factor
-            prompt_embeds = encode_prompts(components, batch["caption"]).to(device)
+            # An SDXL base also gives the U-Net's pooled text and time ids (the training resolution, uncropped).
+            prompt_embeds, added = prompt_conditions(components, batch["caption"], config.resolution)
+            prompt_embeds = prompt_embeds.to(device)
+            if added is not None:
+                added = {name: value.to(device) for name, value in added.items()}
             references = reference_inputs(
                 batch["references"].to(device), batch["reference_concepts"], vae=vae,
                 text_encoder=components.text_encoder, tokenizer=components.tokenizer,
                 with_latents=self.accelerator.unwrap_model(self.denoiser).uses_reference_latents, device=device,
-                dtype=self.weight_dtype, concept_cache=self._concept_cache)
+                dtype=self.weight_dtype, concept_cache=self._concept_cache,
+                text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2)
             # Multi-subject batches: the subject of each reference slot and the subjects' region masks.
             subjects, masks = batch.get("reference_subjects"), batch.get("subject_masks")
             if isinstance(subjects, torch.Tensor):
@@ -398,7 +416,8 @@ class Trainer:
             references = replace(references, dropped=dropped.to(device))
         return denoising_loss(self.denoiser, components.noise_scheduler, latents, prompt_embeds, references,
                               batch["valid_mask"].to(device), batch["face_mask"].to(device), generator,
-                              config.face_loss_weight, autocast=self.accelerator.autocast, loss=config.loss)
+                              config.face_loss_weight, autocast=self.accelerator.autocast, loss=config.loss,
+                              added_cond_kwargs=added)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> TrainResult:
@@ -523,6 +542,16 @@ class Trainer:
                 tracker.log_images({"validation": np.stack(arrays)}, self.global_step, dataformats="NHWC")
             elif tracker.name != "tensorboard" and hasattr(tracker, "log_images"):
                 tracker.log_images({"validation": arrays}, self.global_step)
+
+
+def _check_sdxl_kind(config: TrainConfig) -> None:
+    """Refuse a model kind that does not pass an SDXL U-Net its pooled text and time ids."""
+    from ..models.denoisers import sdxl_kinds, works_on_sdxl
+
+    if not works_on_sdxl(config.model):
+        raise SameIdError(f"model {config.model} does not work on an SDXL base ({config.pretrained}): only "
+                          f"{', '.join(sdxl_kinds())} pass the SDXL U-Net its pooled text and time ids; train "
+                          f"{config.model} on a Stable Diffusion 1.x/2.x base")
 
 
 def _tracker_config(config: TrainConfig) -> dict:
