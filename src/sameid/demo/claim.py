@@ -54,9 +54,9 @@ class ClaimSettings:
     """One run of the experiment. ``steps`` optimizer steps per model; each seed trains both modes.
 
     ``base``: a pretrained world base folder (None: the one shipped with sameid); ``pretrain``: pretrain one base
-    per seed with these settings instead (``bases/seed<k>``). ``lock``: ``lockd`` trains the retrieval encoder and
-    its attentions and keeps the base's decoder (measured: ``full`` at this learning rate first undid the base's
-    drawing, docs/benchmarks.md).
+    per seed with these settings instead (``bases/seed<k>``). ``lock``: ``full`` (the paper's RetriNet: retrieval
+    encoder, its attentions and the U-Net decoder) by default; ``lockd`` keeps the base's decoder (measured on the
+    world: neither mode of it changed what the base draws within 1,500 steps, docs/benchmarks.md).
     """
 
     steps: int = 400
@@ -68,7 +68,7 @@ class ClaimSettings:
     holdout_seed: int = 0
     batch_size: int = 8
     learning_rate: float = 1e-3
-    lock: str = "lockd"
+    lock: str = "full"
     prompt_drop: float = 0.2
     prompts_per_subject: int = 4
     inference_steps: int = 20

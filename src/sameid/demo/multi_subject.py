@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SameIdError
-from .run import DEMO_MARKER, summary_lines
+from .run import prepare_demo_folder, summary_lines
 
 #: The most subjects one image of the bundled sample shows (its ``two_subjects`` drawings; the one three-figure post
 #: is a planted reject, tagged with two characters).
@@ -138,24 +138,10 @@ def held_out_pairs(manifest, count: int, seed: int = 0, subjects: int = 2) -> li
     return groups
 
 
-def _check_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a folder with content the demo did not write (no marker), unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise SameIdError(f"{out} exists and is not a folder; choose another --out")
-    if not out.is_dir() or (out / DEMO_MARKER).is_file() or overwrite:
-        return
-    entries = sorted(p.name for p in out.iterdir())
-    if entries:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise SameIdError(f"{out} holds {shown}, not written by `sameid demo`; choose a new or empty --out, or pass "
-                          "--overwrite to replace the demo's outputs there")
-
-
 def run_multi_subject_demo(out: str | os.PathLike, settings: MultiSubjectDemoSettings | None = None, *,
                            overwrite: bool = False, progress: bool = False,
                            echo: Callable[[str], None] = print) -> MultiSubjectDemoResult:
     """Run the multi-subject flow into ``out`` (sample/, dataset/, audit.json, run/, generations/, eval/)."""
-    import shutil
 
     from ..atomic import write_text_atomic
     from ..backends.offline_vqa import OFFLINE_QUESTIONS
@@ -175,15 +161,7 @@ def run_multi_subject_demo(out: str | os.PathLike, settings: MultiSubjectDemoSet
     settings = settings or MultiSubjectDemoSettings()
     settings.check()
     out = Path(out)
-    _check_folder(out, overwrite)
-    for name in ("run", "generations", "eval", "audit.json"):  # only what a demo writes; sample/ and dataset/
-        path = out / name  # are replaced by their own stages, which refuse a folder they did not write
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / DEMO_MARKER, "written by `sameid demo`; a re-run replaces this folder's demo outputs\n")
+    prepare_demo_folder(out, OUTPUTS, overwrite)
     k = settings.subjects
     note = TINY_BASE_NOTE.format(steps=settings.steps)
     echo(f"note: {note}")

@@ -64,19 +64,25 @@ class DemoResult:
 
 
 def prepare_demo_folder(out: Path, outputs: tuple[str, ...], overwrite: bool) -> None:
-    """Clear the outputs an earlier demo wrote into ``out`` and mark the folder as the demo's. A folder that holds
-    one of ``outputs`` without the marker may be the user's, so it is only cleared with ``overwrite``."""
+    """Clear the ``outputs`` an earlier demo wrote into ``out`` and mark the folder as the demo's. A non-empty
+    folder without the marker may be the user's: it is refused before anything is written, unless ``overwrite``
+    (which still clears only ``outputs``; sample/ and dataset/ are replaced by their own stages)."""
     from ..atomic import write_text_atomic
     from ..errors import SameIdError
 
     if out.exists() and not out.is_dir():
         raise SameIdError(f"{out} exists and is not a folder; choose another --out")
-    existing = [out / name for name in outputs if (out / name).exists() or (out / name).is_symlink()]
-    if existing and not overwrite and not (out / DEMO_MARKER).is_file():
-        raise SameIdError(f"{out} holds {', '.join(p.name for p in existing)}, not written by `sameid demo`; pass "
-                          "--overwrite to replace them, or choose another --out")
-    for path in existing:  # only what a demo writes; sample/ and dataset/ are replaced by their own stages
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if out.is_dir() and not overwrite and not (out / DEMO_MARKER).is_file():
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise SameIdError(f"{out} holds {shown}, not written by `sameid demo`; choose a new or empty --out, "
+                              "or pass --overwrite to replace the demo's outputs there")
+    for path in (out / name for name in outputs):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / DEMO_MARKER, "written by `sameid demo`; a re-run replaces this folder's demo outputs\n")
 
