@@ -5,25 +5,13 @@ import json
 import matplotlib.cbook
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
+from photo_fixtures import photo_variants
 from sameid.dataset.pipeline import BuildConfig, build_dataset
 from sameid.records import read_dataset_settings
 
 skimage_data = pytest.importorskip("skimage.data")
-
-
-def _augmentations(image: Image.Image, count: int) -> list[Image.Image]:
-    rng = np.random.default_rng(7)
-    out = []
-    for i in range(count):
-        variant = ImageOps.mirror(image) if i % 2 else image.copy()
-        variant = ImageEnhance.Brightness(variant).enhance(float(rng.uniform(0.8, 1.2)))
-        w, h = variant.size
-        dx, dy = int(rng.integers(0, w // 12)), int(rng.integers(0, h // 12))
-        variant = variant.crop((dx, dy, w - dx, h - dy)).rotate(float(rng.uniform(-6, 6)), fillcolor=(128, 128, 128))
-        out.append(variant)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +21,10 @@ def people(tmp_path_factory):
     hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     for name, image in (("astronaut", astronaut), ("hopper", hopper)):
         (root / name).mkdir()
-        for i, variant in enumerate(_augmentations(image, 5)):
+        for i, variant in enumerate(photo_variants(image, 5, seed=7)):
             variant.save(root / name / f"{i}.jpg", quality=90)
     # a mislabelled photo: Grace Hopper in the astronaut's folder; and a photo with no face
-    _augmentations(hopper, 6)[5].save(root / "astronaut" / "wrong.jpg", quality=90)
+    photo_variants(hopper, 6, seed=7)[5].save(root / "astronaut" / "wrong.jpg", quality=90)
     Image.new("RGB", (200, 200), (90, 140, 200)).save(root / "hopper" / "sky.jpg")
     return root
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
+from photo_fixtures import side_by_side
 from sameid.evaluate import EvalConfig, evaluate_generations, read_generations
 from sameid.evaluate.subjects import score_subjects
 from sameid.evaluate.swd import metric_pairs
@@ -15,13 +16,6 @@ from sameid.evaluate.swd import metric_pairs
 METRICS = ("subject_face", "subject_missing", "subject_mixing")
 
 
-def _side_by_side(left: Image.Image, right: Image.Image, height: int = 256) -> Image.Image:
-    left = left.resize((round(left.width * height / left.height), height))
-    right = right.resize((round(right.width * height / right.height), height))
-    canvas = Image.new("RGB", (left.width + right.width, height))
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width, 0))
-    return canvas
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def photos(tmp_path_factory):
              "swapped": (hopper, astronaut)}
     rows = []
     for name, (left, right) in cases.items():
-        _side_by_side(left, right).save(root / f"{name}.png")
+        side_by_side(left, right).save(root / f"{name}.png")
         rows.append({"image": f"{name}.png", "references": [], "prompt": "two people side by side",
                      "subject": "eileen + grace", "model": "m", "seed": 0,
                      "subjects": [{"identity": "eileen", "references": ["ref_astronaut.png"]},

@@ -18,8 +18,9 @@ import matplotlib.cbook
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
+from photo_fixtures import photo_variants
 from sameid.backends.judge_base import (
     JUDGE_PROMPT,
     MAX_GRID_TILES,
@@ -81,23 +82,13 @@ def test_folder_grid_numbers_the_tiles():
 # --- photos --------------------------------------------------------------------------------------------------------
 
 
-def _variants(image: Image.Image, count: int, seed: int) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        variant = ImageOps.mirror(image) if i % 2 else image.copy()
-        variant = ImageEnhance.Brightness(variant).enhance(float(rng.uniform(0.8, 1.2)))
-        w, h = variant.size
-        dx, dy = int(rng.integers(0, w // 12)), int(rng.integers(0, h // 12))
-        out.append(variant.crop((dx, dy, w - dx, h - dy)).rotate(float(rng.uniform(-6, 6)), fillcolor=(128, 128, 128)))
-    return out
 
 
 @pytest.fixture(scope="module")
 def photos():
     astronaut = Image.fromarray(skimage_data.astronaut())
     hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
-    return {"astronaut": _variants(astronaut, 6, 1), "hopper": _variants(hopper, 6, 2)}
+    return {"astronaut": photo_variants(astronaut, 6, 1), "hopper": photo_variants(hopper, 6, 2)}
 
 
 @pytest.fixture(scope="module")

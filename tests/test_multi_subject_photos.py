@@ -9,33 +9,17 @@ import matplotlib.cbook
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageOps
 
+from photo_fixtures import photo_variants, side_by_side
 from sameid.dataset.pipeline import BuildConfig, build_dataset
 from sameid.errors import SameIdError
 
 skimage_data = pytest.importorskip("skimage.data")
 
 
-def _variants(image: Image.Image, count: int, seed: int) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        variant = ImageOps.mirror(image) if i % 2 else image.copy()
-        variant = ImageEnhance.Brightness(variant).enhance(float(rng.uniform(0.8, 1.2)))
-        w, h = variant.size
-        dx, dy = int(rng.integers(0, w // 12)), int(rng.integers(0, h // 12))
-        out.append(variant.crop((dx, dy, w - dx, h - dy)).rotate(float(rng.uniform(-6, 6)), fillcolor=(128, 128, 128)))
-    return out
 
 
-def _side_by_side(left: Image.Image, right: Image.Image, height: int = 256) -> Image.Image:
-    left = left.resize((round(left.width * height / left.height), height))
-    right = right.resize((round(right.width * height / right.height), height))
-    canvas = Image.new("RGB", (left.width + right.width, height))
-    canvas.paste(left, (0, 0))
-    canvas.paste(right, (left.width, 0))
-    return canvas
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +30,13 @@ def photos(tmp_path_factory):
     hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     for name, image in (("astronaut", astronaut), ("hopper", hopper)):
         (root / name).mkdir(parents=True)
-        for i, variant in enumerate(_variants(image, 4, seed=7)):
+        for i, variant in enumerate(photo_variants(image, 4, seed=7)):
             variant.save(root / name / f"{i}.jpg", quality=90)
     (root / "pairs").mkdir()
-    other_astronaut, other_hopper = _variants(astronaut, 6, seed=11)[5], _variants(hopper, 6, seed=11)[5]
-    _side_by_side(other_astronaut, other_hopper).save(root / "pairs" / "different.jpg", quality=90)
-    _side_by_side(other_hopper, other_astronaut).save(root / "pairs" / "swapped.jpg", quality=90)
-    _side_by_side(other_astronaut, ImageOps.mirror(other_astronaut)).save(root / "pairs" / "twice.jpg", quality=90)
+    other_astronaut, other_hopper = photo_variants(astronaut, 6, seed=11)[5], photo_variants(hopper, 6, seed=11)[5]
+    side_by_side(other_astronaut, other_hopper).save(root / "pairs" / "different.jpg", quality=90)
+    side_by_side(other_hopper, other_astronaut).save(root / "pairs" / "swapped.jpg", quality=90)
+    side_by_side(other_astronaut, ImageOps.mirror(other_astronaut)).save(root / "pairs" / "twice.jpg", quality=90)
     return root
 
 
