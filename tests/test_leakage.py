@@ -64,6 +64,17 @@ def test_build_index_takes_a_number_of_ivf_lists():
     assert build_index(real, "ivf", nprobe=8).nlist == int(2 * 4000 ** 0.5)
     with pytest.raises(SameIdError, match="39 training vectors per list"):
         build_index(real, "ivf", nlist=200)
+    # the check with a chosen number of lists: the planted copies found, the answers of the exact index
+    rng = np.random.default_rng(3)
+    copies = _unit(real[:30] + 0.02 * rng.normal(size=(30, 16)))
+    synthetic = Gallery(np.concatenate([copies, _unit(rng.normal(size=(1200, 16)))]),
+                        np.array([f"s{i:04d}" for i in range(1230)]))
+    gallery = Gallery(real, np.array([f"r{i:04d}" for i in range(4000)]))
+    exact = check_identities(synthetic, gallery, threshold=0.05)
+    listed = check_identities(synthetic, gallery, threshold=0.05, index="ivf", nprobe=8, nlist=60)
+    assert listed["nearest_real"][:30].tolist() == [f"r{i:04d}" for i in range(30)]
+    pd.testing.assert_series_equal(listed["removed"], exact["removed"])
+    pd.testing.assert_series_equal(listed["nearest_real"][exact["removed"]], exact["nearest_real"][exact["removed"]])
 
 
 def test_check_identities_removes_real_people_and_later_duplicates():

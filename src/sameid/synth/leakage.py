@@ -11,6 +11,9 @@ a faiss index, never a Python loop over pairs:
   lists searched): approximate, for galleries of millions; ``benchmarks/bench_leakage.py`` measures its speed and
   whether it finds the same answers as brute force.
 
+Face embeddings are computed once per image content (and head box) and kept in the shared embedding cache
+(:func:`embed_faces`, :mod:`sameid.embedding_cache`), in batches written as they finish.
+
 An identity within cosine distance ``threshold`` of a real identity is removed (``real person``); of two
 synthetic identities within ``synthetic_threshold`` of each other, the one whose name sorts later is removed
 (``duplicate synthetic identity``; a conservative rule: in a chain a-b-c both b and c go); an identity without a
@@ -160,7 +163,7 @@ def search(index, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarr
 
 def check_identities(synthetic: Gallery, real: Gallery, threshold: float = DEFAULT_THRESHOLD,
                      synthetic_threshold: float | None = None, index: str = "flat",
-                     nprobe: int = DEFAULT_NPROBE) -> pd.DataFrame:
+                     nprobe: int = DEFAULT_NPROBE, nlist: int | None = None) -> pd.DataFrame:
     """One row per synthetic identity (``synthetic.names`` order): ``identity``, ``nearest_real``,
     ``real_distance``, ``nearest_synthetic``, ``synthetic_distance``, ``removed``, ``why`` (see the module doc)."""
     synthetic_threshold = threshold if synthetic_threshold is None else synthetic_threshold
@@ -173,11 +176,13 @@ def check_identities(synthetic: Gallery, real: Gallery, threshold: float = DEFAU
     n = len(synthetic)
     real_distance, real_index = np.full(n, np.inf), np.full(n, -1)
     if len(real) and n:
-        d, i = search(build_index(real.vectors, index, nprobe), synthetic.vectors, 1)
+        d, i = search(build_index(real.vectors, index, nprobe,
+                                  nlist=nlist if nlist is None else min(nlist, len(real) // 39)), synthetic.vectors, 1)
         real_distance, real_index = d[:, 0], i[:, 0]
     synthetic_distance, synthetic_index = np.full(n, np.inf), np.full(n, -1)
     if n > 1:
-        d, i = search(build_index(synthetic.vectors, index, nprobe), synthetic.vectors, 2)
+        d, i = search(build_index(synthetic.vectors, index, nprobe,
+                                  nlist=nlist if nlist is None else min(nlist, n // 39)), synthetic.vectors, 2)
         # the nearest entry is normally the query itself; take the nearest that is not
         other = np.where(i[:, 0] == np.arange(n), 1, 0)
         synthetic_distance = d[np.arange(n), other]
@@ -330,6 +335,7 @@ class LeakageConfig:
     face_embedder: str = "dlib"
     index: str = "flat"
     nprobe: int = DEFAULT_NPROBE
+    nlist: int | None = None  # ivf lists (None: ~2 sqrt(m), at most 4,096)
     save_real: str | None = None
     cache_dir: str | None = None  # embedding cache (None: embed everything afresh, keep nothing)
 
@@ -348,6 +354,8 @@ class LeakageConfig:
             raise SameIdError(f"unknown index {config.index!r}: choose one of {', '.join(INDEXES)}")
         if config.nprobe < 1:
             raise SameIdError(f"--nprobe must be at least 1, not {config.nprobe}")
+        if config.nlist is not None and config.nlist < 1:
+            raise SameIdError(f"--nlist must be at least 1, not {config.nlist}")
         for name, value in (("--threshold", config.threshold), ("--synthetic-threshold", config.synthetic_threshold)):
             if value is not None and not (np.isfinite(value) and 0.0 <= value < 2.0):
                 raise SameIdError(f"{name} must be a cosine distance in [0, 2), not {value!r}")
@@ -414,7 +422,8 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
                                         source=str(synthetic_dir))
     else:
         synthetic = Gallery(np.zeros((0, real.vectors.shape[1]), dtype=np.float32), np.array([], dtype=str))
-    table = check_identities(synthetic, real, config.threshold, config.synthetic_threshold, config.index, config.nprobe)
+    table = check_identities(synthetic, real, config.threshold, config.synthetic_threshold, config.index, config.nprobe,
+                             config.nlist)
     faceless = sorted(set(identities) - set(synthetic.names.tolist()))
     if faceless:
         table = pd.concat([table, pd.DataFrame({"identity": faceless, "removed": True, "why": NO_FACE})],
@@ -442,7 +451,8 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
     removed_rows = table[table["removed"]]
     section = {
         "real": real.source or str(config.real), "n_real": len(real), "embedder": config.face_embedder,
-        "index": config.index if config.index == "flat" else f"ivf (nprobe {config.nprobe})",
+        "index": config.index if config.index == "flat" else
+        f"ivf (nprobe {config.nprobe}{'' if config.nlist is None else f', nlist {config.nlist}'})",
         "threshold": config.threshold,
         "synthetic_threshold": config.threshold if config.synthetic_threshold is None else config.synthetic_threshold,
         "n_identities": int(len(table)),
@@ -467,7 +477,7 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
     new_settings["leakage"] = {
         "synthetic": str(synthetic_dir.resolve()), "real": str(config.real), "threshold": config.threshold,
         "synthetic_threshold": section["synthetic_threshold"], "face_embedder": config.face_embedder,
-        "index": config.index, "nprobe": config.nprobe,
+        "index": config.index, "nprobe": config.nprobe, "nlist": config.nlist,
     }
     write_parquet_atomic(out / LEAKAGE_FILE, table)
     write_parquet_atomic(out / "manifest.parquet", kept)
