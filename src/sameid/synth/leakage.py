@@ -7,9 +7,10 @@ each synthetic identity is searched in a gallery of real identities and among th
 a faiss index, never a Python loop over pairs:
 
 - ``flat`` (default): ``faiss.IndexFlatIP`` on unit vectors, exact (the same nearest neighbours as brute force);
-- ``ivf``: ``faiss.IndexIVFFlat`` (inner product, ``nlist`` ~ 2 sqrt(m) lists trained on a sample, ``nprobe``
-  lists searched): approximate, for galleries of millions; ``benchmarks/bench_leakage.py`` measures its speed and
-  whether it finds the same answers as brute force.
+- ``ivf``: ``faiss.IndexIVFFlat`` (inner product, ``nlist`` lists, default ~2 sqrt(m), trained on a sample,
+  ``nprobe`` lists searched): approximate, no guarantee, for galleries of millions; ``benchmarks/bench_leakage.py``
+  measures its speed and whether it finds the same answers as brute force (docs/benchmarks.md: at 100K x 1M,
+  4,096 lists at nprobe 64 found them on both of its data sets, 28x faster than NumPy).
 
 Face embeddings are computed once per image content (and head box) and kept in the shared embedding cache
 (:func:`embed_faces`, :mod:`sameid.embedding_cache`), in batches written as they finish.
