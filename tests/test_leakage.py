@@ -160,6 +160,8 @@ def test_embed_faces_embeds_each_content_once_and_a_rerun_nothing(coloured, tmp_
     embed_faces(coloured[:1], [(0, 0, 8, 8)], boxed, cache)
     embed_faces(coloured[:1], [(0, 0, 8, 8)], boxed, cache)
     assert boxed.calls == 1
+    with pytest.raises(SameIdError, match=r"absent.png \(row 1\): cannot read the image"):
+        embed_faces([coloured[0], str(tmp_path / "absent.png")], [None, None], CountingEmbedder(), cache)
     none = CountingEmbedder()  # no cache folder: nothing kept
     embed_faces(coloured, boxes, none, EmbeddingCache(None))
     embed_faces(coloured, boxes, none, EmbeddingCache(None))

@@ -238,7 +238,13 @@ def embed_faces(paths: list[str], boxes: list, embedder, cache: EmbeddingCache |
 
     cache = cache or EmbeddingCache(None)
     model = f"face:{getattr(embedder, 'spec', '') or type(embedder).__name__}"
-    keys = [_cache_key(file_digest(path), box) for path, box in zip(paths, boxes, strict=True)]
+    keys = []
+    for row, (path, box) in enumerate(zip(paths, boxes, strict=True)):
+        try:
+            keys.append(_cache_key(file_digest(path), box))
+        except OSError as error:
+            raise SameIdError(f"{path} (row {row}): cannot read the image ({error.strerror or error}); fix or "
+                              "remove the row") from None
     known = cache.load(model)
     width = int(getattr(embedder, "dim", 0) or 0)
     for row, key in enumerate(keys):
