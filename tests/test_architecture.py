@@ -18,7 +18,7 @@ STAGES = ("sources", "dataset", "pairs", "models", "pipelines", "train", "genera
           "evaluate", "personalize", "demo", "cli", "testing")  # testing: tiny models for tests and benchmarks, above everything; src/ never imports it
 #: The ground floor every stage may use; it imports nothing above itself.
 GROUND = ("__init__", "errors", "records", "images", "atomic", "references", "settings", "verbosity", "backends",
-          "data")
+          "embedding_cache", "data")
 
 
 def _module_name(path: Path) -> str:

@@ -124,7 +124,7 @@ def test_a_corrupt_cache_file_is_reported_once_and_replaced(pictures, tmp_path, 
     main = cache.path("toy")
     data = main.read_bytes()
     main.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a zip at all", "empty": b""}[damage])
-    with caplog.at_level(logging.WARNING, logger="sameid.evaluate.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="sameid.embedding_cache"):
         store = _store(cache)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(main) in warnings[0] and "\n" not in warnings[0]
@@ -132,7 +132,7 @@ def test_a_corrupt_cache_file_is_reported_once_and_replaced(pictures, tmp_path, 
     store.get(pictures[:8])
     assert store.embedded == 8
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="sameid.evaluate.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="sameid.embedding_cache"):
         again = _store(cache)
     assert not caplog.records and set(again.vectors) == {file_digest(p) for p in pictures[:8]}
 
@@ -142,7 +142,7 @@ def test_a_corrupt_part_is_dropped_and_the_rest_kept(pictures, tmp_path, caplog)
     good = cache.append("toy", {"a": np.ones(3, np.float32)})
     bad = cache.append("toy", {"b": np.ones(3, np.float32)})
     bad.write_bytes(bad.read_bytes()[:20])
-    with caplog.at_level(logging.WARNING, logger="sameid.evaluate.embeddings"):
+    with caplog.at_level(logging.WARNING, logger="sameid.embedding_cache"):
         assert set(cache.load("toy")) == {"a"}
     assert len(caplog.records) == 1 and not bad.exists() and good.exists()
     cache.compact("toy")

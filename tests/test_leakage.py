@@ -5,6 +5,7 @@ a duplicate synthetic identity is removed; the input dataset is never changed.""
 from __future__ import annotations
 
 import json
+import logging
 
 import matplotlib.cbook
 import numpy as np
@@ -21,6 +22,7 @@ from sameid.synth.leakage import (
     LeakageConfig,
     build_index,
     check_identities,
+    embed_faces,
     identity_embeddings,
     run_leakage,
     search,
@@ -56,6 +58,25 @@ def test_search_finds_the_brute_force_neighbours_of_planted_copies(index):
         assert indices[:, 0].tolist() == brute.argmin(axis=1).tolist()
 
 
+def test_build_index_takes_a_number_of_ivf_lists():
+    real = _unit(np.random.default_rng(2).normal(size=(4000, 16)))
+    assert build_index(real, "ivf", nprobe=8, nlist=50).nlist == 50
+    assert build_index(real, "ivf", nprobe=8).nlist == int(2 * 4000 ** 0.5)
+    with pytest.raises(SameIdError, match="39 training vectors per list"):
+        build_index(real, "ivf", nlist=200)
+    # the check with a chosen number of lists: the planted copies found, the answers of the exact index
+    rng = np.random.default_rng(3)
+    copies = _unit(real[:30] + 0.02 * rng.normal(size=(30, 16)))
+    synthetic = Gallery(np.concatenate([copies, _unit(rng.normal(size=(1200, 16)))]),
+                        np.array([f"s{i:04d}" for i in range(1230)]))
+    gallery = Gallery(real, np.array([f"r{i:04d}" for i in range(4000)]))
+    exact = check_identities(synthetic, gallery, threshold=0.05)
+    listed = check_identities(synthetic, gallery, threshold=0.05, index="ivf", nprobe=8, nlist=60)
+    assert listed["nearest_real"][:30].tolist() == [f"r{i:04d}" for i in range(30)]
+    pd.testing.assert_series_equal(listed["removed"], exact["removed"])
+    pd.testing.assert_series_equal(listed["nearest_real"][exact["removed"]], exact["nearest_real"][exact["removed"]])
+
+
 def test_check_identities_removes_real_people_and_later_duplicates():
     rng = np.random.default_rng(1)
     real = Gallery(_unit(rng.normal(size=(50, 16))), np.array([f"real{i:02d}" for i in range(50)]))
@@ -84,6 +105,96 @@ def test_gallery_saves_and_loads(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(SameIdError, match="not a saved gallery"):
         Gallery.load(tmp_path / "bad.npz")
+
+
+# --- face embeddings: batched, cached -------------------------------------------------------------------------------
+
+
+class CountingEmbedder:
+    """A face embedder for tests: the mean colour of the image (or of the box) as a unit 4-d vector, no face in a
+    mostly black image; counts its calls."""
+
+    spec = "counting"
+    dim = 4
+
+    def __init__(self):
+        self.calls = 0
+
+    def embed(self, image, box=None):
+        self.calls += 1
+        pixels = np.asarray(image.crop(tuple(int(v) for v in box)) if box else image, dtype=np.float32)
+        mean = pixels.reshape(-1, 3).mean(axis=0) / 255.0
+        if mean.sum() < 0.1:
+            return None
+        vector = np.append(mean, 0.5)
+        return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
+def coloured(tmp_path):
+    paths = []
+    for i, colour in enumerate([(200, 10, 10), (10, 200, 10), (10, 10, 200), (0, 0, 0), (200, 10, 10)]):
+        path = tmp_path / "images" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16), colour).save(path)
+        paths.append(str(path))
+    return paths  # 4.png has the content of 0.png; 3.png has no face
+
+
+def test_embed_faces_embeds_each_content_once_and_a_rerun_nothing(coloured, tmp_path):
+    from sameid.embedding_cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    boxes = [None, None, None, None, None]
+    first = CountingEmbedder()
+    found, vectors = embed_faces(coloured, boxes, first, cache, batch_size=2)
+    assert first.calls == 4  # 4.png is 0.png's content
+    assert found.tolist() == [0, 1, 2, 4] and vectors.shape == (4, 4)
+    np.testing.assert_array_equal(vectors[0], vectors[3])
+    again = CountingEmbedder()
+    found_again, vectors_again = embed_faces(coloured, boxes, again, EmbeddingCache(tmp_path / "cache"))
+    assert again.calls == 0  # every content, the faceless one too, comes from the cache
+    assert found_again.tolist() == found.tolist()
+    np.testing.assert_array_equal(vectors_again, vectors)
+    boxed = CountingEmbedder()  # a face inside a box is another entry
+    embed_faces(coloured[:1], [(0, 0, 8, 8)], boxed, cache)
+    embed_faces(coloured[:1], [(0, 0, 8, 8)], boxed, cache)
+    assert boxed.calls == 1
+    with pytest.raises(SameIdError, match=r"absent.png \(row 1\): cannot read the image"):
+        embed_faces([coloured[0], str(tmp_path / "absent.png")], [None, None], CountingEmbedder(), cache)
+    none = CountingEmbedder()  # no cache folder: nothing kept
+    embed_faces(coloured, boxes, none, EmbeddingCache(None))
+    embed_faces(coloured, boxes, none, EmbeddingCache(None))
+    assert none.calls == 8
+
+
+def test_a_corrupt_face_cache_is_recomputed_with_one_warning(coloured, tmp_path, caplog):
+    from sameid.embedding_cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "cache")
+    _, vectors = embed_faces(coloured, [None] * 5, CountingEmbedder(), cache)
+    cache.path("face:counting").write_bytes(b"not an npz")
+    embedder = CountingEmbedder()
+    with caplog.at_level(logging.WARNING):
+        _, recomputed = embed_faces(coloured, [None] * 5, embedder, EmbeddingCache(tmp_path / "cache"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "unreadable" in warnings[0] and "\n" not in warnings[0]
+    assert embedder.calls == 4
+    np.testing.assert_array_equal(recomputed, vectors)
+
+    # an entry that reads but is no embedding (all zeros) is computed again, with one line naming the image
+    from sameid.embedding_cache import file_digest
+
+    cache.save("face:counting", {file_digest(coloured[1]): np.zeros(4, np.float32)})
+    caplog.clear()
+    embedder = CountingEmbedder()
+    with caplog.at_level(logging.WARNING):
+        _, fixed = embed_faces(coloured, [None] * 5, embedder, EmbeddingCache(tmp_path / "cache"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and coloured[1] in warnings[0] and "not a usable face embedding" in warnings[0]
+    assert embedder.calls == 1
+    np.testing.assert_array_equal(fixed, vectors)
+    assert embed_faces(coloured, [None] * 5, CountingEmbedder(), cache)[1].tolist() == vectors.tolist()
 
 
 # --- end to end on real photos ---------------------------------------------------------------------------------------
@@ -156,7 +267,8 @@ def test_leakage_removes_the_planted_real_person_and_lists_it(synthetic_dataset,
     from sameid.cli import app
 
     run = CliRunner().invoke(app, ["leakage", "--synthetic", str(synthetic_dataset / "synthetic"), "--real",
-                                   str(tmp_path / "real.npz"), "--out", str(tmp_path / "again")])
+                                   str(tmp_path / "real.npz"), "--out", str(tmp_path / "again"),
+                                   "--cache-dir", str(tmp_path / "cache")])
     assert run.exit_code == 0, run.output
     assert "removed synth_copy: real person (closest eileen_collins" in run.output
     again = pd.read_parquet(tmp_path / "again" / "leakage.parquet")

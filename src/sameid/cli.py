@@ -164,16 +164,23 @@ def leakage(
     face_embedder: Annotated[str, typer.Option(help="dlib | arcface-onnx:<path.onnx>; the same for both sides.")] = "dlib",
     index: Annotated[str, typer.Option(help="flat (exact) | ivf (approximate, for millions of real identities).")] = "flat",
     nprobe: Annotated[int, typer.Option(help="Lists an ivf index searches per query (of ~2 sqrt(n) lists).")] = 128,
+    nlist: Annotated[int | None, typer.Option(help="Lists of an ivf index (default ~2 sqrt(n), at most 4096; at most "
+                                                   "n / 39).")] = None,
     save_real: Annotated[Path | None, typer.Option(help="Save the real gallery's identity embeddings to this .npz "
                                                         "for the next check.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Face-embedding cache folder, keyed by file content and "
+                                                        "embedder, shared with sameid eval (default: "
+                                                        "~/.cache/sameid/embeddings).")] = None,
+    no_cache: Annotated[bool, typer.Option(help="Embed every image afresh and keep nothing on disk.")] = False,
 ):
     """Identity-leakage check: remove synthetic identities that are real people or duplicates of each other."""
-    from .synth.leakage import LeakageConfig, run_leakage
+    from .synth.leakage import DEFAULT_CACHE_DIR, LeakageConfig, run_leakage
 
     result = run_leakage(LeakageConfig(
         synthetic=str(synthetic), real=str(real), out=str(out), threshold=threshold,
         synthetic_threshold=synthetic_threshold, face_embedder=face_embedder, index=index, nprobe=nprobe,
-        save_real=None if save_real is None else str(save_real)))
+        nlist=nlist, save_real=None if save_real is None else str(save_real),
+        cache_dir=None if no_cache else str(cache_dir or DEFAULT_CACHE_DIR)))
     typer.echo(result.describe())
 
 

@@ -7,9 +7,13 @@ each synthetic identity is searched in a gallery of real identities and among th
 a faiss index, never a Python loop over pairs:
 
 - ``flat`` (default): ``faiss.IndexFlatIP`` on unit vectors, exact (the same nearest neighbours as brute force);
-- ``ivf``: ``faiss.IndexIVFFlat`` (inner product, ``nlist`` ~ 2 sqrt(m) lists trained on a sample, ``nprobe``
-  lists searched): approximate, for galleries of millions; ``benchmarks/bench_leakage.py`` measures its speed and
-  whether it finds the same answers as brute force.
+- ``ivf``: ``faiss.IndexIVFFlat`` (inner product, ``nlist`` lists, default ~2 sqrt(m), trained on a sample,
+  ``nprobe`` lists searched): approximate, no guarantee, for galleries of millions; ``benchmarks/bench_leakage.py``
+  measures its speed and whether it finds the same answers as brute force (docs/benchmarks.md: at 100K x 1M,
+  4,096 lists at nprobe 64 found them on both of its data sets, 28x faster than NumPy).
+
+Face embeddings are computed once per image content (and head box) and kept in the shared embedding cache
+(:func:`embed_faces`, :mod:`sameid.embedding_cache`), in batches written as they finish.
 
 An identity within cosine distance ``threshold`` of a real identity is removed (``real person``); of two
 synthetic identities within ``synthetic_threshold`` of each other, the one whose name sorts later is removed
@@ -26,7 +30,9 @@ identities' manifest, ``rejected.parquet`` (the input's rejections plus the remo
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -36,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import write_atomic, write_json_atomic, write_parquet_atomic
+from ..embedding_cache import EmbeddingCache, file_digest
 from ..errors import SameIdError
 from ..records import DATASET_SETTINGS_FILE, read_dataset_settings
 
@@ -48,8 +55,13 @@ DUPLICATE = "duplicate synthetic identity"
 NO_FACE = "no face to check"
 #: Queries per faiss call: bounds the (chunk x k) result arrays, and lets a long search be followed.
 _QUERY_CHUNK = 16384
+#: Images embedded between two writes to the embedding cache.
+EMBED_BATCH = 64
+#: The embedding cache of the command line (shared with ``sameid eval``).
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "sameid" / "embeddings"
 #: Removed identities listed in the card (all of them are in leakage.parquet).
 _CARD_ROWS = 50
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,8 +120,10 @@ def identity_embeddings(vectors: np.ndarray, identities, *, embedder: str = "", 
     return Gallery(_unit(sums, source or "identity means"), names, embedder, source)
 
 
-def build_index(vectors: np.ndarray, index: str = "flat", nprobe: int = DEFAULT_NPROBE, seed: int = 0):
-    """A faiss inner-product index over unit ``vectors`` (see the module doc for ``flat`` and ``ivf``)."""
+def build_index(vectors: np.ndarray, index: str = "flat", nprobe: int = DEFAULT_NPROBE, seed: int = 0,
+                nlist: int | None = None):
+    """A faiss inner-product index over unit ``vectors`` (see the module doc for ``flat`` and ``ivf``; ``nlist``:
+    the number of ivf lists, default ~2 sqrt(m), at most 4,096)."""
     import faiss
 
     if index not in INDEXES:
@@ -119,7 +133,10 @@ def build_index(vectors: np.ndarray, index: str = "flat", nprobe: int = DEFAULT_
         flat = faiss.IndexFlatIP(dim)
         flat.add(vectors)
         return flat
-    nlist = int(min(4096, max(16, 2 * math.sqrt(m))))
+    if nlist is not None and not 1 <= nlist <= m // 39:
+        raise SameIdError(f"{nlist} ivf lists for {m} vectors: faiss needs at least 39 training vectors per list; "
+                          f"use 1 to {max(1, m // 39)} lists")
+    nlist = int(nlist or min(4096, max(16, 2 * math.sqrt(m))))
     quantizer = faiss.IndexFlatIP(dim)
     ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     ivf.cp.niter = 10
@@ -147,7 +164,7 @@ def search(index, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarr
 
 def check_identities(synthetic: Gallery, real: Gallery, threshold: float = DEFAULT_THRESHOLD,
                      synthetic_threshold: float | None = None, index: str = "flat",
-                     nprobe: int = DEFAULT_NPROBE) -> pd.DataFrame:
+                     nprobe: int = DEFAULT_NPROBE, nlist: int | None = None) -> pd.DataFrame:
     """One row per synthetic identity (``synthetic.names`` order): ``identity``, ``nearest_real``,
     ``real_distance``, ``nearest_synthetic``, ``synthetic_distance``, ``removed``, ``why`` (see the module doc)."""
     synthetic_threshold = threshold if synthetic_threshold is None else synthetic_threshold
@@ -160,11 +177,13 @@ def check_identities(synthetic: Gallery, real: Gallery, threshold: float = DEFAU
     n = len(synthetic)
     real_distance, real_index = np.full(n, np.inf), np.full(n, -1)
     if len(real) and n:
-        d, i = search(build_index(real.vectors, index, nprobe), synthetic.vectors, 1)
+        d, i = search(build_index(real.vectors, index, nprobe,
+                                  nlist=nlist if nlist is None else min(nlist, len(real) // 39)), synthetic.vectors, 1)
         real_distance, real_index = d[:, 0], i[:, 0]
     synthetic_distance, synthetic_index = np.full(n, np.inf), np.full(n, -1)
     if n > 1:
-        d, i = search(build_index(synthetic.vectors, index, nprobe), synthetic.vectors, 2)
+        d, i = search(build_index(synthetic.vectors, index, nprobe,
+                                  nlist=nlist if nlist is None else min(nlist, n // 39)), synthetic.vectors, 2)
         # the nearest entry is normally the query itself; take the nearest that is not
         other = np.where(i[:, 0] == np.arange(n), 1, 0)
         synthetic_distance = d[np.arange(n), other]
@@ -197,18 +216,74 @@ def _names_at(names: np.ndarray, indices: np.ndarray) -> np.ndarray:
 # --- galleries from files ---------------------------------------------------------------------------------------
 
 
-def _embed_images(paths: list[str], boxes: list, embedder) -> tuple[np.ndarray, np.ndarray]:
-    """(rows with a face, their embeddings) for image files, each face inside its box when one is given."""
+def _cache_key(digest: str, box) -> str:
+    """The file's content hash, or with a box the hash of both: the same key :mod:`sameid.evaluate` gives a whole
+    image, so the two stages share cached face embeddings."""
+    if box is None:
+        return digest
+    return hashlib.sha256(f"{digest}\0box:{','.join(repr(float(v)) for v in box)}".encode()).hexdigest()
+
+
+def embed_faces(paths: list[str], boxes: list, embedder, cache: EmbeddingCache | None = None,
+                batch_size: int = EMBED_BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with a face, their embeddings) for image files, each face inside its box when one is given.
+
+    Each distinct content (and box) is embedded once: what ``cache`` (:class:`sameid.embedding_cache.EmbeddingCache`,
+    model ``face:<embedder spec>``, keyed by file content) already holds is read from it, the rest is loaded and
+    embedded ``batch_size`` images at a time, and each finished batch is written to the cache at once (a killed
+    run keeps it); a NaN row records "no face". A cached entry that is not a usable embedding is reported in one
+    warning line and computed again.
+    """
     from ..images import load_image
 
-    found, vectors = [], []
+    cache = cache or EmbeddingCache(None)
+    model = f"face:{getattr(embedder, 'spec', '') or type(embedder).__name__}"
+    keys = []
     for row, (path, box) in enumerate(zip(paths, boxes, strict=True)):
-        image, _ = load_image(path)
-        vector = embedder.embed(image, None if box is None else tuple(float(v) for v in box))
-        if vector is not None:
-            found.append(row)
-            vectors.append(np.asarray(vector, dtype=np.float32))
-    return np.asarray(found, dtype=np.int64), (np.stack(vectors) if vectors else np.zeros((0, 0), dtype=np.float32))
+        try:
+            keys.append(_cache_key(file_digest(path), box))
+        except OSError as error:
+            raise SameIdError(f"{path} (row {row}): cannot read the image ({error.strerror or error}); fix or "
+                              "remove the row") from None
+    known = cache.load(model)
+    width = int(getattr(embedder, "dim", 0) or 0)
+    for row, key in enumerate(keys):
+        if key not in known:
+            continue
+        vector = np.asarray(known[key], dtype=np.float32)
+        if vector.ndim == 1 and np.isnan(vector).all():
+            continue  # "no face", as recorded
+        if (vector.ndim != 1 or (width and len(vector) != width) or not np.isfinite(vector).all()
+                or not np.linalg.norm(vector)):
+            logger.warning("embedding cache entry for %s in %s is not a usable face embedding (shape %s); "
+                           "computing it again", paths[row], cache.path(model), vector.shape)
+            del known[key]
+    first: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        if key not in known:
+            first.setdefault(key, row)
+    todo = list(first)
+    for start in range(0, len(todo), max(1, batch_size)):
+        batch: dict[str, np.ndarray] = {}
+        for key in todo[start:start + max(1, batch_size)]:
+            row = first[key]
+            image, _ = load_image(paths[row])
+            box = boxes[row]
+            vector = embedder.embed(image, None if box is None else tuple(float(v) for v in box))
+            if vector is None:
+                batch[key] = None
+            else:
+                batch[key] = np.asarray(vector, dtype=np.float32)
+                width = width or len(batch[key])
+        rows = {k: (np.full(width or 1, np.nan, np.float32) if v is None else v) for k, v in batch.items()}
+        known.update(rows)
+        # one width per cache file: a "no face" row waits until the embedding width is known
+        cache.append(model, {k: v for k, v in rows.items() if width and len(v) == width})
+    if todo:
+        cache.compact(model)
+    found = [row for row, key in enumerate(keys) if not np.isnan(known[key]).all()]
+    vectors = np.stack([known[keys[row]] for row in found]) if found else np.zeros((0, 0), dtype=np.float32)
+    return np.asarray(found, dtype=np.int64), vectors
 
 
 def _box(value):
@@ -218,10 +293,12 @@ def _box(value):
     return box if len(box) == 4 else None
 
 
-def read_gallery(source: str | os.PathLike, embedder_spec: str = "dlib") -> Gallery:
+def read_gallery(source: str | os.PathLike, embedder_spec: str = "dlib",
+                 cache_dir: str | os.PathLike | None = None) -> Gallery:
     """Real identities from a dataset dir (``manifest.parquet``: its ``identity`` column, faces inside
     ``head_box``), a saved ``.npz`` gallery (:meth:`Gallery.save`), or a folder of images (``root/<identity>/...``
-    for nested images, the file name for images directly under the root)."""
+    for nested images, the file name for images directly under the root). Face embeddings are cached in
+    ``cache_dir`` (:func:`embed_faces`; None: nothing kept)."""
     from ..backends.registry import create_backend
     from ..sources._common import IMAGE_EXTENSIONS
 
@@ -236,14 +313,15 @@ def read_gallery(source: str | os.PathLike, embedder_spec: str = "dlib") -> Gall
         if not {"image", "identity"} <= set(frame.columns):
             raise SameIdError(f"{path / 'manifest.parquet'}: needs the columns image and identity")
         boxes = [_box(b) for b in frame["head_box"]] if "head_box" in frame else [None] * len(frame)
-        found, vectors = _embed_images(frame["image"].astype(str).tolist(), boxes, embedder)
+        found, vectors = embed_faces(frame["image"].astype(str).tolist(), boxes, embedder, EmbeddingCache(cache_dir))
         names = frame["identity"].astype(str).to_numpy()[found]
     else:
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise SameIdError(f"{path}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in the folder")
-        found, vectors = _embed_images([str(p) for p in files], [None] * len(files), embedder)
+        found, vectors = embed_faces([str(p) for p in files], [None] * len(files), embedder,
+                                     EmbeddingCache(cache_dir))
         names = np.array([p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1 else p.stem
                           for p in files])[found]
     if not len(found):
@@ -264,7 +342,9 @@ class LeakageConfig:
     face_embedder: str = "dlib"
     index: str = "flat"
     nprobe: int = DEFAULT_NPROBE
+    nlist: int | None = None  # ivf lists (None: ~2 sqrt(m), at most 4,096)
     save_real: str | None = None
+    cache_dir: str | None = None  # embedding cache (None: embed everything afresh, keep nothing)
 
     def checked(self) -> LeakageConfig:
         config = LeakageConfig(**asdict(self))
@@ -281,6 +361,8 @@ class LeakageConfig:
             raise SameIdError(f"unknown index {config.index!r}: choose one of {', '.join(INDEXES)}")
         if config.nprobe < 1:
             raise SameIdError(f"--nprobe must be at least 1, not {config.nprobe}")
+        if config.nlist is not None and config.nlist < 1:
+            raise SameIdError(f"--nlist must be at least 1, not {config.nlist}")
         for name, value in (("--threshold", config.threshold), ("--synthetic-threshold", config.synthetic_threshold)):
             if value is not None and not (np.isfinite(value) and 0.0 <= value < 2.0):
                 raise SameIdError(f"{name} must be a cosine distance in [0, 2), not {value!r}")
@@ -331,7 +413,7 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
     if "identity" not in manifest or "image" not in manifest:
         raise SameIdError(f"{synthetic_dir / 'manifest.parquet'}: needs the columns image and identity")
 
-    real = read_gallery(config.real, config.face_embedder)
+    real = read_gallery(config.real, config.face_embedder, config.cache_dir)
     if real.embedder and real.embedder != config.face_embedder:
         raise SameIdError(f"{config.real} holds {real.embedder!r} embeddings, but --face-embedder is "
                           f"{config.face_embedder!r}: use the same embedder for both")
@@ -339,14 +421,16 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
 
     embedder = create_backend("face_embedder", config.face_embedder)
     boxes = [_box(b) for b in manifest["head_box"]] if "head_box" in manifest else [None] * len(manifest)
-    found, vectors = _embed_images(manifest["image"].astype(str).tolist(), boxes, embedder)
+    found, vectors = embed_faces(manifest["image"].astype(str).tolist(), boxes, embedder,
+                                 EmbeddingCache(config.cache_dir))
     identities = manifest["identity"].astype(str).to_numpy()
     if len(found):
         synthetic = identity_embeddings(vectors, identities[found], embedder=config.face_embedder,
                                         source=str(synthetic_dir))
     else:
         synthetic = Gallery(np.zeros((0, real.vectors.shape[1]), dtype=np.float32), np.array([], dtype=str))
-    table = check_identities(synthetic, real, config.threshold, config.synthetic_threshold, config.index, config.nprobe)
+    table = check_identities(synthetic, real, config.threshold, config.synthetic_threshold, config.index, config.nprobe,
+                             config.nlist)
     faceless = sorted(set(identities) - set(synthetic.names.tolist()))
     if faceless:
         table = pd.concat([table, pd.DataFrame({"identity": faceless, "removed": True, "why": NO_FACE})],
@@ -374,7 +458,8 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
     removed_rows = table[table["removed"]]
     section = {
         "real": real.source or str(config.real), "n_real": len(real), "embedder": config.face_embedder,
-        "index": config.index if config.index == "flat" else f"ivf (nprobe {config.nprobe})",
+        "index": config.index if config.index == "flat" else
+        f"ivf (nprobe {config.nprobe}{'' if config.nlist is None else f', nlist {config.nlist}'})",
         "threshold": config.threshold,
         "synthetic_threshold": config.threshold if config.synthetic_threshold is None else config.synthetic_threshold,
         "n_identities": int(len(table)),
@@ -399,7 +484,7 @@ def run_leakage(config: LeakageConfig) -> LeakageResult:
     new_settings["leakage"] = {
         "synthetic": str(synthetic_dir.resolve()), "real": str(config.real), "threshold": config.threshold,
         "synthetic_threshold": section["synthetic_threshold"], "face_embedder": config.face_embedder,
-        "index": config.index, "nprobe": config.nprobe,
+        "index": config.index, "nprobe": config.nprobe, "nlist": config.nlist,
     }
     write_parquet_atomic(out / LEAKAGE_FILE, table)
     write_parquet_atomic(out / "manifest.parquet", kept)
