@@ -36,11 +36,25 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], Any], *, suffi
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); the finished file gets the mode a plain open() would give it
+        os.chmod(tmp, _PLAIN_FILE_MODE & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+_PLAIN_FILE_MODE = 0o666
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set back at once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
