@@ -168,6 +168,13 @@ def identities_of_default_world():
     return identities(settings.identities, settings.seed)
 
 
+def test_claim_refuses_a_missing_base_before_writing(tmp_path):
+    with pytest.raises(SameIdError, match="not a pretrained world base"):
+        run_claim(tmp_path / "claim", ClaimSettings(steps=1, seeds=(0,), base=str(tmp_path / "nowhere")),
+                  echo=lambda line: None)
+    assert not (tmp_path / "claim").exists()
+
+
 def test_claim_refuses_a_base_that_saw_a_held_out_identity(tmp_path):
     with pytest.raises(SameIdError, match="pretrained on .* of the held-out identities"):
         run_claim(tmp_path / "claim", ClaimSettings(steps=1, seeds=(0,), holdout_seed=1), echo=lambda line: None)

@@ -274,6 +274,8 @@ def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, ech
 
     start = time.time()
     out = Path(out)
+    if settings.pretrain is None:  # a missing or damaged base is refused before anything is written
+        base_record(settings.base if settings.base is not None else shipped_world_base())
     world = make_world(out / "world", settings.world)
     manifest = pd.read_parquet(world / "manifest.parquet")
     held = held_out(manifest, settings)
