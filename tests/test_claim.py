@@ -222,3 +222,13 @@ def test_claim_resumes_from_what_a_killed_run_left(claim):  # last: it re-makes 
     assert (out / "runs" / "same-seed0" / "model").is_dir()
     assert not any("training retrinet -b" in line for line in lines)  # the finished -b run was reused
     assert list(again.table["model"]) == [UNTRAINED, "same", "identity"]
+
+
+def test_world_base_command_checks_its_settings_before_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from sameid.cli import app
+
+    result = CliRunner().invoke(app, ["experiment", "world-base", "--out", str(tmp_path / "base"), "--steps", "0"])
+    assert result.exit_code == 2 and "steps" in result.output
+    assert not any(tmp_path.iterdir())

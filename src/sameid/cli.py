@@ -782,11 +782,14 @@ def experiment_world_base(
     from .demo.world_base import BaseSettings, pretrain_world_base
     from .sources.world import WorldSettings, make_world
 
+    settings = BaseSettings(steps=steps)  # checked before anything is written
+    if world is not None and not (world / "manifest.parquet").is_file():
+        raise SameIdError(f"--world {world}: no manifest.parquet; write a world with sameid.sources.world.make_world "
+                          "or leave --world out")
     folder = world if world is not None else make_world(out.with_name(out.name + ".world"), WorldSettings())
     manifest = pd.read_parquet(folder / "manifest.parquet")
     held = held_out(manifest, ClaimSettings(holdout_seed=holdout_seed))
-    result = pretrain_world_base(folder, out, BaseSettings(steps=steps), seed=seed, exclude=held,
-                                 echo=typer.echo, log_every=250)
+    result = pretrain_world_base(folder, out, settings, seed=seed, exclude=held, echo=typer.echo, log_every=250)
     typer.echo(f"{'reused' if result.reused else 'pretrained'} {result.path}: loss {result.losses[0]:.4f} -> "
                f"{result.losses[-1]:.4f} ({result.seconds:.0f} s); held out: {', '.join(held)}")
 
