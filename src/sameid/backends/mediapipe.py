@@ -81,7 +81,12 @@ def _shared_graph(key: tuple, build) -> _SharedGraph:
         if shared is None:
             with native_stderr_silenced():
                 graph = build()
+                # The graph's calculators open on their own threads once it starts, and TensorFlow Lite prints
+                # then, possibly after build() has returned: fd 2 stays silenced until a first (blank) frame has
+                # gone through, or a loaded machine lets the line out between two silenced blocks.
+                graph.process(np.zeros((64, 64, 3), dtype=np.uint8))
             shared = _graphs[key] = _SharedGraph(graph)
+            shared.started = True
         return shared
 
 
