@@ -250,7 +250,7 @@ class MultiSubjectDenoiser(ReferenceConditionedDenoiser):
             branches.append(branch)
             branch_tokens.append(own)
             keys.append(key)
-            present.append(has.to(dtype)[:, None, None])
+            present.append(None if bool(has.all()) else has.to(dtype)[:, None, None])
             regions.append(region)
         return SubjectContext(branch_tokens, branches, keys, present, regions, float(reference_scale))
 

@@ -43,8 +43,9 @@ class SubjectContext:
     """What every ``attn2`` of one forward reads, per active branch: ``tokens[b]`` (B, S_b, D), the tokens the
     branch may attend to (its own subject's reference slots, gathered; or every slot); ``keys[b]`` (B, 1, 1, S_b)
     bool (which of them it attends to; all True for an example that has none, whose output ``present`` then
-    zeroes), or None for all of them; ``present[b]`` (B, 1, 1); ``branches``: the branch index of each active
-    branch; ``regions``: per active branch a (B, 1, H, W) mask or None; ``scale``: the reference scale."""
+    zeroes), or None for all of them; ``present[b]`` (B, 1, 1), or None when every example has the branch's
+    subject(s); ``branches``: the branch index of each active branch; ``regions``: per active branch a
+    (B, 1, H, W) mask or None; ``scale``: the reference scale."""
 
     tokens: list[torch.Tensor]
     branches: list[int]
@@ -149,11 +150,13 @@ class SubjectAttnProcessor(nn.Module):
             out = F.scaled_dot_product_attention(query, subject_key, subject_value.transpose(1, 2),
                                                  attn_mask=context.keys[position], dropout_p=0.0, is_causal=False)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-            out = self.to_out_subject[branch](out) * context.present[position].to(out.dtype)
+            out = self.to_out_subject[branch](out)
+            if context.present[position] is not None:
+                out = out * context.present[position].to(out.dtype)
             region = context.region(position, length)
             if region is not None:
                 out = out * region
-            hidden = hidden + context.scale * out
+            hidden = hidden + (out if context.scale == 1 else context.scale * out)
         if attn.residual_connection:
             hidden = hidden + residual
         return hidden / attn.rescale_output_factor
