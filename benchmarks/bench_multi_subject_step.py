@@ -26,6 +26,9 @@ minus the allocation before them (the absolute peak too); CPU: peak RSS (reset p
     python benchmarks/bench_multi_subject_step.py --shape sd15 --device cuda --subjects 2 \\
         --json benchmarks/results/multi-subject-step-gpu.json     # 512 px, bf16, batch 4 (defaults for sd15)
     python benchmarks/bench_multi_subject_step.py --quick
+
+``--masked`` times the earlier attention (every branch over all N x T reference tokens under a key mask) instead
+of each branch over its own gathered tokens: the same result, for a before/after comparison in one setting.
 """
 
 from __future__ import annotations
@@ -94,7 +97,9 @@ def face_cost(resolution: int) -> dict:
             "numpy": np.__version__}
 
 
-def run(shape, subject_counts: list[int], per_subject: int, shared: bool, lock: str) -> dict:
+def run(shape, subject_counts: list[int], per_subject: int, shared: bool, lock: str, masked: bool = False) -> dict:
+    import functools
+
     import torch
 
     from sameid.train.loop import denoising_loss
@@ -103,6 +108,8 @@ def run(shape, subject_counts: list[int], per_subject: int, shared: bool, lock: 
     weight_dtype = torch.bfloat16 if shape.precision == "bf16" else torch.float32
     start = time.perf_counter()
     model = build_model(shape, max(subject_counts), shared, device)
+    if masked:  # the earlier attention: every branch over all N x T tokens under a key mask (same result)
+        model.subject_context = functools.partial(model.subject_context, gather=False)
     trainable = model.set_trainable(lock)
     if shape.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -170,6 +177,9 @@ def main(argv=None) -> int:
     parser.add_argument("--references-per-subject", type=int, default=2)
     parser.add_argument("--shared", action="store_true", help="the shared-attention ablation instead")
     parser.add_argument("--lock", default="full", choices=("full", "lockd", "lockb"))
+    parser.add_argument("--masked", action="store_true",
+                        help="the earlier attention: every branch over all N x T tokens under a key mask, instead "
+                             "of its own gathered tokens (the same result; for a before/after comparison)")
     for name in ("batch-size", "resolution", "steps", "warmup", "rounds"):
         parser.add_argument(f"--{name}", type=int)
     parser.add_argument("--precision", choices=("fp32", "bf16"))
@@ -205,10 +215,11 @@ def main(argv=None) -> int:
     at_start = {"load_average_at_start": list(os.getloadavg())} if hasattr(os, "getloadavg") else {}
     print(f"shape {shape.name}: {shape.resolution} px, batch {shape.batch_size}, {shape.precision}, {shape.device}, "
           f"K in {subject_counts} x {args.references_per_subject} references, "
-          f"{'shared' if args.shared else 'separate'} attention, lock {args.lock}; "
+          f"{'shared' if args.shared else 'separate'} attention"
+          f"{' (masked over all tokens)' if args.masked else ''}, lock {args.lock}; "
           f"{shape.rounds} round(s) x ({shape.warmup} warm-up + {shape.steps} timed) steps per arm")
     begin = time.perf_counter()
-    section = run(shape, subject_counts, args.references_per_subject, args.shared, args.lock)
+    section = run(shape, subject_counts, args.references_per_subject, args.shared, args.lock, args.masked)
     for name, entry in section["arms"].items():
         extra = "".join(f", {key} {entry[key]:.3f}" for key in entry if key.startswith("ratio") and entry[key])
         print(f"{name} (N={entry['references']}): median {entry['step_s_median']:.4f} s, "
@@ -217,7 +228,8 @@ def main(argv=None) -> int:
               "machine": {**base.machine_info(shape.device, args.threads), **at_start},
               "configuration": {**asdict(shape), "subjects": subject_counts,
                                 "references_per_subject": args.references_per_subject, "shared": args.shared,
-                                "lock": args.lock, "global_encoder": "CLIP-like of the shape",
+                                "lock": args.lock, "branch_tokens": "all, masked" if args.masked else "gathered",
+                                "global_encoder": "CLIP-like of the shape",
                                 "face_feature_dim": FACE_DIM},
               "seconds": time.perf_counter() - begin, **section}
     if args.face_cost:
@@ -234,7 +246,7 @@ def main(argv=None) -> int:
 
             document = json.loads(args.json.read_text())
         name = args.section or (f"{shape.name}-{shape.device}-{'shared' if args.shared else 'separate'}"
-                                + ("-quick" if args.quick else ""))
+                                + ("-masked" if args.masked else "") + ("-quick" if args.quick else ""))
         document[name] = result
         write_json_atomic(args.json, document, sort_keys=False)
         print(f"wrote section {name!r} of {args.json}")

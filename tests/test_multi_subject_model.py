@@ -148,6 +148,69 @@ def test_region_masks_confine_a_subject_to_its_region(sd15_unet, encoder):
         assert torch.equal(model(noisy, timesteps, text, everywhere), model(noisy, timesteps, text, refs))
 
 
+GATHER_CASES = {
+    # Row 0: two references each; row 1: subjects interleaved, one of subject 0's dropped (a shorter row);
+    # row 2: subject 1's only reference dropped (the row has none of it).
+    2: ([[0, 0, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1]],
+        [[True] * 4, [True, False, True, True], [True, True, True, False]]),
+    # Row 1: subjects 1 and 0 each lose a reference; row 2: no subject 2 at all, one of subject 0's dropped.
+    3: ([[0, 0, 1, 1, 2, 2], [2, 1, 0, 2, 1, 0], [0, 1, 0, 1, 0, 1]],
+        [[True] * 6, [True, False, True, True, True, False], [True, True, False, True, True, True]]),
+}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
+@pytest.mark.parametrize("subjects", [2, 3])
+def test_gathered_branch_tokens_equal_the_masked_all_tokens_attention(subjects, shared, sd15_unet, encoder):
+    """Each branch attending to its own gathered tokens gives what attending to all N x T tokens under a key mask
+    gives: per processor and through the whole U-Net, with padded and dropped references."""
+    model = awake(make_model(sd15_unet, encoder, num_subjects=subjects, shared_attention=shared))
+    layout, valid = GATHER_CASES[subjects]
+    refs = references(batch=3, count=len(layout[0]), subjects=layout, valid=torch.tensor(valid))
+    with torch.no_grad():
+        gathered = model.subject_context(refs, 1.0, torch.float32)
+        masked = model.subject_context(refs, 1.0, torch.float32, gather=False)
+    assert gathered.branches == masked.branches == ([0] if shared else list(range(subjects)))
+    per_slot = masked.tokens[0].shape[1] // len(layout[0])
+    # A branch reads as many slots as the row with the most valid references of its subject(s) has.
+    most = [max(sum(ok and (shared or k == branch) for k, ok in zip(row, row_valid))
+                for row, row_valid in zip(layout, valid)) for branch in gathered.branches]
+    assert [tokens.shape[1] for tokens in gathered.tokens] == [m * per_slot for m in most]
+    if not shared:
+        assert max(most) < len(layout[0])  # a separate branch reads fewer tokens than every slot's
+    assert any(key is not None for key in gathered.keys)  # rows with fewer references: padded keys masked out
+    generator = torch.Generator().manual_seed(5)
+    text = torch.randn(3, 77, 32, generator=generator)
+    for name, processor in model.subject_processors().items():
+        attn = model.unet.get_submodule(name.removesuffix(".processor"))
+        hidden = torch.randn(3, 16, attn.to_q.in_features, generator=generator)
+        with torch.no_grad():
+            new = processor(attn, hidden, (text, gathered))
+            old = processor(attn, hidden, (text, masked))
+        assert (new - processor(attn, hidden, text)).abs().max() > 1e-3  # the branches add something
+        torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
+    noisy = torch.randn(3, 4, 16, 16, generator=generator)
+    timesteps = torch.tensor([10, 400, 700])
+    with torch.no_grad():
+        new = model.unet(noisy, timesteps, (text, gathered)).sample
+        old = model.unet(noisy, timesteps, (text, masked)).sample
+    torch.testing.assert_close(new, old, atol=1e-5, rtol=0)
+
+
+def test_gathered_tokens_need_no_mask_when_rows_agree(sd15_unet, encoder):
+    model = make_model(sd15_unet, encoder, num_subjects=3)
+    refs = references(batch=2, count=6, subjects=[[0, 0, 1, 1, 2, 2], [2, 0, 1, 0, 2, 1]])
+    with torch.no_grad():
+        context = model.subject_context(refs, 1.0, torch.float32)
+        masked = model.subject_context(refs, 1.0, torch.float32, gather=False)
+    assert context.keys == [None, None, None]  # every row has two references of each subject
+    assert [tokens.shape[1] for tokens in context.tokens] == [masked.tokens[0].shape[1] // 3] * 3
+    # Each branch's tokens are its subject's slots, in slot order.
+    per_slot = masked.tokens[0].shape[1] // 6
+    slots = masked.tokens[0].unflatten(1, (6, per_slot))
+    torch.testing.assert_close(context.tokens[2][1], slots[1, [0, 4]].flatten(0, 1), atol=0, rtol=0)
+
+
 def test_bad_inputs_are_one_line_errors(sd15_unet, encoder):
     noisy, timesteps, text, _ = inputs(sd15_unet)
     model = make_model(sd15_unet, encoder)

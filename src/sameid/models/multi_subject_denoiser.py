@@ -53,6 +53,24 @@ from .subject_conditioning import face_feature_dim as known_face_feature_dim
 DEFAULT_FACE_EMBEDDER = "dlib"
 
 
+def gather_slots(slot_tokens: torch.Tensor, selected: torch.Tensor,
+                 has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One branch's own tokens: ``slot_tokens`` (B, N, T, D), ``selected`` (B, N) bool (the slots the branch
+    reads), ``has`` = ``selected.any(1)``. Returns (B, S x T, D), the selected slots first in slot order, S the
+    most any row selects, and the key mask (B, 1, 1, S x T) bool (all True for a row without any, whose output
+    is zeroed) or None when every key is kept."""
+    batch, count, per_slot, width = slot_tokens.shape
+    if bool(selected.all()):
+        return slot_tokens.reshape(batch, count * per_slot, width), None
+    counts = selected.sum(dim=1)
+    most = int(counts.max())
+    order = torch.sort((~selected).to(torch.int16), dim=1, stable=True).indices[:, :most]  # selected first
+    own = slot_tokens[torch.arange(batch, device=order.device)[:, None], order]  # (B, S, T, D)
+    key = (torch.arange(most, device=counts.device)[None] < counts[:, None]) | ~has[:, None]
+    key = None if bool(key.all()) else key.repeat_interleave(per_slot, dim=1)[:, None, None, :]
+    return own.reshape(batch, most * per_slot, width), key
+
+
 class MultiSubjectDenoiser(ReferenceConditionedDenoiser):
     """Separate (or shared) per-subject cross-attention over subject-augmented tokens (module doc).
 
@@ -176,8 +194,13 @@ class MultiSubjectDenoiser(ReferenceConditionedDenoiser):
         return dataclasses.replace(references, face_embeds=embeds.to(references.pixels.device))
 
     # -- forward -------------------------------------------------------------------------------------------------
-    def subject_context(self, references: ReferenceInputs, reference_scale: float, dtype) -> SubjectContext | None:
-        """The tokens and per-branch key masks of one forward (None: no real reference, the plain U-Net)."""
+    def subject_context(self, references: ReferenceInputs, reference_scale: float, dtype,
+                        gather: bool = True) -> SubjectContext | None:
+        """The tokens and per-branch key masks of one forward (None: no real reference, the plain U-Net).
+        ``gather``: each branch gets only its own reference slots' tokens (the slots a branch reads, in slot
+        order, padded to the most any row has, a key mask only when rows differ), so its attention does not grow
+        with the number of subjects; False: every branch gets all N slots' tokens and a key mask (the same
+        result, computed over all the tokens)."""
         rows, slots, _ = valid_pairs(references)
         if not rows.numel():
             return None
@@ -193,8 +216,8 @@ class MultiSubjectDenoiser(ReferenceConditionedDenoiser):
             faces = references.face_embeds.to(device)[rows, slots]
         pair_tokens = self.projector(pair_features, faces).to(dtype)  # (M, T, D)
         per_slot, width = pair_tokens.shape[1], pair_tokens.shape[2]
-        tokens = pair_tokens.new_zeros(batch, count, per_slot, width).index_put((rows, slots), pair_tokens)
-        tokens = tokens.reshape(batch, count * per_slot, width)
+        slot_tokens = pair_tokens.new_zeros(batch, count, per_slot, width).index_put((rows, slots), pair_tokens)
+        tokens = slot_tokens.reshape(batch, count * per_slot, width)
 
         valid = torch.zeros(batch, count, dtype=torch.bool, device=device)
         valid[rows, slots] = True
@@ -215,17 +238,21 @@ class MultiSubjectDenoiser(ReferenceConditionedDenoiser):
         selections = ([(0, valid, None if masks is None else masks.amax(dim=1))] if self.shared_attention else
                       [(k, valid & (subjects == k), None if masks is None or k >= masks.shape[1] else masks[:, k])
                        for k in range(self.num_subjects)])
-        branches, keys, present, regions = [], [], [], []
+        branches, branch_tokens, keys, present, regions = [], [], [], [], []
         for branch, selected, region in selections:
             has = selected.any(dim=1)
             if not bool(has.any()):
                 continue  # nobody in the batch has this subject: the branch adds nothing, so skip it
-            key = (selected | ~has[:, None]).repeat_interleave(per_slot, dim=1)
+            if not gather:
+                own, key = tokens, (selected | ~has[:, None]).repeat_interleave(per_slot, dim=1)[:, None, None, :]
+            else:
+                own, key = gather_slots(slot_tokens, selected, has)
             branches.append(branch)
-            keys.append(key[:, None, None, :])
-            present.append(has.to(dtype)[:, None, None])
+            branch_tokens.append(own)
+            keys.append(key)
+            present.append(None if bool(has.all()) else has.to(dtype)[:, None, None])
             regions.append(region)
-        return SubjectContext(tokens, branches, keys, present, regions, float(reference_scale))
+        return SubjectContext(branch_tokens, branches, keys, present, regions, float(reference_scale))
 
     def forward(self, noisy_latents, timesteps, encoder_hidden_states, references: ReferenceInputs,
                 reference_scale: float = 1.0, added_cond_kwargs: dict | None = None) -> torch.Tensor:

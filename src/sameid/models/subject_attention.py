@@ -9,8 +9,11 @@ to_k_b(tokens), to_v_b(tokens)))`` over the tokens of its subject's references. 
 value projections (initialised as copies of the text ``to_k`` / ``to_v``, as IP-Adapter does) and its own
 zero-initialised output projection, so an untrained model is the base U-Net exactly.
 
-* **separate** (``branches`` = K): branch k attends only to the tokens of subject k's references (a key mask),
-  so no softmax mixes two identities.
+* **separate** (``branches`` = K): branch k attends only to the tokens of subject k's references, so no softmax
+  mixes two identities. The denoiser gathers each branch's own tokens once per forward (a key mask only where
+  rows hold different numbers of that subject's references), so a branch's cost does not grow with the number
+  of subjects; :meth:`~sameid.models.multi_subject_denoiser.MultiSubjectDenoiser.subject_context` with
+  ``gather=False`` gives the equivalent all-tokens-plus-mask context instead (the reference the tests compare to).
 * **shared** (``branches`` = 1): one branch attends to the tokens of every subject at once, one softmax: the
   paper's ablation.
 
@@ -37,15 +40,16 @@ from ..errors import SameIdError
 
 @dataclass
 class SubjectContext:
-    """What every ``attn2`` of one forward reads. ``tokens``: (B, S, D), the tokens of all reference slots
-    (invalid slots included, masked out); per active branch, ``keys[b]`` (B, 1, 1, S) bool (which tokens the
-    branch attends to; all True for an example that has none, whose output ``present`` then zeroes) and
-    ``present[b]`` (B, 1, 1); ``branches``: the branch index of each active branch; ``regions``: per active
-    branch a (B, 1, H, W) mask or None; ``scale``: the reference scale."""
+    """What every ``attn2`` of one forward reads, per active branch: ``tokens[b]`` (B, S_b, D), the tokens the
+    branch may attend to (its own subject's reference slots, gathered; or every slot); ``keys[b]`` (B, 1, 1, S_b)
+    bool (which of them it attends to; all True for an example that has none, whose output ``present`` then
+    zeroes), or None for all of them; ``present[b]`` (B, 1, 1), or None when every example has the branch's
+    subject(s); ``branches``: the branch index of each active branch; ``regions``: per active branch a
+    (B, 1, H, W) mask or None; ``scale``: the reference scale."""
 
-    tokens: torch.Tensor
+    tokens: list[torch.Tensor]
     branches: list[int]
-    keys: list[torch.Tensor]
+    keys: list[torch.Tensor | None]
     present: list[torch.Tensor]
     regions: list[torch.Tensor | None]
     scale: float = 1.0
@@ -65,7 +69,7 @@ class SubjectContext:
                 raise SameIdError(f"region masks of {height}x{width} do not fit a layer of {length} positions: give "
                                   "masks with the generated image's aspect ratio")
             resized = F.adaptive_avg_pool2d(mask.float(), (rows, cols))
-            self._region_cache[key] = resized.flatten(1).unsqueeze(-1).to(self.tokens.dtype)
+            self._region_cache[key] = resized.flatten(1).unsqueeze(-1).to(self.tokens[position].dtype)
         return self._region_cache[key]
 
 
@@ -136,21 +140,23 @@ class SubjectAttnProcessor(nn.Module):
         hidden = attn.to_out[0](hidden)
         hidden = attn.to_out[1](hidden)
 
-        tokens = context.tokens.to(query.dtype)
         length = hidden.shape[1]
         for position, branch in enumerate(context.branches):
             if branch >= self.branches:
                 raise SameIdError(f"subject branch {branch} does not exist: this model has {self.branches}")
+            tokens = context.tokens[position].to(query.dtype)
             subject_key = self.to_k_subject[branch](tokens).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             subject_value = self.to_v_subject[branch](tokens).view(batch_size, -1, attn.heads, head_dim)
             out = F.scaled_dot_product_attention(query, subject_key, subject_value.transpose(1, 2),
                                                  attn_mask=context.keys[position], dropout_p=0.0, is_causal=False)
             out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-            out = self.to_out_subject[branch](out) * context.present[position].to(out.dtype)
+            out = self.to_out_subject[branch](out)
+            if context.present[position] is not None:
+                out = out * context.present[position].to(out.dtype)
             region = context.region(position, length)
             if region is not None:
                 out = out * region
-            hidden = hidden + context.scale * out
+            hidden = hidden + (out if context.scale == 1 else context.scale * out)
         if attn.residual_connection:
             hidden = hidden + residual
         return hidden / attn.rescale_output_factor
