@@ -13,6 +13,7 @@ from sameid.demo.world_base import (
     BASE_FILE,
     BaseSettings,
     base_record,
+    figure_masks,
     pretrain_world_base,
     shipped_world_base,
 )
@@ -102,6 +103,11 @@ def test_world_base_is_saved_whole_reused_and_refused_with_other_settings(world,
     assert not first.reused and len(first.losses) == 3 and np.isfinite(first.losses).all()
     record = pd.read_json(tmp_path / "base" / BASE_FILE, typ="series")
     assert record["images"] == 32  # 10 identities x 4 images, less the 2 held out
+    # equation 3's second term weighs the figure: its mask is every pixel that is not the background colour
+    masks = figure_masks(frame.iloc[:4], world)
+    assert masks.shape == (4, 1, 32, 32) and 0.03 < float(masks.mean()) < 0.5
+    for mask, row in zip(masks, frame.iloc[:4].itertuples()):
+        assert measure(Image.open(world / row.image)).figure_pixels == int(mask.sum())
     components = load_components(tmp_path / "base")
     assert isinstance(components.vae, PixelAutoencoder)
     # the U-Net and the text encoder were trained: they differ from the random world base of the same seed

@@ -96,6 +96,7 @@ class BaseSettings:
     full_caption_rate: float = 0.7
     caption_drop: float = 0.1
     train_text_encoder: bool = True
+    figure_loss_weight: float = 4.0  # equation 3's lambda with the figure's pixels as its mask (0: plain MSE)
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.learning_rate <= 0:
@@ -129,6 +130,16 @@ def _encode(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
     tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
                        return_tensors="pt")
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
+def figure_masks(frame: pd.DataFrame, world: str | Path) -> torch.Tensor:
+    """(N, 1, H, W) float masks of the figures of the world manifest's rows: every pixel that is not the row's
+    background colour (exact: a world image is its background and one figure)."""
+    masks = []
+    for path, background in zip(frame["image"], frame["background"]):
+        pixels = np.asarray(Image.open(Path(world) / path).convert("RGB"), dtype=np.int32)
+        masks.append(np.abs(pixels - np.asarray(BACKGROUNDS[background])).sum(axis=-1) > 0)
+    return torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
 
 
 def world_captions(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -187,7 +198,7 @@ def pretrain_world_base(world: str | Path, out: str | Path, settings: BaseSettin
     with torch.no_grad():
         latents_all = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
     ones = torch.ones(settings.batch_size, 1, pixels.shape[2], pixels.shape[3])
-    zeros = torch.zeros_like(ones)
+    figures = figure_masks(frame, world)
     losses: list[float] = []
     for step in range(settings.steps):
         generator = step_generator(seed, step)
@@ -197,7 +208,7 @@ def pretrain_world_base(world: str | Path, out: str | Path, settings: BaseSettin
                     "" if u >= 1 - settings.caption_drop else layout_only[r] for r, u in zip(rows, draws)]
         prompt_embeds = _encode(text_encoder, components.tokenizer, captions)
         loss = denoising_loss(model, components.noise_scheduler, latents_all[rows], prompt_embeds, None,
-                              ones, zeros, generator, face_loss_weight=0.0).total
+                              ones, figures[rows], generator, face_loss_weight=settings.figure_loss_weight).total
         if not torch.isfinite(loss):
             raise SameIdError(f"world base: the loss is {float(loss)} at step {step + 1}; lower learning_rate")
         loss.backward()
