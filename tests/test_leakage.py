@@ -11,9 +11,10 @@ import matplotlib.cbook
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 from typer.testing import CliRunner
 
+from photo_fixtures import photo_variants
 from sameid.errors import SameIdError
 from sameid.synth.leakage import (
     DUPLICATE,
@@ -200,18 +201,6 @@ def test_a_corrupt_face_cache_is_recomputed_with_one_warning(coloured, tmp_path,
 # --- end to end on real photos ---------------------------------------------------------------------------------------
 
 
-def _variants(image, count, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        variant = ImageOps.mirror(image) if i % 2 else image.copy()
-        variant = ImageEnhance.Contrast(variant).enhance(float(rng.uniform(0.8, 1.2)))
-        w, h = variant.size
-        dx, dy = int(rng.integers(0, w // 12)), int(rng.integers(0, h // 12))
-        out.append(variant.crop((dx, dy, w - dx, h - dy)).rotate(float(rng.uniform(-5, 5)), fillcolor=(128, 128, 128)))
-    return out
-
-
 @pytest.fixture(scope="module")
 def synthetic_dataset(tmp_path_factory):
     """A dataset dir of three "synthetic" identities: ``synth_copy`` is the astronaut (planted: a real person),
@@ -224,7 +213,7 @@ def synthetic_dataset(tmp_path_factory):
     hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
     for name, image, seed in (("synth_copy", astronaut, 1), ("synth_b", hopper, 2), ("synth_c", hopper, 3)):
         (root / "faces" / name).mkdir(parents=True)
-        for i, variant in enumerate(_variants(image, 3, seed)):
+        for i, variant in enumerate(photo_variants(image, 3, seed)):
             variant.save(root / "faces" / name / f"{i}.jpg", quality=92)
     (root / "real" / "eileen_collins").mkdir(parents=True)
     astronaut.save(root / "real" / "eileen_collins" / "portrait.png")

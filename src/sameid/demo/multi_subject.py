@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SameIdError
-from .run import prepare_demo_folder, summary_lines
+from .run import DemoResult, prepare_demo_folder, summary_lines
 
 #: The most subjects one image of the bundled sample shows (its ``two_subjects`` drawings; the one three-figure post
 #: is a planted reject, tagged with two characters).
@@ -76,15 +76,8 @@ class MultiSubjectDemoSettings:
 
 
 @dataclass
-class MultiSubjectDemoResult:
-    out: Path
-    dataset: Path
-    run: Path
-    generations: Path
-    report: Path
-    summary: dict
-    pairs: list[str]  # the generated subjects, "a&b"
-    lines: list[str] = field(default_factory=list)
+class MultiSubjectDemoResult(DemoResult):
+    pairs: list[str] = field(default_factory=list)  # the generated subjects, "a&b"
 
 
 def held_out_pairs(manifest, count: int, seed: int = 0, subjects: int = 2) -> list[list[str]]:
@@ -228,6 +221,6 @@ def run_multi_subject_demo(out: str | os.PathLike, settings: MultiSubjectDemoSet
     summary = write_report(evaluation.per_image, out / "eval", manifest=str(generations),
                            resamples=settings.bootstrap, notes=[note[0].upper() + note[1:] + "."])
     result = MultiSubjectDemoResult(out, dataset, trained.run_dir, generations, out / "eval" / "report.html",
-                                    summary, identities)
+                                    summary, pairs=identities)
     result.lines = [*summary_lines(summary), f"  (note: {note})"]
     return result
