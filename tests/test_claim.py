@@ -104,7 +104,8 @@ def test_world_base_is_saved_whole_reused_and_refused_with_other_settings(world,
     record = pd.read_json(tmp_path / "base" / BASE_FILE, typ="series")
     assert record["images"] == 32  # 10 identities x 4 images, less the 2 held out
     # equation 3's second term weighs the figure: its mask is every pixel that is not the background colour
-    masks = figure_masks(frame.iloc[:4], world)
+    images = np.stack([np.asarray(Image.open(world / path).convert("RGB")) for path in frame["image"][:4]])
+    masks = figure_masks(images, frame["background"][:4])
     assert masks.shape == (4, 1, 32, 32) and 0.03 < float(masks.mean()) < 0.5
     for mask, row in zip(masks, frame.iloc[:4].itertuples()):
         assert measure(Image.open(world / row.image)).figure_pixels == int(mask.sum())
@@ -179,6 +180,15 @@ def test_claim_refuses_a_missing_base_before_writing(tmp_path):
         run_claim(tmp_path / "claim", ClaimSettings(steps=1, seeds=(0,), base=str(tmp_path / "nowhere")),
                   echo=lambda line: None)
     assert not (tmp_path / "claim").exists()
+
+
+@pytest.mark.slow
+def test_claim_refuses_a_folder_made_with_other_settings(claim):
+    before = sorted(p.name for p in (claim.out / "runs").iterdir())
+    with pytest.raises(SameIdError, match="other settings .*steps"):
+        run_claim(claim.out, ClaimSettings(steps=3, seeds=(0,), holdout_identities=2, prompts_per_subject=2,
+                                           inference_steps=4, bootstrap=50), echo=lambda line: None)
+    assert sorted(p.name for p in (claim.out / "runs").iterdir()) == before
 
 
 def test_claim_refuses_a_base_that_saw_a_held_out_identity(tmp_path):

@@ -263,6 +263,24 @@ def _generations(out: Path, world: Path, plan: pd.DataFrame, name: str, seed: in
         "prompt": plan["prompt"].to_list(), "subject": plan["subject"].to_list(), "model": name, "seed": seed})
 
 
+CLAIM_FILE = "claim.json"  # the settings a run folder's models and images were made with
+
+
+def _check_and_record_settings(out: Path, settings: ClaimSettings) -> None:
+    """A re-run resumes only what was made with the same settings (seeds may differ: each seed has its own runs and
+    images); a folder made with others is refused before anything is written, so no model is silently reused."""
+    record = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k not in ("seeds", "bootstrap")}))
+    path = out / CLAIM_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in record.keys() | saved.keys() if record.get(k) != saved.get(k))
+        if changed:
+            raise SameIdError(f"{out} holds a claim experiment made with other settings ({', '.join(changed)}); "
+                              "choose another --out, or remove that folder to start again")
+        return
+    write_json_atomic(path, record, sort_keys=False)
+
+
 def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, echo=print,
               progress: bool | None = None) -> ClaimResult:
     """Run the experiment into ``out`` (world/, runs/<mode>-seed<k>/, images/, generations.jsonl, eval/,
@@ -276,6 +294,7 @@ def run_claim(out: str | Path, settings: ClaimSettings = ClaimSettings(), *, ech
     out = Path(out)
     if settings.pretrain is None:  # a missing or damaged base is refused before anything is written
         base_record(settings.base if settings.base is not None else shipped_world_base())
+    _check_and_record_settings(out, settings)
     world = make_world(out / "world", settings.world)
     manifest = pd.read_parquet(world / "manifest.parquet")
     held = held_out(manifest, settings)

@@ -29,7 +29,7 @@ from ..generate.prompts import DEFAULT_PROMPTS as DEMO_PROMPTS
 
 DEMO_MARKER = ".sameid-demo"
 #: Everything a demo writes into its folder (both routes); with the marker, a re-run replaces exactly these.
-DEMO_OUTPUTS = ("audit.json", "world", "runs", "images", "generations.jsonl", "eval", "table.md", "table.json",
+DEMO_OUTPUTS = ("audit.json", "claim.json", "world", "runs", "images", "generations.jsonl", "eval", "table.md", "table.json",
                 "side_by_side.png", "run", "generations")
 
 

@@ -132,14 +132,13 @@ def _encode(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
-def figure_masks(frame: pd.DataFrame, world: str | Path) -> torch.Tensor:
-    """(N, 1, H, W) float masks of the figures of the world manifest's rows: every pixel that is not the row's
-    background colour (exact: a world image is its background and one figure)."""
-    masks = []
-    for path, background in zip(frame["image"], frame["background"]):
-        pixels = np.asarray(Image.open(Path(world) / path).convert("RGB"), dtype=np.int32)
-        masks.append(np.abs(pixels - np.asarray(BACKGROUNDS[background])).sum(axis=-1) > 0)
-    return torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]
+def figure_masks(images: np.ndarray, backgrounds) -> torch.Tensor:
+    """(N, 1, H, W) float masks of the figures in world images ((N, H, W, 3) uint8) drawn on ``backgrounds`` (their
+    background names): every pixel that is not the background colour (exact: a world image is its background and
+    one figure)."""
+    colours = np.asarray([BACKGROUNDS[name] for name in backgrounds], dtype=np.int32)[:, None, None, :]
+    masks = np.abs(images.astype(np.int32) - colours).sum(axis=-1) > 0
+    return torch.from_numpy(masks.astype(np.float32))[:, None]
 
 
 def world_captions(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -177,8 +176,8 @@ def pretrain_world_base(world: str | Path, out: str | Path, settings: BaseSettin
     frame = frame[~frame["identity"].isin(set(exclude))].reset_index(drop=True)
     if frame.empty:
         raise SameIdError("world base: every identity is excluded")
-    pixels = normalize_pixels(torch.from_numpy(np.stack(
-        [np.asarray(Image.open(Path(world) / path).convert("RGB")) for path in frame["image"]])).permute(0, 3, 1, 2))
+    images = np.stack([np.asarray(Image.open(Path(world) / path).convert("RGB")) for path in frame["image"]])
+    pixels = normalize_pixels(torch.from_numpy(images).permute(0, 3, 1, 2))
     full, layout_only = world_captions(frame)
 
     start = time.time()
@@ -198,7 +197,7 @@ def pretrain_world_base(world: str | Path, out: str | Path, settings: BaseSettin
     with torch.no_grad():
         latents_all = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
     ones = torch.ones(settings.batch_size, 1, pixels.shape[2], pixels.shape[3])
-    figures = figure_masks(frame, world)
+    figures = figure_masks(images, frame["background"])
     losses: list[float] = []
     for step in range(settings.steps):
         generator = step_generator(seed, step)
