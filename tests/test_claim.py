@@ -19,6 +19,7 @@ from sameid.demo.world_base import (
 )
 from sameid.errors import SameIdError
 from sameid.evaluate.world_metrics import WorldScore
+from sameid.images import load_mask
 from sameid.models.components import WORLD_TEXT_TOKENS, WORLD_WORDS, load_components, save_components
 from sameid.models.pixel_autoencoder import PixelAutoencoder
 from sameid.pairs.manifest import load_manifest
@@ -56,6 +57,10 @@ def test_world_is_a_dataset_dir_whose_ground_truth_measure_reads_back(world):
         assert layout_agreement(measured, Layout(row.background, row.position, row.size)) == 1.0, row.id
         # the caption states the layout and never an identity colour
         assert row.background in row.caption and row.hair not in row.caption.replace(row.background, "")
+        # the figure's exact mask: every pixel that is not the background colour, and nothing else
+        pixels = np.asarray(Image.open(world / row.image).convert("RGB"), dtype=np.int32)
+        figure = np.abs(pixels - np.asarray(BACKGROUNDS[row.background])).sum(axis=-1) > 0
+        assert np.array_equal(load_mask(world / row.mask), figure) and figure.sum() > 20, row.id
 
 
 def test_prompts_ask_for_a_layout_unlike_the_reference_in_every_factor(world):
@@ -220,6 +225,12 @@ def test_claim_experiment_writes_one_table_row_per_model(claim):
     assert set(summary["models"]) == {UNTRAINED, "same", "identity"}
     assert "swd(world_prompt,world_identity)" in summary["models"]["identity"]["swd"]
     assert claim.report.is_file()
+    # RetriNet trained with eq. 3's second term on the figure (the base's objective), whole-image references
+    from sameid.train.run_dir import RunDir
+
+    config = RunDir(claim.out / "runs" / "identity-seed0").config
+    assert config.pairs.emphasis == "figure" and config.face_loss_weight == 4.0 and config.loss == "eq3"
+    assert config.pairs.concept_masks is False
     # that the trained model learns (beats the untrained one on identity) is tested on the demo, which runs this
     # experiment with enough steps: tests/test_demo.py
 
@@ -248,3 +259,11 @@ def test_world_base_command_checks_its_settings_before_writing(tmp_path):
     result = CliRunner().invoke(app, ["experiment", "world-base", "--out", str(tmp_path / "base"), "--steps", "0"])
     assert result.exit_code == 2 and "steps" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_claim_settings_check_the_emphasis_before_anything_runs():
+    with pytest.raises(SameIdError, match="emphasis must be one of face, figure"):
+        ClaimSettings(emphasis="hands")
+    with pytest.raises(SameIdError, match="emphasis_weight must be 0 or more"):
+        ClaimSettings(emphasis_weight=-1.0)
+    assert ClaimSettings().emphasis == "figure" and ClaimSettings(emphasis="face", emphasis_weight=0.1)

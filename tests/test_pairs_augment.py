@@ -143,3 +143,46 @@ def test_augment_box_follows_the_crop_and_the_mirror():
         ys, xs = np.nonzero(moved[:, :, 0])
         assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     assert _augment_box((0, 0, 1, 1), (0.5, 0.5, 1.0, 1.0), False, image.shape) is None
+
+
+def test_figure_emphasis_weighs_the_target_figure_mask_where_its_pixels_go(dataset_dir):
+    """Equation 3's second term on the figure (PairsConfig.emphasis "figure"): the mask placed as the target's
+    pixels are, under -a's crop and mirror too; a row without a mask has an empty region; "face" keeps the box."""
+    manifest = load_manifest(dataset_dir)
+    for mode in ("identity", "same"):
+        dataset = PairsDataset(manifest, PairsConfig(mode=mode, n_references=1, resolution=32, prompt_drop=0.0,
+                                                     emphasis="figure"))
+        for index in range(len(dataset)):
+            plan = dataset.plan(index)
+            example = dataset.example(plan)
+            mask = _figure_mask().astype(np.uint8) * 255
+            if plan.target_augmentation is not None:
+                mask = _augment(mask, *plan.target_augmentation)
+            expected = np.zeros((3, 32, 32), dtype=np.uint8)
+            valid_box, _ = letterbox_into(np.ascontiguousarray(np.repeat(mask[:, :, None], 3, axis=2)), expected)
+            expected = (expected[:1] > 127).astype(np.uint8)
+            x0, y0, x1, y1 = valid_box
+            outside = np.ones_like(expected, dtype=bool)
+            outside[:, y0:y1, x0:x1] = False
+            expected[outside] = 0
+            region = example.face_mask.numpy()
+            if manifest.identities[plan.target_row] == "a":
+                assert region.sum() > 0 and np.array_equal(region, expected), (mode, index)
+                assert (example.face_mask <= example.valid_mask).all()
+            else:
+                assert region.sum() == 0, (mode, index)  # no mask: only the valid-area term trains this row
+    head = PairsDataset(manifest, PairsConfig(n_references=1, resolution=32, emphasis="face"))
+    box = head.example(head.plan(0)).face_mask.numpy()
+    assert box[0, 0:16, 12:20].all() and box.sum() == 16 * 8  # the head box (the image sits at x 8-24)
+
+
+def test_figure_emphasis_needs_masks_and_a_known_name(dataset_dir, tmp_path):
+    with pytest.raises(SameIdError, match="unknown emphasis 'hands'"):
+        PairsConfig(emphasis="hands")
+    frame = pd.read_parquet(dataset_dir / "manifest.parquet")
+    frame["mask"] = None
+    (tmp_path / "images").symlink_to(dataset_dir / "images")
+    frame.to_parquet(tmp_path / "manifest.parquet")
+    with pytest.raises(SameIdError, match="emphasis 'figure' .* no masks"):
+        PairsDataset(tmp_path, PairsConfig(emphasis="figure"))
+    PairsDataset(tmp_path, PairsConfig(emphasis="face"))  # the paper's head box needs none

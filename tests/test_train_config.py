@@ -31,11 +31,14 @@ def test_the_yaml_stays_flat_and_pairs_settings_live_in_pairs_config(tmp_path):
     config.save(saved)
     assert "pairs" not in saved.read_text() and TrainConfig.load(saved) == config
     assert TrainConfig.from_flat(BASE).pairs.near_duplicate_bits is None  # "the dataset's", resolved when read
+    assert TrainConfig.from_flat(BASE).pairs.emphasis == "face"  # equation 3's head box unless asked otherwise
+    assert TrainConfig.from_flat({**BASE, "emphasis": "figure"}).pairs.emphasis == "figure"
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("resolution", 100, "multiple of 8"),
     ("mode", "bogus", "unknown reference mode"),
+    ("emphasis", "hands", "unknown emphasis"),
     ("near_duplicate_bits", 70, "at most 64"),
     ("learning_rate", -1, "learning_rate must be greater than 0"),
     ("learning_rate", "fast", "learning_rate must be a number"),

@@ -379,6 +379,9 @@ def train(
                                                   "term: the official baselines).")] = None,
     face_loss_weight: Annotated[float | None, typer.Option(help="lambda of equation 3: weight of the face-box "
                                                                 "loss.")] = None,
+    emphasis: Annotated[str | None, typer.Option(help="What equation 3's second term weighs: face (the head box, "
+                                                      "default) | figure (the figure mask of the manifest's mask "
+                                                      "column: a subject whose identity is the whole figure).")] = None,
     unconditional_references: Annotated[str | None, typer.Option(help="Recorded for generation: keep | zero, what "
                                                                       "guidance's unconditional branch gives for "
                                                                       "references (default: the model kind's).")] = None,
@@ -415,7 +418,8 @@ def train(
                     face_embedder=face_embedder, n_references=n_references, resolution=resolution, max_train_steps=max_train_steps,
                     train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
                     learning_rate=learning_rate, prompt_drop=prompt_drop, image_drop=image_drop, both_drop=both_drop,
-                    loss=loss, face_loss_weight=face_loss_weight, unconditional_references=unconditional_references,
+                    loss=loss, face_loss_weight=face_loss_weight, emphasis=emphasis,
+                    unconditional_references=unconditional_references,
                     reference_scale=reference_scale,
                     mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
                     checkpointing_steps=checkpointing_steps, validation_steps=validation_steps,
@@ -738,6 +742,13 @@ def experiment_claim(
     steps: Annotated[int, typer.Option(help="Training steps per model (-a and -b get the same).")] = 400,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each trains both modes.")] = "0,1,2",
     inference_steps: Annotated[int, typer.Option(help="Denoising steps per generated image.")] = 20,
+    prompts_per_subject: Annotated[int, typer.Option(help="Generations per held-out identity and model, each "
+                                                          "asking for a layout unlike the reference's.")] = 12,
+    emphasis: Annotated[str, typer.Option(help="What equation 3's second term weighs in RetriNet's training: "
+                                               "figure (default, as the world base was pretrained) | face (the "
+                                               "paper's head box).")] = "figure",
+    emphasis_weight: Annotated[float, typer.Option(help="lambda of that term (4 for the figure; the paper's "
+                                                        "face term is small, e.g. 0.1).")] = 4.0,
     base: Annotated[Path | None, typer.Option(help="A pretrained world base folder (default: the one that ships "
                                                    "with sameid).")] = None,
     pretrain_base: Annotated[bool, typer.Option(help="Pretrain a world base per seed instead (about 12 CPU "
@@ -757,6 +768,8 @@ def experiment_claim(
         raise SameIdError("give --base or --pretrain-base, not both")
     pretrain = BaseSettings(**({} if base_steps is None else {"steps": base_steps})) if pretrain_base else None
     result = run_claim(out, ClaimSettings(steps=steps, seeds=parse_seeds(seeds), inference_steps=inference_steps,
+                                          prompts_per_subject=prompts_per_subject, emphasis=emphasis,
+                                          emphasis_weight=emphasis_weight,
                                           base=None if base is None else str(base), pretrain=pretrain),
                        echo=typer.echo, progress=show_progress())
     say(result)

@@ -11,7 +11,8 @@ follows the prompt less. The experiment (``sameid experiment claim``):
    refused; it checks what the base alone draws from full captions (``base_check`` in table.json);
 3. trains RetriNet (:mod:`sameid.models.retrinet`) on that base with the project's loop
    (:func:`sameid.train.loop.train`, ``pretrained: <base>``) in mode ``same`` (-a) and in mode ``identity`` (-b),
-   same steps and settings, layout-only captions, every seed holding out the same identities (``holdout_seed``);
+   same steps and settings, layout-only captions, every seed holding out the same identities (``holdout_seed``),
+   equation 3's second term on the figure (``emphasis``; the base's own pretraining objective);
 4. keeps the untrained model of each seed (the base with RetriNet's initialisation, whose zero-initialised
    retrieval attentions add nothing: the base drawing a layout-only caption) as the floor;
 5. generates, with :class:`sameid.pipelines.ReferencePipeline`, for every held-out identity from one reference
@@ -40,6 +41,7 @@ from PIL import Image, ImageDraw
 
 from ..atomic import write_atomic, write_json_atomic, write_text_atomic
 from ..errors import SameIdError
+from ..pairs.dataset import EMPHASES
 from ..sources.world import FACTORS, Layout, WorldSettings, make_world
 from .world_base import BaseSettings, base_record, check_base, pretrain_world_base, shipped_world_base
 
@@ -69,8 +71,10 @@ class ClaimSettings:
     batch_size: int = 8
     learning_rate: float = 1e-3
     lock: str = "full"
+    emphasis: str = "figure"
+    emphasis_weight: float = 4.0
     prompt_drop: float = 0.2
-    prompts_per_subject: int = 4
+    prompts_per_subject: int = 12
     inference_steps: int = 20
     guidance_scale: float = 1.0
     model: str = "retrinet"
@@ -82,6 +86,11 @@ class ClaimSettings:
                               "at least 1")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise SameIdError(f"claim experiment: seeds must be distinct and not negative, got {self.seeds}")
+        if self.emphasis not in EMPHASES:
+            raise SameIdError(f"claim experiment: emphasis must be one of {', '.join(EMPHASES)}, got "
+                              f"{self.emphasis!r}")
+        if not self.emphasis_weight >= 0:
+            raise SameIdError(f"claim experiment: emphasis_weight must be 0 or more, got {self.emphasis_weight}")
         if self.base is not None and self.pretrain is not None:
             raise SameIdError("claim experiment: give a base folder or pretraining settings, not both")
 
@@ -175,7 +184,8 @@ def _train(world: Path, out: Path, base: Path, mode: str, seed: int, settings: C
         "train_batch_size": settings.batch_size, "gradient_accumulation_steps": 1,
         "learning_rate": settings.learning_rate, "lr_scheduler": "constant",
         "checkpointing_steps": max(1, settings.steps // 4), "checkpoints_total_limit": 1,
-        "validation_steps": settings.steps, "validation_examples": 0, "face_loss_weight": 0.0, "seed": seed})
+        "validation_steps": settings.steps, "validation_examples": 0, "emphasis": settings.emphasis,
+        "face_loss_weight": settings.emphasis_weight, "concept_masks": False, "seed": seed})
     resume = None
     if out.exists():
         if RunDir(out).latest_checkpoint() is not None:

@@ -37,7 +37,7 @@ DEMO_OUTPUTS = ("audit.json", "claim.json", "world", "runs", "images", "generati
 class DemoSettings:
     steps: int = 400  # RetriNet steps per model
     inference_steps: int = 20
-    prompts_per_subject: int = 4  # world route: prompts per held-out identity
+    prompts_per_subject: int = 12  # world route: prompts per held-out identity
     holdout_identities: int = 8  # world route: at most the 8 the shipped base was pretrained without
     workers: int | None = None
     bootstrap: int = 1000

@@ -45,6 +45,7 @@ from ..sources.world import (
     SIZES,
     Identity,
     Layout,
+    figure_mask,
     full_caption,
     identity_score,
     layout_agreement,
@@ -134,11 +135,8 @@ def _encode(text_encoder, tokenizer, texts: list[str]) -> torch.Tensor:
 
 def figure_masks(images: np.ndarray, backgrounds) -> torch.Tensor:
     """(N, 1, H, W) float masks of the figures in world images ((N, H, W, 3) uint8) drawn on ``backgrounds`` (their
-    background names): every pixel that is not the background colour (exact: a world image is its background and
-    one figure)."""
-    colours = np.asarray([BACKGROUNDS[name] for name in backgrounds], dtype=np.int32)[:, None, None, :]
-    masks = np.abs(images.astype(np.int32) - colours).sum(axis=-1) > 0
-    return torch.from_numpy(masks.astype(np.float32))[:, None]
+    background names): :func:`sameid.sources.world.figure_mask`."""
+    return torch.from_numpy(figure_mask(images, list(backgrounds)).astype(np.float32))[:, None]
 
 
 def world_captions(frame: pd.DataFrame) -> tuple[list[str], list[str]]:

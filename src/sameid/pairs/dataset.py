@@ -39,6 +39,8 @@ from .manifest import DatasetManifest, dataset_near_duplicate_bits, load_manifes
 from .sampler import MODES, SHORTFALLS, ReferenceSampler
 
 TASKS = ("reconstruction", "composition", "multitask")
+#: What equation 3's second term weighs (PairsConfig.emphasis).
+EMPHASES = ("face", "figure")
 # Augmentations of the -a setting: a random crop keeping this fraction of each side, then a mirror (always for a
 # reference, with this probability for the target).
 _SAME_MODE_MIN_SIDE = 0.8
@@ -58,7 +60,11 @@ class PairsConfig:
     :data:`sameid.records.DATASET_SETTINGS_FILE`, :func:`dataset_near_duplicate_bits`). ``curriculum``: None
     (manifest order), "phash", "embedding" (give the dataset ``embeddings``) or "source" (with ``source_order``;
     see :mod:`.curriculum`). ``concept_masks``: "figure" and "clothes" crops keep only the pixels of the reference's
-    figure mask, where it has one (the paper's masked concepts, :mod:`.concepts`); False keeps rectangles."""
+    figure mask, where it has one (the paper's masked concepts, :mod:`.concepts`); False keeps rectangles.
+    ``emphasis``: the region equation 3's second term weighs (the example's ``face_mask``): "face", the target's
+    head box (the paper: RetriBooru, arXiv 2312.02521, §5, eq. 3), or "figure", the target's figure mask (the
+    manifest's ``mask`` column; a row without one gets an empty region, so only the first term trains it) --
+    for subjects whose identity is the whole figure, as in the small world (:mod:`sameid.sources.world`)."""
 
     mode: str = "identity"
     task: str = "reconstruction"
@@ -74,6 +80,7 @@ class PairsConfig:
     source_column: str = "source"
     source_order: tuple[str, ...] = ()
     concept_masks: bool = True
+    emphasis: str = "face"
 
     def __post_init__(self):
         from ..settings import as_float, as_int, as_optional_text, as_text_list
@@ -104,6 +111,9 @@ class PairsConfig:
             "source_column": as_optional_text(where, "source_column", self.source_column) or "source",
             "source_order": as_text_list(where, "source_order", self.source_order),
         }
+        if self.emphasis not in EMPHASES:
+            raise SameIdError(f"{where}: unknown emphasis {self.emphasis!r}; choose one of: {', '.join(EMPHASES)} "
+                              "(face: the head box, as equation 3; figure: the figure mask)")
         if not isinstance(self.concept_masks, bool):
             raise SameIdError(f"{where}: concept_masks must be true or false, got {self.concept_masks!r}")
         if checked["resolution"] % 8:
@@ -210,6 +220,10 @@ class PairsDataset(PlannedExamples):
 
         multi = is_multi_subject(self.manifest.frame)
         rows = [row for row in range(len(self.manifest)) if not multi[row]]
+        if self.config.emphasis == "figure" and all(path is None for path in self.manifest.mask_paths):
+            raise SameIdError(f"{self.manifest.root}: emphasis 'figure' weighs each target's figure mask, but the "
+                              "manifest has no masks (its mask column is empty): build the dataset with figure "
+                              "masks, or use emphasis 'face'")
         self.refused: list[str] = [self.manifest.ids[r] for r in rows if not self.sampler.can_sample(r)]
         self.target_rows: list[int] = [r for r in rows if self.sampler.can_sample(r)]
         if self.config.curriculum:
@@ -265,6 +279,7 @@ class PairsDataset(PlannedExamples):
             return masked[r]
 
         target_image = image_of(row)
+        source_size = (target_image.shape[1], target_image.shape[0])
         head = manifest.head_boxes[row]
         if plan.target_augmentation is not None:  # -a: the target's own transform, its head box moved with it
             head = None if head is None else _augment_box(head, *plan.target_augmentation, target_image.shape)
@@ -274,8 +289,11 @@ class PairsDataset(PlannedExamples):
         target = np.empty((3, resolution, resolution), dtype=np.uint8)
         valid_box, scale = letterbox_into(target_image, target)
         valid_mask = box_mask_array(valid_box, resolution)
-        face_box = (0, 0, 0, 0) if head is None else _map_box(head, scale, valid_box)
-        face_mask = box_mask_array(face_box, resolution)
+        if self.config.emphasis == "figure":
+            face_mask = self._figure_region(row, source_size, plan.target_augmentation, resolution) * valid_mask
+        else:
+            face_box = (0, 0, 0, 0) if head is None else _map_box(head, scale, valid_box)
+            face_mask = box_mask_array(face_box, resolution)
 
         count = len(plan.reference_rows)
         references = np.empty((count, 3, resolution, resolution), dtype=np.uint8)
@@ -305,6 +323,21 @@ class PairsDataset(PlannedExamples):
             caption="" if plan.caption_dropped else caption, full_caption=caption,
             caption_dropped=plan.caption_dropped, task=plan.task, mode=self.config.mode,
         )
+
+    def _figure_region(self, row: int, size: tuple[int, int], augmentation, resolution: int) -> np.ndarray:
+        """The target's figure mask (brought to its image's ``size``, (w, h)) as a uint8 (1, R, R) array placed
+        as the target's pixels are (its -a transform, then the letterbox); all zero when the row has no mask."""
+        path = self.manifest.mask_paths[row]
+        region = np.zeros((3, resolution, resolution), dtype=np.uint8)
+        if path is None:
+            return region[:1]
+        mask = load_mask(path, size=size).astype(np.uint8) * 255
+        if augmentation is not None:
+            mask = _augment(mask, *augmentation)
+        # As three channels, so the mask is resized exactly as the target's pixels are; the letterbox's padding
+        # (white) is outside the valid area, which the caller multiplies in.
+        letterbox_into(np.ascontiguousarray(np.repeat(mask[:, :, None], 3, axis=2)), region)
+        return (region[:1] > 127).astype(np.uint8)
 
     def pairs_frame(self, epochs: int = 1, start_epoch: int = 0) -> pd.DataFrame:
         """One row per planned example of ``epochs`` epochs: ids, concepts and crop boxes (no pixels read)."""

@@ -17,7 +17,8 @@ separable and measurable, which no image collection offers on a laptop; this wor
 :func:`make_world` writes an ordinary dataset dir (docs/architecture.md, "Dataset dir"): ``manifest.parquet``
 with ``identity`` and ``similar`` (the world knows its ground truth, so it writes the groups instead of inferring
 them with ``sameid build``), the ground-truth columns ``hair``, ``top``, ``bottom``, ``background``, ``position``,
-``size``, ``build_settings.json``, ``README.md`` and the PNGs, so the pairs, training, generation and evaluation
+``size``, each figure's exact mask (``mask``: ``masks/<id>.png``, which the paper's masked concepts and
+equation 3's figure emphasis read), ``build_settings.json``, ``README.md`` and the PNGs, so the pairs, training, generation and evaluation
 stages read it like any other dataset.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from PIL import Image
 
 from ..atomic import write_atomic, write_json_atomic, write_parquet_atomic, write_text_atomic
 from ..errors import SameIdError
-from ..images import perceptual_hash
+from ..images import perceptual_hash, save_mask
 from ..records import DATASET_SETTINGS_FILE
 
 SIZE = 32  # pixels per side
@@ -61,6 +63,8 @@ _BANDS = {"hair": (0.0, 0.16), "face": (0.16, 0.30), "top": (0.30, 0.62), "botto
 # Where measure() reads each part's colour: the middle of its band, away from the borders between parts.
 _READ_BANDS = {"hair": (0.02, 0.14), "top": (0.36, 0.56), "bottom": (0.68, 0.92)}
 WORLD_FILE = "world.json"
+#: Bumped when what make_world writes changes (2: figure masks), so an older world is not taken for a new one.
+WORLD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,19 @@ def measure(image: np.ndarray | Image.Image, *, figure_distance: float = 48.0) -
     return Measurement(background, position, size, parts["hair"], parts["top"], parts["bottom"], int(kept.sum()))
 
 
+def figure_mask(pixels: np.ndarray, background: str | Sequence[str]) -> np.ndarray:
+    """The figure of world images: every pixel that is not the background's colour (exact, since a world image
+    is its background and one figure). ``pixels`` (..., H, W, 3) uint8; ``background`` a :data:`BACKGROUNDS` name,
+    or one per image of a stack. Returns a bool (..., H, W) array."""
+    names = [background] if isinstance(background, str) else list(background)
+    colours = np.asarray([BACKGROUNDS[name] for name in names], dtype=np.int32)
+    if isinstance(background, str):
+        colours = colours[0]
+    else:
+        colours = colours.reshape(len(names), *([1] * (pixels.ndim - 2)), 3)
+    return np.abs(pixels.astype(np.int32) - colours).sum(axis=-1) > 0
+
+
 def identity_score(measured: Measurement, identity: Identity) -> float:
     """Share of the three identity colours (hair, top, bottom) read back as ``identity``'s."""
     return float(np.mean([getattr(measured, part) == getattr(identity, part) for part in PARTS]))
@@ -240,10 +257,11 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
     if settings.identities < 2 or settings.images_per_identity < 2:
         raise SameIdError("the world needs at least 2 identities of at least 2 images each")
     if out.exists() and any(out.iterdir()):
-        if (out / WORLD_FILE).is_file() and json.loads((out / WORLD_FILE).read_text()) == asdict(settings):
+        if (out / WORLD_FILE).is_file() and json.loads((out / WORLD_FILE).read_text()) == _record(settings):
             return out  # already written with these settings
         raise SameIdError(f"{out} is not empty: choose another folder for the world")
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
     rng = np.random.default_rng([settings.seed, 2])
     rows = []
     for identity in identities(settings.identities, settings.seed):
@@ -252,14 +270,15 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
             layout = random_layout(rng)
             pixels, head_box = draw(identity, layout, rng)
             picture = Image.fromarray(pixels)
-            relative = f"images/{image_id}.png"
+            relative, mask = f"images/{image_id}.png", f"masks/{image_id}.png"
             write_atomic(out / relative, picture.save, suffix=".png")
+            save_mask(figure_mask(pixels, layout.background), out / mask)
             rows.append({
                 "id": image_id, "image": relative, "identity": identity.name,
                 "similar": [other for other in ids if other != image_id], "caption": layout.caption(),
                 "tags": ["1girl", f"{identity.hair}_hair", f"{identity.top}_shirt", f"{identity.bottom}_skirt",
                          f"{layout.background}_background"],
-                "head_box": [float(v) for v in head_box], "mask": None, "width": SIZE, "height": SIZE,
+                "head_box": [float(v) for v in head_box], "mask": mask, "width": SIZE, "height": SIZE,
                 "phash": perceptual_hash(picture), "hair": identity.hair, "top": identity.top,
                 "bottom": identity.bottom, **asdict(layout)})
     frame = pd.DataFrame(rows)
@@ -269,8 +288,12 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
     write_json_atomic(out / DATASET_SETTINGS_FILE, {"source": "sameid.sources.world", "near_duplicate_bits": 0,
                                                     **asdict(settings)})
     write_text_atomic(out / "README.md", _card(settings, len(frame)))
-    write_json_atomic(out / WORLD_FILE, asdict(settings))
+    write_json_atomic(out / WORLD_FILE, _record(settings))
     return out
+
+
+def _record(settings: WorldSettings) -> dict:
+    return {**asdict(settings), "format": WORLD_FORMAT}
 
 
 def _card(settings: WorldSettings, count: int) -> str:
@@ -283,7 +306,7 @@ configs:
 
 {count} generated 32 x 32 images of {settings.identities} identities ({settings.images_per_identity} each), seed
 {settings.seed}. Identity = (hair, top, bottom) colours; background, position and size are drawn independently for
-every image and stated by its caption. Written from the world's ground truth (columns hair, top, bottom,
+every image and stated by its caption; masks/ holds each figure's exact mask. Written from the world's ground truth (columns hair, top, bottom,
 background, position, size), not inferred by `sameid build`. near_duplicate_bits is 0: two images of one identity
 are never near-duplicates here (they differ in layout by construction; an identical layout differs by jitter).
 """

@@ -57,7 +57,8 @@ PAIRS_KEYS = {"mode": "mode", "task": "task", "n_references": "n_references", "r
               "prompt_drop": "prompt_drop", "shortfall": "shortfall", "near_duplicate_bits": "near_duplicate_bits",
               "max_head_fraction": "max_head_fraction", "min_clothes_fraction": "min_clothes_fraction",
               "curriculum": "curriculum", "curriculum_source_column": "source_column",
-              "curriculum_source_order": "source_order", "concept_masks": "concept_masks"}
+              "curriculum_source_order": "source_order", "concept_masks": "concept_masks",
+              "emphasis": "emphasis"}
 _WHERE = "training config"
 
 
