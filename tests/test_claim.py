@@ -267,3 +267,23 @@ def test_claim_settings_check_the_emphasis_before_anything_runs():
     with pytest.raises(SameIdError, match="emphasis_weight must be 0 or more"):
         ClaimSettings(emphasis_weight=-1.0)
     assert ClaimSettings().emphasis == "figure" and ClaimSettings(emphasis="face", emphasis_weight=0.1)
+
+
+def test_world_is_reused_only_when_written_with_the_same_settings_and_format(world, tmp_path):
+    import json
+    import shutil
+
+    assert make_world(world, SMALL_WORLD) == world  # the same: reused as it is
+    older = tmp_path / "older"
+    shutil.copytree(world, older)
+    record = json.loads((older / "world.json").read_text())
+    record.pop("format")  # a world written before figure masks
+    (older / "world.json").write_text(json.dumps(record))
+    before = sorted(p.name for p in older.rglob("*"))
+    with pytest.raises(SameIdError, match="older sameid"):
+        make_world(older, SMALL_WORLD)
+    assert sorted(p.name for p in older.rglob("*")) == before  # nothing written or removed
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(SameIdError, match="not empty"):
+        make_world(tmp_path / "mine", SMALL_WORLD)

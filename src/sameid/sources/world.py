@@ -257,8 +257,11 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
     if settings.identities < 2 or settings.images_per_identity < 2:
         raise SameIdError("the world needs at least 2 identities of at least 2 images each")
     if out.exists() and any(out.iterdir()):
-        if (out / WORLD_FILE).is_file() and json.loads((out / WORLD_FILE).read_text()) == _record(settings):
-            return out  # already written with these settings
+        if (out / WORLD_FILE).is_file():
+            if json.loads((out / WORLD_FILE).read_text()) == _record(settings):
+                return out  # already written with these settings
+            raise SameIdError(f"{out} holds a world written with other settings or by an older sameid (before "
+                              "figure masks): choose another folder for the world, or remove that one")
         raise SameIdError(f"{out} is not empty: choose another folder for the world")
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
