@@ -33,6 +33,8 @@ def test_the_yaml_stays_flat_and_pairs_settings_live_in_pairs_config(tmp_path):
     assert TrainConfig.from_flat(BASE).pairs.near_duplicate_bits is None  # "the dataset's", resolved when read
     assert TrainConfig.from_flat(BASE).pairs.emphasis == "face"  # equation 3's head box unless asked otherwise
     assert TrainConfig.from_flat({**BASE, "emphasis": "figure"}).pairs.emphasis == "figure"
+    with pytest.raises(SameIdError, match="emphasis 'figure' is for single-subject models"):
+        TrainConfig.from_flat({**BASE, "emphasis": "figure", "model": "multi-subject"})
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -234,6 +234,10 @@ class TrainConfig:
                 and not self.tiny:
             raise SameIdError(f"{w}: model {self.model} needs image_encoder (a CLIPVisionModelWithProjection id or "
                               "folder, e.g. openai/clip-vit-large-patch14)")
+        if self.model in MULTI_SUBJECT_MODELS and self.pairs.emphasis != "face":
+            raise SameIdError(f"{w}: emphasis {self.pairs.emphasis!r} is for single-subject models; the "
+                              f"multi-subject models ({', '.join(MULTI_SUBJECT_MODELS)}) weigh every subject's head "
+                              "box: remove emphasis")
         prompt_drop, image_drop, both_drop = self.pairs.prompt_drop, self.image_drop, self.both_drop
         if both_drop > min(prompt_drop, image_drop) + 1e-12:
             raise SameIdError(f"{w}: both_drop ({both_drop}) is the probability that the caption and the references "
