@@ -5,7 +5,8 @@ untrained model could also come from a shift of the colours the model draws what
 This control re-generates every -b (and untrained) image of a finished claim folder with the same prompt and noise
 but the reference of *another* held-out identity (each identity's reference replaced by the next one's), and scores
 those against the identity that was meant (the plan's own reference). A model that reads its reference scores
-higher with the right one; the ratio own / swapped is reported per seed.
+higher with the right one; the ratio own / swapped is reported per seed. The swapped images are written to the
+claim folder's reference_swap/.
 
     python benchmarks/bench_claim_reference_swap.py runs/claim [--json out.json]
 """
@@ -45,9 +46,13 @@ def main(argv=None) -> int:
     parser.add_argument("claim", type=Path, help="a finished `sameid experiment claim` folder")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if not (args.claim / "table.json").is_file():
+        parser.error(f"{args.claim} holds no finished claim experiment (table.json): run `sameid experiment claim "
+                     f"--out {args.claim}` first")
 
     import torch
 
+    from sameid.atomic import write_atomic, write_json_atomic
     from sameid.demo.claim import ClaimSettings, _model, generate, generation_plan, held_out, load_table
     from sameid.sources.world import WorldSettings
 
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
             swapped_images = []
             for k, image in enumerate(swapped):
                 path = folder / f"{k:03d}.png"
-                image.save(path)
+                write_atomic(path, image.save, suffix=".png")
                 swapped_images.append(str(path))
             own = float(np.nanmean(identity_scores(own_images, own_references)))
             other = float(np.nanmean(identity_scores(swapped_images, own_references)))
@@ -87,7 +92,7 @@ def main(argv=None) -> int:
     result = {"claim": str(args.claim), "seconds": round(time.time() - start, 1), "rows": rows}
     print(json.dumps(result))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        write_json_atomic(args.json, result)
     return 0
 
 
