@@ -29,3 +29,18 @@ def side_by_side(left: Image.Image, right: Image.Image, height: int = 256) -> Im
     canvas.paste(left, (0, 0))
     canvas.paste(right, (left.width, 0))
     return canvas
+
+
+def flat_photo_folder(photos, folder):
+    """Copy every ``<person>/<name>.jpg`` under ``photos`` into ``folder`` as ``<person>_<name>.jpg``, with a
+    metadata.jsonl that names only the files: photos whose identities only their faces can tell."""
+    import json
+
+    folder.mkdir()
+    lines = []
+    for path in sorted(photos.rglob("*.jpg")):
+        target = folder / f"{path.parent.name}_{path.name}"
+        target.write_bytes(path.read_bytes())
+        lines.append(json.dumps({"file_name": target.name}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return folder

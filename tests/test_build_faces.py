@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from photo_fixtures import photo_variants
+from photo_fixtures import flat_photo_folder, photo_variants
 from sameid.dataset.pipeline import BuildConfig, build_dataset
 from sameid.records import read_dataset_settings
 
@@ -44,14 +44,7 @@ def test_identity_folders_are_cleaned_by_face_clustering(people, tmp_path):
 
 @pytest.mark.parametrize("method", ["dbscan", "hdbscan"])
 def test_unlabelled_photos_are_grouped_by_face_clusters(people, tmp_path, method):
-    folder = tmp_path / "flat"
-    folder.mkdir()
-    lines = []
-    for path in sorted(people.rglob("*.jpg")):
-        target = folder / f"{path.parent.name}_{path.name}"
-        target.write_bytes(path.read_bytes())
-        lines.append(f'{{"file_name": "{target.name}"}}')
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    folder = flat_photo_folder(people, tmp_path / "flat")
     result = build_dataset(BuildConfig(source=str(folder), out=str(tmp_path / "ds"), workers=1,
                                        near_duplicate_bits=0, face_clustering=method), progress=False)
     manifest = result.manifest

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from photo_fixtures import photo_variants, side_by_side
+from photo_fixtures import flat_photo_folder, photo_variants, side_by_side
 from sameid.dataset.pipeline import BuildConfig, build_dataset
 from sameid.errors import SameIdError
 
@@ -101,14 +101,7 @@ def test_the_pairs_stage_reads_the_photo_subjects(labelled):
 
 
 def test_face_clusters_are_the_identities_of_unlabelled_photos(photos, tmp_path):
-    folder = tmp_path / "flat"
-    folder.mkdir()
-    lines = []
-    for path in sorted(photos.rglob("*.jpg")):
-        target = folder / f"{path.parent.name}_{path.name}"
-        target.write_bytes(path.read_bytes())
-        lines.append(json.dumps({"file_name": target.name}))
-    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    folder = flat_photo_folder(photos, tmp_path / "flat")
     result = build_dataset(BuildConfig(source=str(folder), out=str(tmp_path / "ds"), workers=1, max_subjects=2),
                            progress=False)
     manifest = result.manifest.set_index("id")

@@ -250,13 +250,14 @@ def _vae_class(source: str):
     return AutoencoderKL
 
 
-def _require_sd_layout(folder: Path, source: str) -> None:
-    missing = [name for name in SD_SUBFOLDERS if not (folder / name).is_dir()]
+def _require_layout(folder: Path, source: str, needed: tuple[str, ...], kind: str, layout: tuple[str, ...],
+                    example: str, hint: str = "") -> None:
+    """Refuse a base folder that lacks any of the ``needed`` subfolders, naming them and the whole ``layout``."""
+    missing = [name for name in needed if not (folder / name).is_dir()]
     if missing:
         raise MissingModelError(
-            f"base model folder {source} lacks {', '.join(n + '/' for n in missing)}: a Stable Diffusion layout has "
-            f"{', '.join(n + '/' for n in SD_SUBFOLDERS)} (e.g. `hf download {_EXAMPLE_BASE} "
-            f"--local-dir DIR`), or pass --tiny for a random tiny base")
+            f"{kind} folder {source} lacks {', '.join(n + '/' for n in missing)}: its layout has "
+            f"{', '.join(n + '/' for n in layout)} (e.g. `hf download {example} --local-dir DIR`){hint}")
 
 
 def _index_class(folder: Path) -> str | None:
@@ -293,15 +294,6 @@ def base_is_sdxl(pretrained: str | Path | None) -> bool | None:
     if not isinstance(cached, str):
         return None
     return is_sdxl_folder(Path(cached).parent)
-
-
-def _require_sdxl_layout(folder: Path, source: str) -> None:
-    missing = [name for name in SDXL_SUBFOLDERS if not (folder / name).is_dir()]
-    if missing:
-        raise MissingModelError(
-            f"SDXL base model folder {source} lacks {', '.join(n + '/' for n in missing)}: an SDXL layout has "
-            f"{', '.join(n + '/' for n in (*SD_SUBFOLDERS, *SDXL_SUBFOLDERS))} (e.g. `hf download "
-            "stabilityai/stable-diffusion-xl-base-1.0 --local-dir DIR`)")
 
 
 def _load_sdxl_text(source: str, encoder_dtype: dict) -> tuple[Any, Any]:
@@ -346,10 +338,12 @@ def load_components(pretrained: str | Path | None = None, *, tiny: bool = False,
     if local.exists() or _looks_like_path(source) or isinstance(pretrained, Path):
         if not local.is_dir():
             raise MissingModelError(missing_model_message("base model", source))
-        _require_sd_layout(local, source)
+        _require_layout(local, source, SD_SUBFOLDERS, "base model", SD_SUBFOLDERS, _EXAMPLE_BASE,
+                        ", or pass --tiny for a random tiny base")
         sdxl = is_sdxl_folder(local)
         if sdxl:
-            _require_sdxl_layout(local, source)
+            _require_layout(local, source, SDXL_SUBFOLDERS, "SDXL base model", (*SD_SUBFOLDERS, *SDXL_SUBFOLDERS),
+                            "stabilityai/stable-diffusion-xl-base-1.0")
         source = str(local)
     model_dtype = {} if resolved_dtype is None else {"torch_dtype": resolved_dtype}
     unet = load_pretrained(UNet2DConditionModel, source, what="base model U-Net", subfolder="unet", **model_dtype)

@@ -220,16 +220,11 @@ def measure(image: np.ndarray | Image.Image, *, figure_distance: float = 48.0) -
     return Measurement(background, position, size, parts["hair"], parts["top"], parts["bottom"], int(kept.sum()))
 
 
-def figure_mask(pixels: np.ndarray, background: str | Sequence[str]) -> np.ndarray:
-    """The figure of world images: every pixel that is not the background's colour (exact, since a world image
-    is its background and one figure). ``pixels`` (..., H, W, 3) uint8; ``background`` a :data:`BACKGROUNDS` name,
-    or one per image of a stack. Returns a bool (..., H, W) array."""
-    names = [background] if isinstance(background, str) else list(background)
-    colours = np.asarray([BACKGROUNDS[name] for name in names], dtype=np.int32)
-    if isinstance(background, str):
-        colours = colours[0]
-    else:
-        colours = colours.reshape(len(names), *([1] * (pixels.ndim - 2)), 3)
+def figure_mask(pixels: np.ndarray, backgrounds: Sequence[str]) -> np.ndarray:
+    """The figures of world images: every pixel that is not its image's background colour (exact, since a world
+    image is its background and one figure). ``pixels`` (N, H, W, 3) uint8, ``backgrounds`` N names of
+    :data:`BACKGROUNDS`; a bool (N, H, W) array."""
+    colours = np.asarray([BACKGROUNDS[name] for name in backgrounds], dtype=np.int32)[:, None, None, :]
     return np.abs(pixels.astype(np.int32) - colours).sum(axis=-1) > 0
 
 
@@ -275,7 +270,7 @@ def make_world(out: str | Path, settings: WorldSettings = WorldSettings()) -> Pa
             picture = Image.fromarray(pixels)
             relative, mask = f"images/{image_id}.png", f"masks/{image_id}.png"
             write_atomic(out / relative, picture.save, suffix=".png")
-            save_mask(figure_mask(pixels, layout.background), out / mask)
+            save_mask(figure_mask(pixels[None], [layout.background])[0], out / mask)
             rows.append({
                 "id": image_id, "image": relative, "identity": identity.name,
                 "similar": [other for other in ids if other != image_id], "caption": layout.caption(),
